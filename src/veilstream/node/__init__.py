@@ -1,0 +1,1 @@
+"""The node: wires every layer together; CLI, HTTP API and web UI."""

@@ -1,0 +1,43 @@
+"""`veil`: one program runs every role of a node.
+
+Each command group lives in its own module with a `register(app)` function; this module
+only assembles them and turns every `VeilError` into one red line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from veilstream.errors import VeilError
+from veilstream.node.cli.common import err_console
+
+app = typer.Typer(
+    name="veil",
+    help="Veilstream: publish, seed, stream and pay for encrypted content.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register_all() -> None:
+    from veilstream.node.cli import content_cmds, demo_cmd, identity_cmds
+
+    for module in (identity_cmds, content_cmds, demo_cmd):
+        module.register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    try:
+        app()
+    except VeilError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]: nothing half-written was kept")
+        sys.exit(130)
