@@ -1,0 +1,43 @@
+"""What every command shares: consoles, the vault location, unlocking the identity."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def veil_home() -> Path:
+    """`VEIL_HOME`, or `~/.veil`."""
+    return Path(os.environ.get("VEIL_HOME") or Path.home() / ".veil").expanduser()
+
+
+def read_passphrase(confirm: bool = False) -> str:
+    """`VEIL_PASSPHRASE`, or ask on the terminal (twice when setting one)."""
+    from veilstream.vault import VaultError
+
+    env = os.environ.get("VEIL_PASSPHRASE")
+    if env is not None:
+        return env
+    import typer
+
+    if not os.isatty(0):
+        raise VaultError("no passphrase: set VEIL_PASSPHRASE or run from a terminal")
+    return typer.prompt("Vault passphrase", hide_input=True, confirmation_prompt=confirm)
+
+
+def open_vault():
+    """The vault at `veil_home()`; raises `VaultError` if `veil init` was never run."""
+    from veilstream.vault import Vault
+
+    return Vault.open(veil_home())
+
+
+def unlock_identity():
+    """Open the vault and unlock the identity with the passphrase."""
+    vault = open_vault()
+    return vault, vault.unlock(read_passphrase()).identity()
