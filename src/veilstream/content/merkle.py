@@ -1,0 +1,108 @@
+"""SHA-256 Merkle trees: BEP 52's tree over 16 KiB blocks, and the key-commitment tree.
+
+Both are binary trees whose leaf count is padded to a power of two with zero leaves
+(32 zero bytes), as BEP 52 fixes; a padded subtree's root is precomputed per height.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from hashlib import sha256
+
+BLOCK_SIZE = 16 * 1024  # BEP 52 leaf size
+HASH_SIZE = 32
+ZERO_LEAF = bytes(HASH_SIZE)
+
+
+class MerkleError(ValueError):
+    """A hash, proof or layer does not match its root."""
+
+
+def _parent(left: bytes, right: bytes) -> bytes:
+    return sha256(left + right).digest()
+
+
+@lru_cache(maxsize=64)
+def zero_root(height: int) -> bytes:
+    """Root of a subtree of 2**height zero leaves."""
+    node = ZERO_LEAF
+    for _ in range(height):
+        node = _parent(node, node)
+    return node
+
+
+def next_power_of_two(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def root(hashes: list[bytes], width: int | None = None, pad_height: int = 0) -> bytes:
+    """Root over `hashes` padded to `width` (a power of two, default the next one) with the
+    roots of zero subtrees of height `pad_height` (the level these hashes sit at)."""
+    width = next_power_of_two(len(hashes)) if width is None else width
+    if width & (width - 1) or width < len(hashes):
+        raise ValueError("width must be a power of two ≥ the number of hashes")
+    layer = list(hashes)
+    height = pad_height
+    while width > 1:
+        if len(layer) % 2:
+            layer.append(zero_root(height))
+        layer = [_parent(layer[i], layer[i + 1]) for i in range(0, len(layer), 2)]
+        width //= 2
+        height += 1
+    return layer[0] if layer else zero_root(height)
+
+
+def block_hashes(data: bytes | memoryview) -> list[bytes]:
+    view = memoryview(data)
+    return [sha256(view[i : i + BLOCK_SIZE]).digest() for i in range(0, len(view), BLOCK_SIZE)]
+
+
+def piece_hash(piece: bytes | memoryview, piece_length: int) -> bytes:
+    """BEP 52 piece-layer hash: root of the piece's blocks, padded to a full piece."""
+    return root(block_hashes(piece), piece_length // BLOCK_SIZE)
+
+
+def pieces_root(piece_hashes: list[bytes], piece_length: int, file_length: int) -> bytes:
+    """BEP 52 `pieces root` of a file from its piece-layer hashes.
+
+    A file of at most one piece has no piece layer; pass its single piece hash computed
+    by `small_file_root` instead."""
+    blocks_per_piece = piece_length // BLOCK_SIZE
+    if file_length <= piece_length:
+        raise ValueError("a file of one piece has no piece layer; use small_file_root")
+    return root(piece_hashes, pad_height=blocks_per_piece.bit_length() - 1)
+
+
+def small_file_root(data: bytes | memoryview) -> bytes:
+    """BEP 52 root of a file no longer than one piece: blocks padded to a power of two."""
+    return root(block_hashes(data))
+
+
+def proof(leaves: list[bytes], index: int) -> list[bytes]:
+    """Sibling hashes from leaf `index` up to the root (zero-padded tree)."""
+    if not 0 <= index < len(leaves):
+        raise IndexError(index)
+    layer = list(leaves) + [ZERO_LEAF] * (next_power_of_two(len(leaves)) - len(leaves))
+    path = []
+    while len(layer) > 1:
+        path.append(layer[index ^ 1])
+        layer = [_parent(layer[i], layer[i + 1]) for i in range(0, len(layer), 2)]
+        index //= 2
+    return path
+
+
+def root_from_proof(leaf: bytes, index: int, path: list[bytes]) -> bytes:
+    node = leaf
+    for sibling in path:
+        node = _parent(sibling, node) if index & 1 else _parent(node, sibling)
+        index //= 2
+    return node
+
+
+def verify_proof(leaf: bytes, index: int, path: list[bytes], expected_root: bytes, leaf_count: int) -> None:
+    """Raise `MerkleError` unless `path` proves `leaf` at `index` under `expected_root`."""
+    depth = (next_power_of_two(leaf_count) - 1).bit_length()
+    if not 0 <= index < leaf_count or len(path) != depth:
+        raise MerkleError("proof has the wrong shape for this tree")
+    if root_from_proof(leaf, index, path) != expected_root:
+        raise MerkleError(f"proof for leaf {index} does not reach the root")

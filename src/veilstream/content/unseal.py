@@ -1,0 +1,112 @@
+"""Opening content: verified ciphertext + checked keys → plaintext.
+
+Nothing is decrypted before it is verified: each ciphertext slice against the torrent's
+Merkle tree, each key against the manifest's key-commitment root.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from veilstream.content import merkle
+from veilstream.content.crypto import DecryptionError, key_commitment, open_slice
+from veilstream.content.keytree import SequentialLeafKeys, TreeNode, key_for_leaf
+from veilstream.content.manifest import Metadata
+from veilstream.content.torrent import Torrent
+from veilstream.errors import VeilError
+
+
+class IntegrityError(VeilError):
+    """Ciphertext on disk or from a peer does not match the content's Merkle tree."""
+
+
+class WrongKeyError(DecryptionError):
+    """A key does not match the content's key commitments (a wrong or forged key)."""
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """The key material a node holds for one content: tree nodes (the root for the
+    creator, a range cover for a buyer) and, if known, the metadata key."""
+
+    nodes: tuple[TreeNode, ...] = field(repr=False)
+    metadata_key: bytes | None = field(default=None, repr=False)
+
+    def slice_key(self, index: int) -> bytes:
+        key = key_for_leaf(list(self.nodes), index)
+        if key is None:
+            raise DecryptionError(f"no key for slice {index}: it was not bought")
+        return key
+
+    def covers_all(self, slice_count: int) -> bool:
+        return any(n.first_leaf == 0 and n.end_leaf >= slice_count for n in self.nodes)
+
+
+def verify_all_keys(torrent: Torrent, ring: KeyRing) -> None:
+    """Check every slice key against the manifest's key-commitment root at once (possible
+    when the ring opens every slice)."""
+    manifest = torrent.manifest
+    root_nodes = [n for n in ring.nodes if n.first_leaf == 0 and n.end_leaf >= manifest.slice_count]
+    if not root_nodes:
+        raise DecryptionError("the keys held open only part of this content")
+    walker = SequentialLeafKeys(root_nodes[0])
+    commitments = [key_commitment(walker.key(i)) for i in range(manifest.slice_count)]
+    if merkle.root(commitments) != manifest.key_root:
+        raise WrongKeyError("the keys do not match the content's key commitments: wrong key")
+
+
+def verify_slice_key(torrent: Torrent, index: int, key: bytes, proof: list[bytes]) -> None:
+    """Check one delivered slice key against its commitment (proof from the key agent)."""
+    try:
+        merkle.verify_proof(key_commitment(key), index, proof, torrent.manifest.key_root, torrent.manifest.slice_count)
+    except merkle.MerkleError:
+        raise WrongKeyError(f"the key for slice {index} does not match its commitment") from None
+
+
+def open_verified_slice(torrent: Torrent, index: int, ciphertext: bytes | memoryview, key: bytes) -> bytes:
+    """Plaintext of slice `index` once its ciphertext matches the Merkle tree."""
+    if not torrent.verify_piece(index, ciphertext):
+        raise IntegrityError(f"ciphertext slice {index} does not match the content's Merkle tree")
+    m = torrent.manifest
+    return open_slice(m.suite, key, m.salt, index, ciphertext)
+
+
+def decrypt_to(
+    torrent: Torrent,
+    ciphertext_path: Path,
+    ring: KeyRing,
+    out: BinaryIO,
+    progress: Callable[[int], None] | None = None,
+) -> Metadata | None:
+    """Write the whole plaintext to `out`; return the metadata if the ring can read it."""
+    verify_all_keys(torrent, ring)
+    manifest = torrent.manifest
+    walker = SequentialLeafKeys(next(n for n in ring.nodes if n.first_leaf == 0))
+    try:
+        source = open(ciphertext_path, "rb")
+    except OSError as exc:
+        raise IntegrityError(f"cannot read the ciphertext {ciphertext_path}: {exc.strerror}") from None
+    with source:
+        actual = source.seek(0, 2)
+        if actual != manifest.ciphertext_length:
+            raise IntegrityError(
+                f"ciphertext is {actual} bytes; the torrent says {manifest.ciphertext_length}: truncated or foreign file"
+            )
+        source.seek(0)
+        for index in range(manifest.slice_count):
+            _, length = manifest.slice_range(index)
+            ciphertext = source.read(length)
+            plaintext = open_verified_slice(torrent, index, ciphertext, walker.key(index))
+            try:
+                out.write(plaintext)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise IntegrityError("disk full while writing the output; nothing was kept") from None
+                raise
+            if progress:
+                progress(len(plaintext))
+    return manifest.metadata(ring.metadata_key) if ring.metadata_key else None

@@ -1,0 +1,28 @@
+"""A generated sample video (PyAV + Pillow), so the demo and tests need no media files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+from PIL import Image, ImageDraw
+
+
+def make_sample_video(path: Path, seconds: float = 10.0, width: int = 320, height: int = 240, fps: int = 24) -> Path:
+    """An H.264 MP4 of a moving pattern with a running clock; different on every frame."""
+    path = Path(path)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "23"}
+        for n in range(int(seconds * fps)):
+            image = Image.new("RGB", (width, height), ((n * 3) % 256, 40, (255 - n * 2) % 256))
+            draw = ImageDraw.Draw(image)
+            x = int((width - 60) * (0.5 + 0.5 * ((n % (2 * fps)) / fps - 1)))
+            draw.rectangle([abs(x), height // 3, abs(x) + 60, height // 3 + 60], fill=(250, 220, 40))
+            draw.text((10, 10), f"Veilstream sample  {n / fps:05.2f} s", fill=(255, 255, 255))
+            for packet in stream.encode(av.VideoFrame.from_image(image)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

@@ -1,0 +1,216 @@
+"""The vault: a node's home directory.
+
+    <home>/vault.json          data key wrapped under the passphrase (Argon2id)
+    <home>/identity.sealed     the mnemonic, sealed with the data key
+    <home>/identity.json       public keys only (addresses), readable without the passphrase
+    <home>/index.db            SQLite (WAL) index of contents held
+    <home>/content/<id>/       <id>.torrent and the ciphertext file
+    <home>/keys/<id>.sealed    key rings, sealed with the data key
+    <home>/tmp/<pid>-*/        work in progress; moved into place by a rename when complete
+
+Every file is written atomically; a content directory appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from veilstream.content import KeyRing, Torrent, TreeNode, parse_content_id
+from veilstream.identity import Identity
+from veilstream.vault.atomic import StorageError, describe_os_error, fsync_directory, write_atomic
+from veilstream.vault.sealing import DataKey, KdfParams, VaultError
+
+VAULT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class HeldContent:
+    content_id: str
+    role: str  # "creator", "seeder" or "viewer"
+    slice_count: int
+    ciphertext_length: int
+    added_at: float
+
+
+class Vault:
+    """A vault on disk; public operations need no passphrase."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = Path(home)
+
+    # -- lifecycle ---------------------------------------------------------------
+    @staticmethod
+    def exists(home: Path) -> bool:
+        return (Path(home) / "vault.json").is_file()
+
+    @classmethod
+    def create(cls, home: Path, passphrase: str, mnemonic: str, kdf: KdfParams = KdfParams()) -> UnlockedVault:
+        home = Path(home)
+        if cls.exists(home):
+            raise VaultError(f"a vault already exists at {home}; choose another VEIL_HOME or remove it first")
+        if not passphrase:
+            raise VaultError("the passphrase is empty; choose one (it encrypts your keys at rest)")
+        identity = Identity.from_mnemonic(mnemonic)
+        data_key = DataKey.generate()
+        try:
+            home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StorageError(describe_os_error(exc, home)) from None
+        write_atomic(home / "identity.sealed", data_key.seal(identity.mnemonic.encode(), "identity"))
+        write_atomic(home / "identity.json", json.dumps(identity.public_summary(), indent=2).encode(), 0o644)
+        write_atomic(home / "vault.json", data_key.wrap(passphrase, kdf))  # last: marks the vault complete
+        vault = UnlockedVault(home, data_key)
+        vault._init_index()
+        return vault
+
+    @classmethod
+    def open(cls, home: Path) -> Vault:
+        if not cls.exists(home):
+            raise VaultError(f"no vault at {home}: run `veil init` first (or set VEIL_HOME)")
+        vault = cls(home)
+        vault._init_index()
+        vault._sweep_abandoned_work()
+        return vault
+
+    def unlock(self, passphrase: str) -> UnlockedVault:
+        data_key = DataKey.unwrap((self.home / "vault.json").read_bytes(), passphrase)
+        return UnlockedVault(self.home, data_key)
+
+    def public_identity(self) -> dict[str, str]:
+        return json.loads((self.home / "identity.json").read_bytes())
+
+    # -- index -------------------------------------------------------------------
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        with closing(sqlite3.connect(self.home / "index.db", timeout=30)) as conn:
+            with conn:
+                yield conn
+
+    def _init_index(self) -> None:
+        with self._db() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS contents ("
+                " content_id TEXT PRIMARY KEY, role TEXT NOT NULL, slice_count INTEGER NOT NULL,"
+                " ciphertext_length INTEGER NOT NULL, added_at REAL NOT NULL)"
+            )
+
+    def contents(self) -> list[HeldContent]:
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM contents ORDER BY added_at").fetchall()
+        return [HeldContent(*row) for row in rows]
+
+    # -- contents ------------------------------------------------------------------
+    def content_dir(self, content_id: str) -> Path:
+        return self.home / "content" / parse_content_id(content_id)
+
+    def torrent(self, content_id: str) -> Torrent:
+        cid = parse_content_id(content_id)
+        path = self.content_dir(cid) / f"{cid}.torrent"
+        if not path.is_file():
+            raise VaultError(f"content {cid[:16]}… is not in this vault")
+        torrent = Torrent.load(path)
+        if torrent.content_id != cid:
+            raise VaultError(f"the vault's torrent for {cid[:16]}… is damaged (its info-hash differs)")
+        return torrent
+
+    def ciphertext_path(self, content_id: str) -> Path:
+        torrent = self.torrent(content_id)
+        return self.content_dir(content_id) / torrent.name
+
+    @contextmanager
+    def workdir(self) -> Iterator[Path]:
+        """A private scratch directory, removed unless its content was adopted."""
+        tmp_root = self.home / "tmp"
+        try:
+            tmp_root.mkdir(parents=True, exist_ok=True)
+            path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=tmp_root))
+        except OSError as exc:
+            raise StorageError(describe_os_error(exc, tmp_root)) from None
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def adopt(self, workdir: Path, torrent: Torrent, role: str) -> Path:
+        """Move a finished content directory into place in one rename, then index it."""
+        target = self.content_dir(torrent.content_id)
+        if target.exists():
+            raise VaultError(f"content {torrent.content_id[:16]}… is already in this vault")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fsync_directory(workdir)
+            os.rename(workdir, target)
+            fsync_directory(target.parent)
+        except OSError as exc:
+            raise StorageError(describe_os_error(exc, target)) from None
+        with self._db() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO contents VALUES (?, ?, ?, ?, ?)",
+                (torrent.content_id, role, torrent.piece_count, torrent.length, time.time()),
+            )
+        return target
+
+    def _sweep_abandoned_work(self) -> None:
+        """Remove scratch directories left by processes that died mid-way."""
+        tmp_root = self.home / "tmp"
+        if not tmp_root.is_dir():
+            return
+        for entry in tmp_root.iterdir():
+            pid = entry.name.split("-", 1)[0]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+class UnlockedVault(Vault):
+    """A vault opened with its passphrase: secrets can be read and stored."""
+
+    def __init__(self, home: Path, data_key: DataKey) -> None:
+        super().__init__(home)
+        self._data_key = data_key
+
+    def identity(self) -> Identity:
+        sealed = (self.home / "identity.sealed").read_bytes()
+        return Identity.from_mnemonic(self._data_key.open(sealed, "identity").decode())
+
+    def store_keyring(self, content_id: str, ring: KeyRing) -> None:
+        cid = parse_content_id(content_id)
+        payload = json.dumps({
+            "nodes": [[n.height, n.index, n.key.hex()] for n in ring.nodes],
+            "metadata_key": ring.metadata_key.hex() if ring.metadata_key else None,
+        }).encode()
+        write_atomic(self.home / "keys" / f"{cid}.sealed", self._data_key.seal(payload, f"keys {cid}"))
+
+    def keyring(self, content_id: str) -> KeyRing:
+        cid = parse_content_id(content_id)
+        path = self.home / "keys" / f"{cid}.sealed"
+        if not path.is_file():
+            raise VaultError(f"this vault holds no keys for {cid[:16]}…")
+        fields = json.loads(self._data_key.open(path.read_bytes(), f"keys {cid}"))
+        nodes = tuple(TreeNode(h, j, bytes.fromhex(k)) for h, j, k in fields["nodes"])
+        meta = fields.get("metadata_key")
+        return KeyRing(nodes, bytes.fromhex(meta) if meta else None)
+
+    def change_passphrase(self, new_passphrase: str, kdf: KdfParams = KdfParams()) -> None:
+        if not new_passphrase:
+            raise VaultError("the new passphrase is empty")
+        write_atomic(self.home / "vault.json", self._data_key.wrap(new_passphrase, kdf))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
