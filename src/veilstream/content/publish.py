@@ -84,6 +84,13 @@ def _open_source(source: Path):
     return handle, size
 
 
+def check_source(source: Path) -> int:
+    """Size of a publishable file, or `PublishError` saying why it is not one."""
+    handle, size = _open_source(Path(source))
+    handle.close()
+    return size
+
+
 def _read_full(handle, buffer: bytearray) -> int:
     view, got = memoryview(buffer), 0
     while got < len(buffer):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from functools import cached_property
 
 import coincurve
 from bip32 import BIP32
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
 from nacl.public import PrivateKey as X25519PrivateKey
 
 from veilstream.errors import VeilError
@@ -18,6 +17,9 @@ from veilstream.identity.mnemonic import seed_from_mnemonic, validate_mnemonic
 
 WALLET_PATH = "m/44'/60'/0'/0/0"  # BIP-44, Ethereum's coin type
 NOSTR_PATH = "m/44'/1237'/0'/0/0"  # NIP-06
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
 X25519_INFO = b"veilstream/x25519/v1"
 CREATOR_SEED_INFO = b"veilstream/creator-seed/v1"
 
@@ -55,6 +57,8 @@ class Identity:
 
     @cached_property
     def wallet(self) -> LocalAccount:
+        from eth_account import Account  # imported on use: it costs ~0.4 s at start-up
+
         return Account.from_key(self.wallet_key)
 
     @property

@@ -91,9 +91,12 @@ class Vault:
     # -- index -------------------------------------------------------------------
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.home / "index.db", timeout=30)) as conn:
-            with conn:
-                yield conn
+        try:
+            with closing(sqlite3.connect(self.home / "index.db", timeout=30)) as conn:
+                with conn:
+                    yield conn
+        except sqlite3.Error as exc:
+            raise StorageError(f"the vault index at {self.home / 'index.db'} cannot be used ({exc}): disk full or damaged?") from None
 
     def _init_index(self) -> None:
         with self._db() as db:

@@ -38,6 +38,6 @@ def open_vault():
 
 
 def unlock_identity():
-    """Open the vault and unlock the identity with the passphrase."""
-    vault = open_vault()
-    return vault, vault.unlock(read_passphrase()).identity()
+    """Open the vault, unlock it with the passphrase: (unlocked vault, identity)."""
+    unlocked = open_vault().unlock(read_passphrase())
+    return unlocked, unlocked.identity()

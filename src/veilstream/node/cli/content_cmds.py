@@ -19,6 +19,7 @@ from veilstream.content import (
     parse_content_id,
     publish_file,
 )
+from veilstream.content.publish import check_source
 from veilstream.node.cli.common import console, open_vault, unlock_identity
 from veilstream.node.cli.progress import byte_progress
 from veilstream.vault import atomic_writer
@@ -34,7 +35,7 @@ def parse_size(text: str) -> int:
 
 
 def publish(
-    file: Path = typer.Argument(..., help="The file to publish.", show_default=False),
+    file: Path = typer.Argument(..., help="The file to publish.", show_default=False, readable=False),
     slice_size: str = typer.Option("1MiB", "--slice-size", help="Ciphertext slice (piece) size: a power of two, 16KiB–16MiB."),
     price: int = typer.Option(0, "--price", min=0, help="Price per slice, in wei."),
     seeder_share: int = typer.Option(2000, "--seeder-share", min=0, max=10_000, help="Seeder's share of each payment, in basis points."),
@@ -43,8 +44,8 @@ def publish(
 ) -> None:
     """Encrypt FILE into slices and add it to the vault; print its content id and magnet."""
     options = PublishOptions(parse_size(slice_size), suite, Terms(price, seeder_share), tuple(tracker))
+    size = check_source(file)  # before the passphrase: a typo in the path should not cost an unlock
     vault, identity = unlock_identity()
-    size = file.stat().st_size if file.is_file() else 0
     with vault.workdir() as work, byte_progress() as bar:
         task = bar.add_task(f"publishing {file.name}", total=size)
         done = publish_file(file, work, identity, options, progress=lambda n: bar.advance(task, n))

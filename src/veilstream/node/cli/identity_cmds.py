@@ -75,7 +75,7 @@ def backup(
     parts = split_into_shares(identity.mnemonic, threshold, count)
     err_console.print(f"[bold]{count} shares; any {threshold} recover your identity. Keep them apart.[/]")
     for number, share in enumerate(parts, 1):
-        console.print(f"share {number}: {share}")
+        console.print(f"share {number}: {share}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

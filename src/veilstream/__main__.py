@@ -1,0 +1,3 @@
+from veilstream.node.cli import main
+
+main()

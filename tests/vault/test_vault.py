@@ -1,0 +1,140 @@
+"""The vault: secrets only ever at rest encrypted; writes atomic; crashes leave no debris."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from veilstream.content import KeyRing, PublishOptions, publish_file
+from veilstream.content.keytree import TreeNode
+from veilstream.identity import generate_mnemonic
+from veilstream.vault import KdfParams, StorageError, Vault, VaultError, atomic_writer, write_atomic
+
+FAST_KDF = KdfParams(time_cost=1, memory_kib=8 * 1024, parallelism=1)  # tests only: the default costs 64 MiB
+
+
+@pytest.fixture
+def words():
+    return generate_mnemonic()
+
+
+@pytest.fixture
+def vault(tmp_path, words):
+    return Vault.create(tmp_path / "home", "correct horse", words, FAST_KDF)
+
+
+def test_unlock_returns_the_same_identity(vault, words):
+    again = Vault.open(vault.home).unlock("correct horse")
+    assert again.identity().mnemonic == words
+    assert Vault.open(vault.home).public_identity()["wallet_address"] == again.identity().wallet_address
+
+
+def test_wrong_passphrase(vault):
+    with pytest.raises(VaultError, match="wrong passphrase"):
+        Vault.open(vault.home).unlock("incorrect horse")
+
+
+def test_no_secret_is_stored_in_the_clear(vault, words):
+    identity = vault.identity()
+    ring = KeyRing((TreeNode(3, 0, os.urandom(32)),), os.urandom(32))
+    vault.store_keyring("ab" * 32, ring)
+    secrets = [words.encode(), words.split()[0].encode() + b" " + words.split()[1].encode(),
+               identity.wallet_key, identity.wallet_key.hex().encode(), identity.creator_seed,
+               ring.nodes[0].key, ring.nodes[0].key.hex().encode(), ring.metadata_key.hex().encode()]
+    for path in vault.home.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert not any(secret in blob for secret in secrets), path
+
+
+def test_secret_files_are_private(vault):
+    for name in ("vault.json", "identity.sealed"):
+        assert (vault.home / name).stat().st_mode & 0o077 == 0
+
+
+def test_keyring_round_trip_and_binding(vault):
+    ring = KeyRing((TreeNode(2, 1, os.urandom(32)), TreeNode(0, 9, os.urandom(32))), None)
+    vault.store_keyring("cd" * 32, ring)
+    assert vault.keyring("cd" * 32) == ring
+    # a sealed key file moved to another content id does not open
+    os.rename(vault.home / "keys" / f"{'cd' * 32}.sealed", vault.home / "keys" / f"{'ef' * 32}.sealed")
+    with pytest.raises(VaultError, match="damaged"):
+        vault.keyring("ef" * 32)
+
+
+def test_create_refuses_to_overwrite_and_open_needs_init(vault, tmp_path, words):
+    with pytest.raises(VaultError, match="already exists"):
+        Vault.create(vault.home, "x", words, FAST_KDF)
+    with pytest.raises(VaultError, match="veil init"):
+        Vault.open(tmp_path / "nowhere")
+
+
+def test_change_passphrase(vault, words):
+    vault.change_passphrase("new one", FAST_KDF)
+    assert Vault.open(vault.home).unlock("new one").identity().mnemonic == words
+    with pytest.raises(VaultError):
+        Vault.open(vault.home).unlock("correct horse")
+
+
+def test_adopt_moves_a_published_content_in_whole(vault, tmp_path):
+    src = tmp_path / "in.bin"
+    src.write_bytes(os.urandom(70_000))
+    with vault.workdir() as work:
+        done = publish_file(src, work, vault.identity(), PublishOptions(slice_size=16 * 1024))
+        vault.adopt(work, done.torrent, "creator")
+    cid = done.torrent.content_id
+    assert vault.torrent(cid) == done.torrent
+    assert vault.ciphertext_path(cid).stat().st_size == done.torrent.length
+    assert [c.content_id for c in vault.contents()] == [cid]
+    assert list((vault.home / "tmp").iterdir()) == []
+
+
+def test_a_failed_publish_leaves_nothing(vault, tmp_path):
+    with pytest.raises(RuntimeError):
+        with vault.workdir() as work:
+            (work / "partial").write_bytes(b"half")
+            raise RuntimeError("crash")
+    assert list((vault.home / "tmp").iterdir()) == []
+    assert not (vault.home / "content").exists()
+
+
+def test_work_of_a_killed_process_is_swept_on_open(vault):
+    child = subprocess.run(
+        [sys.executable, "-c", "import os, pathlib, sys; p = pathlib.Path(sys.argv[1]) / f'{os.getpid()}-x'; "
+         "p.mkdir(parents=True); (p / 'ciphertext').write_bytes(b'x' * 1000); os._exit(9)", str(vault.home / "tmp")],
+    )
+    assert child.returncode == 9
+    assert len(list((vault.home / "tmp").iterdir())) == 1
+    Vault.open(vault.home)
+    assert list((vault.home / "tmp").iterdir()) == []
+
+
+def test_atomic_writer_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "manifest"
+    write_atomic(target, b"old")
+    with pytest.raises(ValueError):
+        with atomic_writer(target) as handle:
+            handle.write(b"new but unfinished")
+            raise ValueError
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest"]
+
+
+def test_atomic_writer_reports_a_full_disk(tmp_path):
+    """A real EFBIG from the kernel (RLIMIT_FSIZE) in a child process: one clear error, old file kept."""
+    target = tmp_path / "big"
+    write_atomic(target, b"old")
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "from veilstream.vault import write_atomic, StorageError\n"
+        "try:\n    write_atomic(__import__('pathlib').Path(sys.argv[1]), b'x' * 100000)\n"
+        "except StorageError as e:\n    print(e); sys.exit(3)\n"
+    )
+    child = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True)
+    assert child.returncode == 3, child.stderr
+    assert "disk full" in child.stdout
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["big"]
