@@ -153,10 +153,9 @@ def test_publish_bad_input(home, tmp_path, case, pattern):
         target.chmod(0)
         if os.geteuid() == 0:  # root reads anything: drop the capabilities that let it
             prefix = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search")
-    before = sorted(p.name for p in (home / "content").iterdir()) if (home / "content").exists() else []
+    before = held(home)
     assert_clean_failure(run(home, "publish", str(target), prefix=prefix), pattern)
-    after = sorted(p.name for p in (home / "content").iterdir()) if (home / "content").exists() else []
-    assert before == after
+    assert held(home) == before
 
 
 @pytest.mark.parametrize("size", ["1000", "3MiB", "banana"])
@@ -222,12 +221,16 @@ def _file_size_limit(limit: int):
     return apply
 
 
+def held(home: Path) -> list[str]:
+    return sorted(p.name for p in (home / "content").iterdir()) if (home / "content").exists() else []
+
+
 def test_publish_on_a_full_disk_leaves_nothing(home, tmp_path):
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(600_000))
-    before = sorted(p.name for p in (home / "content").iterdir())
+    before = held(home)
     assert_clean_failure(run(home, "publish", str(big), "--slice-size", "16KiB", preexec=_file_size_limit(200_000)), "disk full")
-    assert sorted(p.name for p in (home / "content").iterdir()) == before
+    assert held(home) == before
     assert list((home / "tmp").iterdir()) == []
 
 

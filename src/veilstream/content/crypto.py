@@ -64,12 +64,22 @@ def _slice_ad(salt: bytes, index: int) -> bytes:
 
 def seal_slice(suite: CipherSuite, slice_key: bytes, salt: bytes, index: int, plaintext: bytes | memoryview) -> bytes:
     """Ciphertext ‖ tag of one slice (exactly `len(plaintext) + TAG_SIZE` bytes)."""
-    return suite._aead(slice_key).encrypt(_NONCE, bytes(plaintext), _slice_ad(salt, index))
+    return suite._aead(slice_key).encrypt(_NONCE, plaintext, _slice_ad(salt, index))
+
+
+def seal_slice_into(
+    suite: CipherSuite, slice_key: bytes, salt: bytes, index: int, plaintext: bytes | memoryview, out: bytearray
+) -> memoryview:
+    """Like `seal_slice`, into a caller's reusable buffer; returns the sealed part of it."""
+    length = len(plaintext) + TAG_SIZE
+    view = memoryview(out)[:length]
+    suite._aead(slice_key).encrypt_into(_NONCE, plaintext, _slice_ad(salt, index), view)
+    return view
 
 
 def open_slice(suite: CipherSuite, slice_key: bytes, salt: bytes, index: int, ciphertext: bytes | memoryview) -> bytes:
     try:
-        return suite._aead(slice_key).decrypt(_NONCE, bytes(ciphertext), _slice_ad(salt, index))
+        return suite._aead(slice_key).decrypt(_NONCE, ciphertext, _slice_ad(salt, index))
     except InvalidTag:
         raise DecryptionError(f"slice {index} does not decrypt: wrong key or tampered data") from None
 
