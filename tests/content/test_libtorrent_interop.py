@@ -23,7 +23,9 @@ def check_with_libtorrent(torrent_path, save_path) -> tuple[lt.torrent_status, l
     """Add the torrent, let libtorrent hash-check the file on disk, return its verdict."""
     ses = session()
     info = lt.torrent_info(str(torrent_path))
-    handle = ses.add_torrent({"ti": info, "save_path": str(save_path)})
+    params = lt.add_torrent_params()
+    params.ti, params.save_path = info, str(save_path)
+    handle = ses.add_torrent(params)
     deadline = time.monotonic() + CHECK_TIMEOUT_S
     while time.monotonic() < deadline:
         alert = ses.wait_for_alert(1000)

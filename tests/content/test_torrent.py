@@ -54,9 +54,7 @@ def test_malformed_manifest_fields(published, field, value):
 
 def test_a_foreign_v2_torrent_is_recognised_as_not_ours(tmp_path):
     (tmp_path / "plain.bin").write_bytes(os.urandom(100_000))
-    fs = lt.file_storage()
-    lt.add_files(fs, str(tmp_path / "plain.bin"))
-    creator = lt.create_torrent(fs, 16 * 1024, flags=lt.create_torrent.v2_only)
+    creator = lt.create_torrent(lt.list_files(str(tmp_path / "plain.bin")), 16 * 1024, flags=lt.create_torrent.v2_only)
     lt.set_piece_hashes(creator, str(tmp_path))
     with pytest.raises(TorrentError, match="not a Veilstream one"):
         Torrent.from_bytes(lt.bencode(creator.generate()))
@@ -64,9 +62,7 @@ def test_a_foreign_v2_torrent_is_recognised_as_not_ours(tmp_path):
 
 def test_a_v1_torrent_is_refused(tmp_path):
     (tmp_path / "plain.bin").write_bytes(os.urandom(50_000))
-    fs = lt.file_storage()
-    lt.add_files(fs, str(tmp_path / "plain.bin"))
-    creator = lt.create_torrent(fs, 16 * 1024, flags=lt.create_torrent.v1_only)
+    creator = lt.create_torrent(lt.list_files(str(tmp_path / "plain.bin")), 16 * 1024, flags=lt.create_torrent.v1_only)
     lt.set_piece_hashes(creator, str(tmp_path))
     with pytest.raises(TorrentError, match="v2"):
         Torrent.from_bytes(lt.bencode(creator.generate()))

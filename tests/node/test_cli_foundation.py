@@ -244,3 +244,10 @@ def test_open_on_a_full_disk_leaves_nothing(home, tmp_path):
     result = run(home, "open", cid, "--out", str(out_dir / "o.bin"), preexec=_file_size_limit(100_000))
     assert_clean_failure(result, "disk full")
     assert list(out_dir.iterdir()) == []
+
+
+def test_demo_runs_and_verifies(tmp_path):
+    result = run(tmp_path / "unused", "demo", "--seconds", "2", "--keep", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    assert "demo passed" in result.stdout and "identical" in result.stdout and "none found" in result.stdout
+    assert (tmp_path / "demo" / "opened.mp4").read_bytes() == (tmp_path / "demo" / "sample.mp4").read_bytes()

@@ -70,8 +70,8 @@ def demo(
         torrent = timed("reload torrent, recheck info-hash",
                         lambda: (t := Torrent.load(vault.content_dir(cid) / f"{cid}.torrent"), f"v2 info-hash matches: {t.content_id == cid}"))
         ciphertext = vault.ciphertext_path(cid)
-        plain_bytes = sample.read_bytes()
-        leaked = any(plain_bytes[i : i + 64] in ciphertext.read_bytes() for i in range(0, len(plain_bytes) - 64, 4096))
+        plain_bytes, cipher_bytes = sample.read_bytes(), ciphertext.read_bytes()
+        leaked = any(plain_bytes[i : i + 64] in cipher_bytes for i in range(0, len(plain_bytes) - 64, 4096))
         steps.add_row("scan ciphertext for plaintext", "none found" if not leaked else "[red]PLAINTEXT FOUND[/]", "")
 
         out = root / "opened.mp4"
