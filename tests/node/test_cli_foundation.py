@@ -197,7 +197,7 @@ def test_open_with_foreign_keys(home, published, tmp_path):
     _, cid = published
     copy = _copy_home(home, tmp_path)
     other = tmp_path / "other.bin"
-    other.write_bytes(os.urandom(40_000))
+    other.write_bytes(os.urandom(1_500_000))  # more slices than the sample: its key tree covers them all
     result = run(copy, "publish", str(other), "--slice-size", "16KiB")
     other_cid = re.search(r"content id\s+([0-9a-f]{64})", result.stdout)[1]
     from veilstream.vault import Vault
