@@ -166,7 +166,12 @@ class Torrent:
             raise TorrentError("torrent name is not UTF-8") from None
         if "/" in text_name or text_name in ("", ".", ".."):
             raise TorrentError("torrent name is not a plain file name")
-        manifest = Manifest.from_bencodable(info[b"veilstream"], piece_length, length)
+        try:
+            manifest = Manifest.from_bencodable(info[b"veilstream"], piece_length, length)
+        except TorrentError:
+            raise
+        except ManifestError as exc:
+            raise TorrentError(f"the torrent's manifest is invalid: {exc}") from None
         return cls(text_name, piece_length, length, root, layer, manifest, trackers)
 
     @classmethod
