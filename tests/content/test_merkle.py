@@ -50,3 +50,27 @@ def test_piece_layer_root_equals_root_over_all_blocks(pieces, tail):
         return
     piece_hashes = [merkle.piece_hash(data[i : i + piece_length], piece_length) for i in range(0, len(data), piece_length)]
     assert merkle.pieces_root(piece_hashes, piece_length, len(data)) == merkle.root(merkle.block_hashes(data))
+
+
+@given(st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=130), st.data())
+def test_range_proofs_verify_and_stay_small(leaves, data):
+    first = data.draw(st.integers(min_value=0, max_value=len(leaves) - 1))
+    end = data.draw(st.integers(min_value=first + 1, max_value=len(leaves)))
+    root = merkle.root(leaves)
+    path = merkle.range_proof(leaves, first, end)
+    width = merkle.next_power_of_two(len(leaves))
+    assert len(path) <= 2 * max(1, width.bit_length() - 1)
+    merkle.verify_range_proof(leaves[first:end], first, path, root, len(leaves))
+
+
+@given(st.lists(st.binary(min_size=32, max_size=32), min_size=2, max_size=70, unique=True), st.data())
+def test_range_proofs_fail_for_altered_leaves_or_positions(leaves, data):
+    first = data.draw(st.integers(min_value=0, max_value=len(leaves) - 2))
+    end = data.draw(st.integers(min_value=first + 1, max_value=len(leaves) - 1))
+    root, path = merkle.root(leaves), merkle.proof(leaves, 0) and merkle.range_proof(leaves, first, end)
+    altered = list(leaves[first:end])
+    altered[-1] = sha256(altered[-1]).digest()
+    with pytest.raises(merkle.MerkleError):
+        merkle.verify_range_proof(altered, first, path, root, len(leaves))
+    with pytest.raises(merkle.MerkleError):
+        merkle.verify_range_proof(leaves[first + 1 : end + 1], first, path, root, len(leaves))

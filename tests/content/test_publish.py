@@ -189,3 +189,20 @@ def test_terms_are_validated():
         Terms(seeder_share_bps=10_001)
     with pytest.raises(ManifestError):
         Terms(price_per_slice_wei=-1)
+
+
+def test_range_deliveries_are_checked_against_commitments(tmp_path, creator):
+    from veilstream.content.unseal import all_commitments, verify_range_keys
+
+    published, _ = publish_bytes(tmp_path, creator, os.urandom(300_000), slice_size=SMALL)
+    root, torrent = published.keys.tree_root, published.torrent
+    leaves = all_commitments(root, torrent.piece_count)
+    for first, end in [(0, torrent.piece_count), (3, 9), (5, 6), (torrent.piece_count - 2, torrent.piece_count)]:
+        nodes = nodes_for_range(root, first, end)
+        keys = verify_range_keys(torrent, nodes, merkle.range_proof(leaves, first, end))
+        assert keys == {i: root.leaf_key(i) for i in range(first, end)}
+    forged = nodes_for_range(ContentKeys.derive(os.urandom(32), torrent.manifest.salt, torrent.piece_count).tree_root, 3, 9)
+    with pytest.raises(WrongKeyError):
+        verify_range_keys(torrent, forged, merkle.range_proof(leaves, 3, 9))
+    with pytest.raises(WrongKeyError):  # a gap
+        verify_range_keys(torrent, nodes_for_range(root, 3, 5) + nodes_for_range(root, 6, 9), merkle.range_proof(leaves, 3, 9))

@@ -9,6 +9,8 @@ from __future__ import annotations
 from functools import lru_cache
 from hashlib import sha256
 
+from veilstream.content.keytree import range_cover  # the same dyadic cover as the key tree
+
 BLOCK_SIZE = 16 * 1024  # BEP 52 leaf size
 HASH_SIZE = 32
 ZERO_LEAF = bytes(HASH_SIZE)
@@ -106,3 +108,52 @@ def verify_proof(leaf: bytes, index: int, path: list[bytes], expected_root: byte
         raise MerkleError("proof has the wrong shape for this tree")
     if root_from_proof(leaf, index, path) != expected_root:
         raise MerkleError(f"proof for leaf {index} does not reach the root")
+
+
+def _outside_subtrees(first: int, end: int, width: int) -> list[tuple[int, int]]:
+    """(height, index) of the maximal subtrees covering [0, first) and [end, width)."""
+    depth = width.bit_length() - 1
+    outside = []
+    if first > 0:
+        outside += range_cover(0, first, depth)
+    if end < width:
+        outside += range_cover(end, width, depth)
+    return outside
+
+
+def range_proof(leaves: list[bytes], first: int, end: int) -> list[bytes]:
+    """The roots of the subtrees outside [first, end): with the leaves inside, they rebuild
+    the root. At most 2·log2(width) hashes, however long the range."""
+    if not 0 <= first < end <= len(leaves):
+        raise IndexError(f"range [{first}, {end}) outside {len(leaves)} leaves")
+    width = next_power_of_two(len(leaves))
+    padded = list(leaves) + [ZERO_LEAF] * (width - len(leaves))
+    return [root(padded[j << h : (j + 1) << h]) for h, j in _outside_subtrees(first, end, width)]
+
+
+def verify_range_proof(range_leaves: list[bytes], first: int, path: list[bytes], expected_root: bytes, leaf_count: int) -> None:
+    """Raise `MerkleError` unless `range_leaves` sit at [first, first + len) under the root."""
+    end = first + len(range_leaves)
+    if not range_leaves or not 0 <= first < end <= leaf_count:
+        raise MerkleError("range proof has the wrong shape for this tree")
+    width = next_power_of_two(leaf_count)
+    outside = _outside_subtrees(first, end, width)
+    if len(path) != len(outside):
+        raise MerkleError("range proof has the wrong number of hashes")
+    depth = width.bit_length() - 1
+    nodes = {(h, j): digest for (h, j), digest in zip(outside, path)}
+    inside = range_cover(first, end, depth)
+    for h, j in inside:  # roots of the inside subtrees, from the leaves given
+        nodes[(h, j)] = root(range_leaves[(j << h) - first : ((j + 1) << h) - first])
+    for height in range(depth):
+        level = sorted(j for (h, j) in nodes if h == height)
+        for j in level:
+            if (height, j) not in nodes:
+                continue
+            sibling = (height, j ^ 1)
+            if sibling not in nodes:
+                raise MerkleError("range proof is missing a hash")
+            left, right = (j, j ^ 1) if j % 2 == 0 else (j ^ 1, j)
+            nodes[(height + 1, j // 2)] = _parent(nodes.pop((height, left)), nodes.pop((height, right)))
+    if nodes.get((depth, 0)) != expected_root:
+        raise MerkleError("range proof does not reach the root")

@@ -110,3 +110,32 @@ def decrypt_to(
             if progress:
                 progress(len(plaintext))
     return manifest.metadata(ring.metadata_key) if ring.metadata_key else None
+
+
+def all_commitments(root: TreeNode, slice_count: int) -> list[bytes]:
+    """H(K_i) for every slice: the leaves of the key-commitment tree (the key agent's view)."""
+    walker = SequentialLeafKeys(root)
+    return [key_commitment(walker.key(i)) for i in range(slice_count)]
+
+
+def verify_range_keys(torrent: Torrent, nodes: list[TreeNode], proof: list[bytes]) -> dict[int, bytes]:
+    """Leaf keys opened by `nodes` (a contiguous range), once they match the manifest's
+    key-commitment root with `proof` (the roots of the subtrees outside the range)."""
+    if not nodes:
+        raise WrongKeyError("a key delivery with no keys")
+    ordered = sorted(nodes, key=lambda n: n.first_leaf)
+    first, end = ordered[0].first_leaf, ordered[-1].end_leaf
+    count = torrent.manifest.slice_count
+    if any(a.end_leaf != b.first_leaf for a, b in zip(ordered, ordered[1:])) or end > count:
+        raise WrongKeyError("delivered key nodes do not form one range inside the content")
+    keys = {}
+    for node in ordered:
+        walker = SequentialLeafKeys(node)
+        for leaf in range(node.first_leaf, node.end_leaf):
+            keys[leaf] = walker.key(leaf - node.first_leaf)
+    try:
+        merkle.verify_range_proof([key_commitment(keys[i]) for i in range(first, end)], first, proof,
+                                  torrent.manifest.key_root, count)
+    except merkle.MerkleError:
+        raise WrongKeyError(f"keys for slices [{first}, {end}) do not match their commitments") from None
+    return keys
