@@ -1,0 +1,90 @@
+"""The key agent's audit log: every key release, hash-chained, append-only.
+
+Each entry commits to the previous entry's hash, so the head hash commits to the whole
+history; the agent anchors the head on chain now and then (the `Anchor` contract), after
+which no past release can be hidden or rewritten without the anchor disagreeing. Entries
+are JSON lines, fsynced before a release is acknowledged; a torn last line left by a crash
+(never acknowledged) is dropped when the log is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from hashlib import sha256
+from pathlib import Path
+
+from veilstream.market.errors import MarketError
+
+GENESIS = bytes(32)
+
+
+class AuditLogError(MarketError):
+    """The audit log on disk does not verify: it was edited or damaged."""
+
+
+@dataclass(frozen=True)
+class Release:
+    viewer: str
+    content_id: str
+    first: int
+    end: int
+    paid_wei: int
+    at: float
+
+
+def _entry_hash(previous: bytes, seq: int, release: Release) -> bytes:
+    body = json.dumps({"seq": seq, **asdict(release)}, sort_keys=True, separators=(",", ":")).encode()
+    return sha256(previous + body).digest()
+
+
+class AuditLog:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.head = GENESIS
+        self.count = 0
+        self._load()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "ab")
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        raw = self.path.read_bytes()
+        lines = raw.split(b"\n")
+        complete, torn = lines[:-1], lines[-1]
+        good_bytes = 0
+        for line in complete:
+            try:
+                entry = json.loads(line)
+                release = Release(**{k: entry[k] for k in Release.__dataclass_fields__})
+                seq, recorded = entry["seq"], bytes.fromhex(entry["hash"])
+            except (ValueError, KeyError, TypeError):
+                raise AuditLogError(f"audit log {self.path} entry {self.count} is malformed") from None
+            if seq != self.count or _entry_hash(self.head, seq, release) != recorded:
+                raise AuditLogError(f"audit log {self.path} breaks its hash chain at entry {self.count}")
+            self.head, self.count = recorded, self.count + 1
+            good_bytes += len(line) + 1
+        if torn:  # a crash mid-append: that release was never acknowledged
+            with open(self.path, "r+b") as f:
+                f.truncate(good_bytes)
+                os.fsync(f.fileno())
+
+    def append(self, viewer: str, content_id: str, first: int, end: int, paid_wei: int) -> bytes:
+        """Record a release durably; return the new head."""
+        release = Release(viewer, content_id, first, end, paid_wei, time.time())
+        digest = _entry_hash(self.head, self.count, release)
+        line = json.dumps({"seq": self.count, **asdict(release), "hash": digest.hex()}, sort_keys=True)
+        self._file.write(line.encode() + b"\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.head, self.count = digest, self.count + 1
+        return digest
+
+    def entries(self) -> list[dict]:
+        return [json.loads(line) for line in self.path.read_bytes().splitlines() if line]
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,120 @@
+"""Credit windows: how much a payee lets a payer owe, as pure bookkeeping (no IO).
+
+One cheque gates both sides. A seeder serves the next slice only while the viewer's
+cheques naming it cover every slice it delivered but `window` of them; a key agent
+releases keys only while the viewer's cheques for the content, summed over every seeder
+they name, cover every key released but `window`. Amounts are cumulative per (viewer,
+content, seeder), so the newest valid cheque replaces the older ones and a replayed or
+stale cheque adds nothing. A payer that stops paying gains at most `window` slices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from veilstream.chain.cheque import SignedCheque
+from veilstream.chain.errors import ChainError
+from veilstream.market.errors import PaymentRefused
+
+ChequeCheck = Callable[[SignedCheque], None]  # raises if the signature is not the viewer's
+
+
+@dataclass
+class _Relationship:
+    viewer: str
+    content_id: bytes
+    price_wei: int
+    window_slices: int
+    check_signature: ChequeCheck
+
+    def _validate(self, signed: SignedCheque) -> None:
+        cheque = signed.cheque
+        if cheque.viewer != self.viewer:
+            raise PaymentRefused(f"cheque is from {cheque.viewer}, not the viewer {self.viewer}")
+        if cheque.content_id != self.content_id:
+            raise PaymentRefused("cheque is for another content")
+        try:
+            self.check_signature(signed)
+        except ChainError as exc:
+            raise PaymentRefused(f"cheque refused: {exc}") from None
+
+    def _covered(self, slices: int, paid: int) -> bool:
+        """Would `slices` delivered leave at most `window` of them unpaid?"""
+        return slices * self.price_wei <= paid + self.window_slices * self.price_wei
+
+
+@dataclass
+class SeederAccount(_Relationship):
+    """A seeder's book on one viewer for one content."""
+
+    seeder: str = ""
+    served_slices: int = 0
+    latest: SignedCheque | None = None
+
+    @property
+    def paid_wei(self) -> int:
+        return self.latest.cheque.cumulative_amount if self.latest else 0
+
+    @property
+    def owed_wei(self) -> int:
+        return max(0, self.served_slices * self.price_wei - self.paid_wei)
+
+    def may_serve_next(self) -> bool:
+        return self._covered(self.served_slices + 1, self.paid_wei)
+
+    def record_served(self) -> None:
+        if not self.may_serve_next():
+            raise PaymentRefused("serving another slice would exceed the viewer's credit window")
+        self.served_slices += 1
+
+    def accept(self, signed: SignedCheque) -> bool:
+        """Take a cheque; True if it raised what is paid, False for a harmless duplicate."""
+        self._validate(signed)
+        if signed.cheque.seeder != self.seeder:
+            raise PaymentRefused("cheque names another seeder")
+        amount = signed.cheque.cumulative_amount
+        if amount < self.paid_wei:
+            raise PaymentRefused(f"stale cheque: {amount} wei is below the {self.paid_wei} already signed")
+        if amount == self.paid_wei:
+            return False
+        self.latest = signed
+        return True
+
+
+@dataclass
+class KeyAgentAccount(_Relationship):
+    """A key agent's book on one viewer for one content: cheques to every seeder count."""
+
+    released: set[int] = field(default_factory=set)
+    latest_by_seeder: dict[str, SignedCheque] = field(default_factory=dict)
+
+    @property
+    def paid_wei(self) -> int:
+        return sum(s.cheque.cumulative_amount for s in self.latest_by_seeder.values())
+
+    def accept(self, signed: SignedCheque) -> bool:
+        self._validate(signed)
+        seeder = signed.cheque.seeder
+        previous = self.latest_by_seeder.get(seeder)
+        before = previous.cheque.cumulative_amount if previous else 0
+        if signed.cheque.cumulative_amount < before:
+            raise PaymentRefused("stale cheque: lower than one already shown for that seeder")
+        if signed.cheque.cumulative_amount == before:
+            return False
+        self.latest_by_seeder[seeder] = signed
+        return True
+
+    def unreleased(self, slices: range) -> list[int]:
+        return [i for i in slices if i not in self.released]
+
+    def may_release(self, slices: range) -> bool:
+        return self._covered(len(self.released) + len(self.unreleased(slices)), self.paid_wei)
+
+    def record_release(self, slices: range) -> None:
+        if not self.may_release(slices):
+            raise PaymentRefused(
+                f"keys for slices [{slices.start}, {slices.stop}) need more payment: "
+                f"{self.paid_wei} wei paid for {len(self.released)} keys released"
+            )
+        self.released.update(slices)

@@ -1,0 +1,101 @@
+"""Forward-secret key delivery: keys are sealed to a per-session ephemeral X25519 key.
+
+The viewer makes a fresh X25519 key pair for each viewing session and signs its public
+half with its wallet key, binding it to the content and an expiry (a `SessionOffer`). The
+key agent checks the signature (so it knows whose cheques pay for the keys) and seals each
+delivery to the session key with a NaCl sealed box (itself an ephemeral-static X25519 box).
+When the session ends the viewer drops the private half: a later theft of the viewer's
+long-term keys or of recorded traffic opens none of the past deliveries.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import coincurve
+from eth_hash.auto import keccak
+from nacl.exceptions import CryptoError
+from nacl.public import PrivateKey, PublicKey, SealedBox
+
+from veilstream.identity.keys import evm_address
+from veilstream.market.errors import MarketError, PaymentRefused
+
+OFFER_DOMAIN = b"veilstream key session v1"
+SIGNATURE_BYTES = 65
+
+
+def _offer_digest(content_id: bytes, session_key: bytes, expires_at: int) -> bytes:
+    return keccak(OFFER_DOMAIN + content_id + session_key + struct.pack(">Q", expires_at))
+
+
+@dataclass(frozen=True)
+class SessionOffer:
+    """A viewer's signed ephemeral key for one content, valid until `expires_at` (unix s)."""
+
+    content_id: bytes
+    session_key: bytes
+    expires_at: int
+    signature: bytes
+
+    def viewer(self) -> str:
+        """The wallet address that signed the offer (raises `PaymentRefused` if none did)."""
+        if len(self.signature) != SIGNATURE_BYTES or len(self.session_key) != 32 or len(self.content_id) != 32:
+            raise PaymentRefused("malformed key-session offer")
+        try:
+            public = coincurve.PublicKey.from_signature_and_message(
+                self.signature, _offer_digest(self.content_id, self.session_key, self.expires_at), hasher=None
+            )
+        except Exception:  # noqa: BLE001 - coincurve raises plain Exception on a bad signature
+            raise PaymentRefused("key-session offer has an invalid signature") from None
+        return evm_address(public.format(compressed=False)[1:])
+
+    def check(self, content_id: bytes, now: int) -> str:
+        if self.content_id != content_id:
+            raise PaymentRefused("key-session offer is for another content")
+        if now >= self.expires_at:
+            raise PaymentRefused("key-session offer has expired")
+        return self.viewer()
+
+
+class ViewerKeySession:
+    """The viewer's side: offer, open deliveries, then forget."""
+
+    def __init__(self, wallet_key: bytes, content_id: bytes, expires_at: int) -> None:
+        self._private: PrivateKey | None = PrivateKey.generate()
+        session_key = bytes(self._private.public_key)
+        signature = coincurve.PrivateKey(wallet_key).sign_recoverable(
+            _offer_digest(content_id, session_key, expires_at), hasher=None
+        )
+        self.offer = SessionOffer(content_id, session_key, expires_at, signature)
+
+    def open(self, sealed: bytes) -> bytes:
+        if self._private is None:
+            raise MarketError("this key session is closed; its key is gone")
+        try:
+            return SealedBox(self._private).decrypt(sealed)
+        except CryptoError:
+            raise PaymentRefused("a key delivery does not open with this session's key") from None
+
+    def close(self) -> None:
+        """Forget the session's private key."""
+        self._private = None
+
+    @property
+    def closed(self) -> bool:
+        return self._private is None
+
+
+def seal_to_session(offer: SessionOffer, payload: bytes) -> bytes:
+    return SealedBox(PublicKey(offer.session_key)).encrypt(payload)
+
+
+@dataclass(frozen=True)
+class KeyDelivery:
+    """Tree-node keys for a contiguous range of slices, with the commitment range proof."""
+
+    first: int
+    end: int
+    nodes: tuple[tuple[int, int, bytes], ...] = field(repr=False)  # (height, index, key)
+    proof: tuple[bytes, ...] = ()
+    metadata_key: bytes | None = field(default=None, repr=False)

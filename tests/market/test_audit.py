@@ -1,0 +1,55 @@
+"""The audit log: hash-chained, durable, tamper-evident, and torn writes are dropped."""
+
+import json
+
+import pytest
+
+from veilstream.market.audit import GENESIS, AuditLog, AuditLogError
+
+
+def fill(path, n=5):
+    log = AuditLog(path)
+    heads = [log.append("0xViewer", "ab" * 32, i, i + 1, (i + 1) * 10) for i in range(n)]
+    log.close()
+    return heads
+
+
+def test_reopening_restores_the_head(tmp_path):
+    heads = fill(tmp_path / "audit.log")
+    log = AuditLog(tmp_path / "audit.log")
+    assert log.head == heads[-1] and log.count == 5
+    assert len(set(heads)) == 5 and GENESIS not in heads
+
+
+@pytest.mark.parametrize("field,value", [("first", 99), ("paid_wei", 1), ("viewer", "0xOther")])
+def test_an_edited_entry_breaks_the_chain(tmp_path, field, value):
+    path = tmp_path / "audit.log"
+    fill(path)
+    lines = path.read_text().splitlines()
+    entry = json.loads(lines[2])
+    entry[field] = value
+    lines[2] = json.dumps(entry, sort_keys=True)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AuditLogError, match="entry 2"):
+        AuditLog(path)
+
+
+def test_a_deleted_entry_breaks_the_chain(tmp_path):
+    path = tmp_path / "audit.log"
+    fill(path)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:1] + lines[2:]) + "\n")
+    with pytest.raises(AuditLogError):
+        AuditLog(path)
+
+
+def test_a_torn_last_line_is_dropped_and_appending_continues(tmp_path):
+    path = tmp_path / "audit.log"
+    heads = fill(path, 3)
+    with open(path, "ab") as f:
+        f.write(b'{"seq": 3, "viewer": "0xVie')  # a crash mid-append: never acknowledged
+    log = AuditLog(path)
+    assert log.count == 3 and log.head == heads[-1]
+    log.append("0xViewer", "ab" * 32, 3, 4, 40)
+    log.close()
+    assert AuditLog(path).count == 4
