@@ -1,0 +1,46 @@
+"""The viewer's side of payment: one cumulative cheque per (content, seeder).
+
+Each verified slice raises the cheque to the peer that delivered it by one price; a slice
+from a peer that takes no cheques (a plain BitTorrent client) is paid to the creator in
+full, with a cheque naming the creator as seeder. The payer never signs beyond a budget.
+"""
+
+from __future__ import annotations
+
+from eth_account.signers.local import LocalAccount
+
+from veilstream.chain.cheque import Cheque, ChequeDomain, SignedCheque
+from veilstream.market.errors import MarketError
+
+
+class BudgetExceeded(MarketError):
+    """Paying for another slice would pass the budget the viewer set."""
+
+
+class Payer:
+    def __init__(self, account: LocalAccount, domain: ChequeDomain, content_id: bytes, price_wei: int, budget_wei: int) -> None:
+        self.account = account
+        self.domain = domain
+        self.content_id = content_id
+        self.price_wei = price_wei
+        self.budget_wei = budget_wei
+        self.owed: dict[str, int] = {}  # seeder → cumulative amount signed
+
+    @property
+    def spent_wei(self) -> int:
+        return sum(self.owed.values())
+
+    def pay_for_slice(self, seeder: str) -> SignedCheque:
+        """The next cheque to `seeder`: what was signed before plus one slice."""
+        if self.spent_wei + self.price_wei > self.budget_wei:
+            raise BudgetExceeded(f"the next slice would pass the budget of {self.budget_wei} wei")
+        amount = self.owed.get(seeder, 0) + self.price_wei
+        signed = self.domain.sign(self.account, Cheque(self.account.address, self.content_id, seeder, amount))
+        self.owed[seeder] = amount
+        return signed
+
+    def latest(self, seeder: str) -> SignedCheque | None:
+        amount = self.owed.get(seeder)
+        if amount is None:
+            return None
+        return self.domain.sign(self.account, Cheque(self.account.address, self.content_id, seeder, amount))

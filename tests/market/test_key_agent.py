@@ -1,0 +1,104 @@
+"""Key agent and viewer, end to end without a network: cheques buy keys, keys check out."""
+
+import os
+
+import pytest
+from eth_account import Account
+
+from veilstream.content import PublishOptions, Terms, WrongKeyError, publish_file
+from veilstream.content.keytree import TreeNode
+from veilstream.content.unseal import open_verified_slice, verify_range_keys
+from veilstream.identity import Identity
+from veilstream.market import messages
+from veilstream.market.audit import AuditLog
+from veilstream.market.key_agent import KeyAgent
+from veilstream.market.key_session import ViewerKeySession
+from veilstream.market.payer import BudgetExceeded, Payer
+
+PRICE = 10**12
+NOW = 1_700_000_000
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ka")
+    (tmp / "in.bin").write_bytes(os.urandom(500_000))
+    (tmp / "out").mkdir()
+    creator = Identity.from_mnemonic("leader monkey parrot ring guide accident before fence cannon height naive bean")
+    return publish_file(tmp / "in.bin", tmp / "out", creator, PublishOptions(16 * 1024, terms=Terms(PRICE, 2_000))), tmp
+
+
+@pytest.fixture
+def agent(published, domain, tmp_path):
+    done, _ = published
+    agent = KeyAgent(domain, AuditLog(tmp_path / "audit.log"), clock=lambda: NOW)
+    agent.offer(done.torrent, done.keys)
+    return agent
+
+
+def open_delivery(session, torrent, answer):
+    assert isinstance(answer, messages.SealedKeys), answer
+    delivery = messages.decode_delivery(session.open(answer.sealed))
+    nodes = [TreeNode(h, j, k) for h, j, k in delivery.nodes]
+    return verify_range_keys(torrent, nodes, list(delivery.proof)), delivery
+
+
+def test_keys_are_released_against_cheques_and_decrypt(agent, published, domain):
+    done, _ = published
+    torrent, cid = done.torrent, done.torrent.info_hash
+    wallet = Account.create()
+    session = ViewerKeySession(wallet.key, cid, NOW + 600)
+    assert agent.on_session(session.offer) == wallet.address
+    payer = Payer(wallet, domain, cid, PRICE, budget_wei=100 * PRICE)
+    seeder = Account.create().address
+
+    keys, delivery = open_delivery(session, torrent, agent.on_key_request(wallet.address, cid, 0, 2))  # the window
+    assert sorted(keys) == [0, 1] and delivery.metadata_key == done.keys.metadata_key
+    refused = agent.on_key_request(wallet.address, cid, 2, 3)
+    assert isinstance(refused, messages.MarketRefusal) and refused.code == messages.RefusalCode.PAYMENT_NEEDED
+
+    for _ in range(5):
+        agent.on_cheque(payer.pay_for_slice(seeder))
+    keys, _ = open_delivery(session, torrent, agent.on_key_request(wallet.address, cid, 2, 7))
+    with open(done.ciphertext_path, "rb") as f:
+        for i in range(2, 7):
+            offset, length = torrent.manifest.slice_range(i)
+            f.seek(offset)
+            assert len(open_verified_slice(torrent, i, f.read(length), keys[i])) > 0
+    assert agent.audit.count == 2 and [e["first"] for e in agent.audit.entries()] == [0, 2]
+
+
+def test_requests_without_session_or_out_of_range_are_refused(agent, published):
+    done, _ = published
+    cid = done.torrent.info_hash
+    assert isinstance(agent.on_key_request("0x" + "00" * 20, cid, 0, 1), messages.MarketRefusal)
+    wallet = Account.create()
+    agent.on_session(ViewerKeySession(wallet.key, cid, NOW + 60).offer)
+    answer = agent.on_key_request(wallet.address, cid, 0, done.torrent.piece_count + 1)
+    assert isinstance(answer, messages.MarketRefusal) and answer.code == messages.RefusalCode.BAD_REQUEST
+    assert agent.audit.count == 0
+
+
+def test_a_lying_agent_is_caught_by_the_viewer(agent, published, domain):
+    """Keys that do not match the commitments are refused: the delivery is the evidence."""
+    done, _ = published
+    torrent, cid = done.torrent, done.torrent.info_hash
+    wallet = Account.create()
+    session = ViewerKeySession(wallet.key, cid, NOW + 600)
+    agent.on_session(session.offer)
+    answer = agent.on_key_request(wallet.address, cid, 0, 2)
+    delivery = messages.decode_delivery(session.open(answer.sealed))
+    wrong = [TreeNode(h, j, os.urandom(32)) for h, j, _ in delivery.nodes]
+    with pytest.raises(WrongKeyError):
+        verify_range_keys(torrent, wrong, list(delivery.proof))
+
+
+def test_the_payer_keeps_to_its_budget(domain):
+    payer = Payer(Account.create(), domain, os.urandom(32), PRICE, budget_wei=3 * PRICE)
+    seeders = [Account.create().address for _ in range(2)]
+    payer.pay_for_slice(seeders[0])
+    payer.pay_for_slice(seeders[1])
+    assert payer.pay_for_slice(seeders[0]).cheque.cumulative_amount == 2 * PRICE
+    with pytest.raises(BudgetExceeded):
+        payer.pay_for_slice(seeders[1])
+    assert payer.spent_wei == 3 * PRICE
