@@ -74,3 +74,11 @@ def test_range_proofs_fail_for_altered_leaves_or_positions(leaves, data):
         merkle.verify_range_proof(altered, first, path, root, len(leaves))
     with pytest.raises(merkle.MerkleError):
         merkle.verify_range_proof(leaves[first + 1 : end + 1], first, path, root, len(leaves))
+
+
+@given(st.lists(st.binary(min_size=32, max_size=32), max_size=300), st.integers(min_value=0, max_value=3))
+def test_streaming_root_equals_the_batch_root(leaves, leaf_height):
+    streaming = merkle.StreamingRoot(leaf_height)
+    for leaf in leaves:
+        streaming.push(leaf)
+    assert streaming.root() == merkle.root(leaves, pad_height=leaf_height)

@@ -157,3 +157,38 @@ def verify_range_proof(range_leaves: list[bytes], first: int, path: list[bytes],
             nodes[(height + 1, j // 2)] = _parent(nodes.pop((height, left)), nodes.pop((height, right)))
     if nodes.get((depth, 0)) != expected_root:
         raise MerkleError("range proof does not reach the root")
+
+
+class StreamingRoot:
+    """The root of a zero-padded tree whose leaves arrive one at a time, in O(log n) memory:
+    a stack of the roots of complete subtrees, merged as they pair up."""
+
+    def __init__(self, leaf_height: int = 0) -> None:
+        self._stack: list[tuple[int, bytes]] = []  # (height, root), heights strictly decreasing
+        self._leaf_height = leaf_height
+        self.count = 0
+
+    def push(self, leaf: bytes) -> None:
+        height, node = self._leaf_height, leaf
+        while self._stack and self._stack[-1][0] == height:
+            node = _parent(self._stack.pop()[1], node)
+            height += 1
+        self._stack.append((height, node))
+        self.count += 1
+
+    def root(self) -> bytes:
+        """Root over the leaves pushed so far, padded to the next power of two."""
+        if not self._stack:
+            return zero_root(self._leaf_height)
+        height, node = self._stack[-1]
+        for below_height, below in reversed(self._stack[:-1]):
+            while height < below_height:  # pad the right part up to its left neighbour
+                node = _parent(node, zero_root(height))
+                height += 1
+            node = _parent(below, node)
+            height += 1
+        target = self._leaf_height + (next_power_of_two(self.count) - 1).bit_length()
+        while height < target:
+            node = _parent(node, zero_root(height))
+            height += 1
+        return node

@@ -145,8 +145,10 @@ def _publish_stream(handle, size, out_dir, creator, options, progress, metadata)
     ciphertext_path = out_dir / name
     ciphertext_length = size + TAG_SIZE * slice_count
 
-    piece_hashes: list[bytes] = []
-    commitments: list[bytes] = []
+    # per-slice state is a flat 32 bytes (the piece layer) plus O(log n) for both roots
+    piece_layer = bytearray()
+    piece_tree = merkle.StreamingRoot(leaf_height=(piece_length // merkle.BLOCK_SIZE).bit_length() - 1)
+    commitment_tree = merkle.StreamingRoot()
     buffer = bytearray(plain_length)
     hash_piece = (
         merkle.small_file_root if ciphertext_length <= piece_length
@@ -158,7 +160,9 @@ def _publish_stream(handle, size, out_dir, creator, options, progress, metadata)
     spare_buffers = [aligned_buffer(piece_length) for _ in range(in_flight_limit)]
 
     def write_when_hashed(ciphertext: memoryview, digest: Future[bytes]) -> None:
-        piece_hashes.append(digest.result())  # one writer thread: appends stay in slice order
+        piece_hash = digest.result()  # one writer thread: hashes arrive in slice order
+        piece_layer.extend(piece_hash)
+        piece_tree.push(piece_hash)
         sink.write(ciphertext)
         ciphertext.release()
 
@@ -178,7 +182,7 @@ def _publish_stream(handle, size, out_dir, creator, options, progress, metadata)
             if got != expected:
                 raise PublishError("the file changed size while being published; try again")
             slice_key = leaf_keys.key(index)
-            commitments.append(key_commitment(slice_key))
+            commitment_tree.push(key_commitment(slice_key))
             if not spare_buffers:
                 recycle_oldest()
             target = spare_buffers.pop()
@@ -194,23 +198,22 @@ def _publish_stream(handle, size, out_dir, creator, options, progress, metadata)
         sink.finish()
 
     if ciphertext_length <= piece_length:
-        pieces_root, piece_layer = piece_hashes[0], b""
+        pieces_root, layer = bytes(piece_layer), b""  # a one-piece file: its hash is the root
     else:
-        pieces_root = merkle.pieces_root(piece_hashes, piece_length, ciphertext_length)
-        piece_layer = b"".join(piece_hashes)
+        pieces_root, layer = piece_tree.root(), bytes(piece_layer)
     manifest = Manifest(
         suite=options.suite,
         salt=salt,
         piece_length=piece_length,
         slice_count=slice_count,
         ciphertext_length=ciphertext_length,
-        key_root=merkle.root(commitments),
+        key_root=commitment_tree.root(),
         creator_address=bytes.fromhex(creator.wallet_address[2:]),
         creator_nostr=bytes.fromhex(creator.nostr_pubkey),
         terms=options.terms,
         encrypted_metadata=Manifest.seal(options.suite, keys.metadata_key, salt, metadata),
     )
-    torrent = Torrent(name, piece_length, ciphertext_length, pieces_root, piece_layer, manifest, options.trackers)
+    torrent = Torrent(name, piece_length, ciphertext_length, pieces_root, layer, manifest, options.trackers)
     torrent_path = out_dir / f"{torrent.content_id}.torrent"
     with open(torrent_path, "wb") as f:
         f.write(torrent.to_bytes())
