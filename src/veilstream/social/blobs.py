@@ -1,0 +1,196 @@
+"""Public blobs (previews) named by their SHA-256: a store, a Blossom-style server, a fetcher.
+
+A blob's name is its hash, so whoever serves it needs no trust: every read, local or
+remote, re-hashes the bytes and refuses a mismatch. The server answers `GET /<sha256>`
+and `HEAD /<sha256>` (an extension after the hash is allowed, as in Blossom) and nothing
+else; it is deliberately small and sits behind the node's own HTTP server later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from veilstream.social.errors import SocialError
+
+log = logging.getLogger(__name__)
+
+MAX_BLOB_BYTES = 64 * 1024 * 1024
+MAX_REQUEST_HEAD = 8 * 1024
+REQUEST_TIMEOUT_S = 10.0
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_BLOB_PATH = re.compile(r"/([0-9a-f]{64})(\.[A-Za-z0-9]{1,8})?")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class BlobStore:
+    """Blobs on disk at `root/ab/abcdef…`, written atomically, verified on every read."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, digest: str) -> Path:
+        if not _SHA256.fullmatch(digest):
+            raise SocialError(f"{digest!r} is not a SHA-256 blob name")
+        return self.root / digest[:2] / digest
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def put(self, data: bytes) -> str:
+        digest = sha256_hex(data)
+        target = self.path(digest)
+        if target.is_file():
+            return digest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, prefix=".incoming-") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp.name, target)
+        return digest
+
+    def get(self, digest: str) -> bytes:
+        """The blob's bytes; a blob that no longer matches its name is removed and refused."""
+        path = self.path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise SocialError(f"no blob {digest[:16]}… in {self.root}") from None
+        if sha256_hex(data) != digest:
+            path.unlink(missing_ok=True)
+            raise SocialError(f"blob {digest[:16]}… was corrupt on disk and has been removed")
+        return data
+
+
+def fetch_blob(base_url: str, digest: str, *, store: BlobStore | None = None, timeout: float = 10.0,
+               max_bytes: int = MAX_BLOB_BYTES) -> bytes:
+    """`GET base_url/<digest>`, refused unless the bytes hash to `digest`; kept in `store` if given."""
+    if not _SHA256.fullmatch(digest):
+        raise SocialError(f"{digest!r} is not a SHA-256 blob name")
+    if store is not None and store.has(digest):
+        try:
+            return store.get(digest)
+        except SocialError:
+            pass  # corrupt copy removed; fetch again
+    url = f"{base_url.rstrip('/')}/{digest}"
+    if not url.startswith(("http://", "https://")):
+        raise SocialError(f"{base_url!r} is not an http(s) blob server")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (scheme checked above)
+            data = response.read(max_bytes + 1)
+    except urllib.error.HTTPError as exc:
+        raise SocialError(f"blob server {base_url}: {exc.code} for {digest[:16]}…") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise SocialError(f"blob server {base_url} unreachable: {getattr(exc, 'reason', exc)}") from None
+    if len(data) > max_bytes:
+        raise SocialError(f"blob {digest[:16]}… from {base_url} is larger than {max_bytes} bytes")
+    if sha256_hex(data) != digest:
+        raise SocialError(f"blob server {base_url} sent bytes that do not hash to {digest[:16]}…")
+    if store is not None:
+        store.put(data)
+    return data
+
+
+# --- the server: request parsing is pure, the asyncio part only moves bytes -----------------
+
+
+def parse_request_head(head: bytes) -> tuple[str, str] | tuple[int, str]:
+    """(method, blob digest) for a valid blob request, or (status, reason) to refuse it."""
+    try:
+        request_line = head.split(b"\r\n", 1)[0].decode("ascii")
+    except UnicodeDecodeError:
+        return 400, "Bad Request"
+    parts = request_line.split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return 400, "Bad Request"
+    method, target = parts[0], parts[1].split("?", 1)[0]
+    if method not in ("GET", "HEAD"):
+        return 405, "Method Not Allowed"
+    match = _BLOB_PATH.fullmatch(target)
+    if match is None:
+        return 404, "Not Found"
+    return method, match.group(1)
+
+
+def _response(status: int, reason: str, body: bytes = b"", *, length: int | None = None,
+              content_type: str = "text/plain; charset=utf-8") -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {len(body) if length is None else length}\r\n"
+        "Access-Control-Allow-Origin: *\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class BlobServer:
+    """`GET /<sha256>` over a `BlobStore`, on 127.0.0.1 by default."""
+
+    def __init__(self, store: BlobStore, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.store = store
+        self.host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> BlobServer:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_REQUEST_HEAD)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> BlobServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+            writer.write(self._answer(head))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, asyncio.TimeoutError):
+            writer.write(_response(400, "Bad Request", b"bad request\n"))
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except ConnectionError:
+                pass
+
+    def _answer(self, head: bytes) -> bytes:
+        parsed = parse_request_head(head)
+        if isinstance(parsed[0], int):
+            status, reason = parsed
+            return _response(status, reason, f"{reason}\n".encode())
+        method, digest = parsed
+        try:
+            data = self.store.get(digest)
+        except SocialError as exc:
+            log.info("blob request %s: %s", digest[:16], exc)
+            return _response(404, "Not Found", b"not found\n")
+        body = data if method == "GET" else b""
+        return _response(200, "OK", body, length=len(data), content_type="application/octet-stream")

@@ -1,0 +1,39 @@
+"""The swarm layer: a BitTorrent-compatible peer protocol (BEP 3, 9, 10, 52) with a
+sans-IO core, an asyncio transport, a streaming piece picker, verified piece storage,
+HTTP tracker client and server (BEP 3/23) and a DHT node (BEP 5).
+
+    wire.py         message vocabulary, framing and parsing
+    connection.py   one connection's protocol state (handshake, flags, ordering)
+    extensions.py   BEP 10 handshake and extension registry; BEP 9 metadata messages
+    hashes.py       BEP 52 hash requests: answering and checking
+    picker.py       which block next: deadlines, rarest first, endgame
+    swarm.py        the protocol core for one content across its peers
+    storage.py      verified pieces on disk, resumable
+    node.py         asyncio transport: sockets, timers, tasks
+    tracker.py      HTTP tracker client and embedded tracker
+    dht.py          BEP 5 DHT node
+    settings.py     every tunable, one frozen dataclass
+
+Only verified ciphertext moves through here; no key is ever needed.
+"""
+
+from veilstream.swarm.errors import (
+    FetchError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    StorageError,
+    SwarmError,
+    TrackerError,
+)
+from veilstream.swarm.extensions import ExtensionRegistry
+from veilstream.swarm.node import Content, SwarmNode, run
+from veilstream.swarm.settings import SwarmSettings
+from veilstream.swarm.storage import PieceStore
+from veilstream.swarm.swarm import Swarm
+from veilstream.swarm.tracker import TrackerServer, TrackerState
+
+__all__ = [
+    "Content", "ExtensionRegistry", "FetchError", "LocalProtocolError", "PieceStore", "RemoteProtocolError",
+    "StorageError", "Swarm", "SwarmError", "SwarmNode", "SwarmSettings", "TrackerError", "TrackerServer",
+    "TrackerState", "run",
+]

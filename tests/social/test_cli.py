@@ -1,0 +1,148 @@
+"""The social commands as a person uses them, through the real `veil` program and a real relay."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from veilstream.social import kinds
+from veilstream.social.events import NostrKey
+
+VEIL = [sys.executable, "-m", "veilstream"]
+PASS = "social test passphrase"
+WORDS = "legal winner thank year wave sausage worth useful legal winner thank yellow"
+
+
+def run(home: Path, *args, env: dict | None = None):
+    environment = {**os.environ, "VEIL_HOME": str(home), "VEIL_PASSPHRASE": PASS, "COLUMNS": "200", **(env or {})}
+    return subprocess.run(VEIL + list(args), input=WORDS if args[:2] == ("init", "--restore") else "",
+                          capture_output=True, text=True, env=environment, timeout=120)
+
+
+def ok(result):
+    assert result.returncode == 0, result.stderr + result.stdout
+    return result.stdout
+
+
+def assert_clean_failure(result, pattern: str):
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert re.search(pattern, lines[0], re.IGNORECASE), lines[0]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("veil-social") / "home"
+    ok(run(home, "init", "--restore"))
+    return home
+
+
+def test_post_feed_and_engage(home, relay, media):
+    r = ["--relay", relay.url]
+    published = ok(run(home, "publish", str(media["video"]), "--slice-size", "64KiB"))
+    content_id = re.search(r"content id\s+([0-9a-f]{64})", published)[1]
+
+    posted = ok(run(home, "post", content_id, "--title", "Colour ramp", "--description", "twelve seconds of colour",
+                    "--tag", "Test", "--tag", "colour", *r))
+    card_id = re.search(r"card ([0-9a-f]{64})", posted)[1]
+    assert "(2 previews)" in posted and relay.url in posted
+
+    # Someone else, elsewhere, reacts: the feed picks it up from the relay.
+    import asyncio
+
+    from veilstream.social.relay_client import RelayPool
+
+    async def stranger_reacts():
+        async with RelayPool([relay.url]) as pool:
+            fans = [NostrKey() for _ in range(2)]
+            for fan in fans:
+                await pool.publish_or_raise(kinds.build_reaction(fan, kinds.EventRef(card_id, _pubkey(home), kinds.CARD)))
+
+    asyncio.run(stranger_reacts())
+    ok(run(home, "react", card_id[:10], *r))
+    ok(run(home, "comment", card_id[:10], "lovely colours", *r))
+    ok(run(home, "repost", card_id, *r))
+
+    shown = ok(run(home, "feed", *r))
+    line = next(line for line in shown.splitlines() if "Colour ramp" in line)
+    assert re.search(r"Colour ramp.*│\s*3\s*│\s*1\s*│\s*1\s*│", line), line  # 3 reactions, 1 comment, 1 repost
+    assert "Colour ramp" in ok(run(home, "feed", "--search", "colour", "--offline"))
+    assert "no cards match" in ok(run(home, "feed", "--search", "nothing-like-this", "--offline"))
+    assert "Colour ramp" in ok(run(home, "feed", "--top", "--offline"))
+
+    # The card carries what the content layer knows, and previews a blob store holds.
+    card_json = _index_event(home, card_id)
+    card = kinds.ContentCard.from_event(card_json)
+    assert card.content_id == content_id and card.mime == "video/mp4" and card.magnet.startswith("magnet:")
+    assert {p.role for p in card.previews} == {"thumbnail", "clip"}
+    for preview in card.previews:
+        assert (home / "social" / "blobs" / preview.sha256[:2] / preview.sha256).is_file()
+
+
+def test_follow_profile_and_following_feed(home, relay):
+    r = ["--relay", relay.url]
+    followee = NostrKey()
+    out = ok(run(home, "follow", followee.nostr_pubkey, *r))
+    assert "you follow 1" in out
+    assert "you follow no one" not in ok(run(home, "feed", "--following", *r))
+    ok(run(home, "follow", followee.nostr_pubkey, "--unfollow", *r))
+    assert "you follow no one" in ok(run(home, "feed", "--following", "--offline"))
+
+    shown = ok(run(home, "profile", "--name", "Ada", "--about", "films", *r))
+    assert "Ada" in shown and "signed by the wallet" in shown and relay.url in shown
+    other = ok(run(home, "profile", followee.nostr_pubkey, *r))
+    assert "none published" in other
+
+
+def test_user_mistakes_are_one_line(home, relay, tmp_path):
+    r = ["--relay", relay.url]
+    assert_clean_failure(run(home, "react", "nothex", *r), "not a card id")
+    assert_clean_failure(run(home, "react", "00000000", *r), "no card starting")
+    assert_clean_failure(run(home, "react", "ab" * 32, *r), "none of the relays")
+    assert_clean_failure(run(home, "follow", "npub1nonsense", *r), "not a Nostr public key")
+    assert_clean_failure(run(home, "feed", "--relay", "http://example.org"), "not a relay URL")
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead = f"ws://127.0.0.1:{unused.getsockname()[1]}"
+        assert_clean_failure(run(home, "feed", "--relay", dead), "no relay reachable")
+    assert_clean_failure(run(home, "post", "ab" * 32, "--title", "x", *r), "not in this vault")
+    assert_clean_failure(run(tmp_path / "nobody", "feed", *r), "no vault")
+    config = home / "social" / "relays.json"
+    config.write_text("{not json")
+    try:
+        assert_clean_failure(run(home, "feed"), "not a relay list")
+    finally:
+        config.unlink()
+
+
+def test_default_relay_is_started_for_the_command(home):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    out = ok(run(home, "profile", "--name", "Local", env={"VEIL_RELAY_PORT": str(port)}))
+    assert f"ws://127.0.0.1:{port}" in out
+    # The relay keeps its data in the vault: with the local index gone, the next command's
+    # new relay process still serves the profile.
+    for leftover in (home / "social").glob("index.sqlite3*"):
+        leftover.unlink()
+    again = ok(run(home, "profile", env={"VEIL_RELAY_PORT": str(port)}))
+    assert "Local" in again
+    assert (home / "social" / "relay" / "relay.sqlite3").is_file()
+
+
+def _pubkey(home: Path) -> str:
+    return json.loads((home / "identity.json").read_text())["nostr_pubkey"]
+
+
+def _index_event(home: Path, event_id: str):
+    from veilstream.social.index import FeedIndex
+
+    with FeedIndex(home / "social" / "index.sqlite3") as index:
+        return index.event(event_id)

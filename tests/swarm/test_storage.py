@@ -1,0 +1,118 @@
+"""Verified pieces on disk: only written once verified, resumable, re-verified on resume,
+atomic resume state, and clear errors."""
+
+import resource
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from veilstream.swarm.errors import StorageError
+from veilstream.swarm.storage import PieceStore, bits_to_bytes, bytes_to_bits
+
+
+def test_bitfield_conversion_round_trips_and_rejects_spare_bits():
+    have = bytearray([1, 0, 1, 1, 0, 0, 0, 0, 1, 1])
+    raw = bits_to_bytes(have)
+    assert raw == bytes([0b10110000, 0b11000000])
+    assert bytes_to_bits(raw, 10) == have
+    assert bytes_to_bits(bytes([0b10110000, 0b11100000]), 10) is None
+    assert bytes_to_bits(raw, 17) is None
+
+
+def piece(content, index):
+    pl = content.torrent.piece_length
+    return content.ciphertext_path.read_bytes()[index * pl : (index + 1) * pl]
+
+
+def test_a_resumed_download_keeps_only_pieces_that_still_verify(content, tmp_path):
+    store = PieceStore.for_download(content.torrent, tmp_path)
+    for index in (0, 3, 4):
+        store.write_verified_piece(index, piece(content, index))
+    store.save_resume()
+    store.close()
+    # damage piece 3 on disk behind the store's back
+    part = tmp_path / (content.torrent.name + ".part")
+    with open(part, "r+b") as f:
+        f.seek(3 * content.torrent.piece_length + 5)
+        f.write(b"\xff\xfe")
+    again = PieceStore.for_download(content.torrent, tmp_path)
+    assert [i for i, h in enumerate(again.have) if h] == [0, 4]
+    again.close()
+
+
+def test_a_torn_or_foreign_resume_file_starts_over(content, tmp_path):
+    store = PieceStore.for_download(content.torrent, tmp_path)
+    store.write_verified_piece(1, piece(content, 1))
+    store.save_resume()
+    store.close()
+    (tmp_path / (content.torrent.name + ".resume")).write_bytes(b"d7:versioni1e")  # truncated
+    assert PieceStore.for_download(content.torrent, tmp_path).have_count == 0
+
+
+def test_marked_pieces_are_unverified_until_checked(content, tmp_path):
+    """A resume file claiming everything (say, forged) marks nothing that does not verify."""
+    store = PieceStore.for_download(content.torrent, tmp_path)
+    store.have[:] = bytes([1]) * content.torrent.piece_count  # pretend
+    store._resume_dirty = True
+    store.save_resume()
+    store.close()
+    assert PieceStore.for_download(content.torrent, tmp_path).have_count == 0
+
+
+def test_finish_moves_the_part_file_into_place(content, tmp_path):
+    store = PieceStore.for_download(content.torrent, tmp_path)
+    for index in range(content.torrent.piece_count):
+        store.write_verified_piece(index, piece(content, index))
+    path = store.finish()
+    assert path == tmp_path / content.torrent.name
+    assert path.read_bytes() == content.ciphertext_path.read_bytes()
+    assert not (tmp_path / (content.torrent.name + ".resume")).exists()
+    assert store.read(10, 100) == content.ciphertext_path.read_bytes()[10:110]
+    store.close()
+    # opening again finds it complete
+    assert PieceStore.for_download(content.torrent, tmp_path).complete
+
+
+def test_seeding_a_corrupt_file_offers_only_good_pieces(content, tmp_path):
+    bad = tmp_path / content.torrent.name
+    raw = bytearray(content.ciphertext_path.read_bytes())
+    raw[2 * content.torrent.piece_length] ^= 1
+    bad.write_bytes(bytes(raw))
+    store = PieceStore.for_seeding(content.torrent, bad)
+    assert store.have_count == content.torrent.piece_count - 1 and not store.have[2]
+    assert store.read_block(2, 0, 16384) is None
+
+
+def test_seeding_the_wrong_file_is_a_clear_error(content, tmp_path):
+    (tmp_path / "x").write_bytes(b"short")
+    with pytest.raises(StorageError, match="not this content"):
+        PieceStore.for_seeding(content.torrent, tmp_path / "x")
+    with pytest.raises(StorageError, match="no ciphertext"):
+        PieceStore.for_seeding(content.torrent, tmp_path / "missing")
+
+
+def test_a_full_disk_is_reported_not_crashed(content, tmp_path):
+    """With the file-size limit below the ciphertext (EFBIG, like ENOSPC), the store says
+    so clearly. Run in a child so the limit binds nobody else."""
+    code = (
+        "import sys, pathlib\n"
+        "from veilstream.content import Torrent\n"
+        "from veilstream.swarm.storage import PieceStore\n"
+        "from veilstream.swarm.errors import StorageError\n"
+        "t = Torrent.load(pathlib.Path(sys.argv[1]))\n"
+        "try:\n"
+        "    PieceStore.for_download(t, pathlib.Path(sys.argv[2]))\n"
+        "except StorageError as e:\n"
+        "    print('ERR', e)\n"
+    )
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    done = subprocess.run([sys.executable, "-c", code, str(content.torrent_path), str(tmp_path / "dl")],
+                          capture_output=True, text=True, preexec_fn=limit, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ERR disk full")
