@@ -36,6 +36,7 @@ from veilstream.swarm.swarm import (
     ExtensionMessageReceived,
     MetadataReceived,
     PeerDropped,
+    PeerReady,
     PieceVerified,
     Swarm,
     SwarmFailed,
@@ -78,6 +79,8 @@ class Content:
         self._complete = asyncio.Event()
         self.addresses: set[tuple[str, int]] = set()  # connected or being connected
         self.on_extension_message: Callable[[ExtensionMessageReceived], None] | None = None
+        self.on_peer_ready: Callable[[PeerReady], None] | None = None
+        self.on_piece_verified: Callable[[PieceVerified], None] | None = None
         self.dropped: list[PeerDropped] = []
         self.started_at = time.monotonic()
         self.first_piece_at: float | None = None
@@ -175,11 +178,28 @@ class Content:
         self.swarm.send_extension(conn, name, payload)
         self.node._flush(self)
 
+    def set_upload_gate(self, gate: Callable[[int, int], bool] | None) -> None:
+        """Charge for uploads: `gate(conn, piece)` is asked before a piece first goes to a peer."""
+        self.swarm.upload_gate = gate
+
+    def uploads_may_resume(self, conn: int) -> None:
+        self.swarm.uploads_may_resume(conn)
+        self.node._flush(self)
+
+    def peer_address(self, conn: int) -> tuple[str, int] | None:
+        peer = self.swarm.peers.get(conn)
+        return peer.address if peer else None
+
     def _on_event(self, event) -> None:
         kind = type(event)
         if kind is PieceVerified:
             if self.first_piece_at is None:
                 self.first_piece_at = time.monotonic()
+            if self.on_piece_verified is not None:
+                self.on_piece_verified(event)
+        elif kind is PeerReady:
+            if self.on_peer_ready is not None:
+                self.on_peer_ready(event)
         elif kind is MetadataReceived:
             self._metadata.set()
         elif kind is DownloadComplete:

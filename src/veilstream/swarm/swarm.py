@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from hashlib import sha256
 
@@ -73,6 +74,16 @@ RATE_SMOOTHING = 0.3  # weight of the newest interval in a peer's moving-average
 @dataclass(frozen=True)
 class PieceVerified:
     index: int
+    senders: tuple[int, ...] = ()  # connections that delivered its blocks, most blocks first
+
+
+@dataclass(frozen=True)
+class PeerReady:
+    """A peer finished its BEP 10 handshake: these are the extensions it speaks."""
+
+    conn: int
+    address: tuple[str, int]
+    extensions: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -105,7 +116,8 @@ class SwarmFailed:
     error: SwarmError
 
 
-Event = PieceVerified | MetadataReceived | DownloadComplete | PeerDropped | ExtensionMessageReceived | SwarmFailed
+Event = (PieceVerified | MetadataReceived | DownloadComplete | PeerDropped | ExtensionMessageReceived | SwarmFailed
+         | PeerReady)
 
 
 class _Assembly:
@@ -125,7 +137,7 @@ class Peer:
         "conn", "address", "wire", "ext", "has", "early_bitfield", "early_haves", "requests", "uploads",
         "downloaded", "uploaded", "download_rate", "upload_rate", "_dl_mark", "_ul_mark", "connected_at",
         "last_received", "last_sent", "unrequested_bytes", "hash_tokens", "hash_tokens_at", "hash_requests",
-        "snubbed", "optimistic", "unchoked_at", "strikes",
+        "snubbed", "optimistic", "unchoked_at", "strikes", "opened",
     )
 
     def __init__(self, conn: int, address: tuple[str, int], connection: PeerConnection, now: float) -> None:
@@ -150,6 +162,7 @@ class Peer:
         self.optimistic = False
         self.unchoked_at = 0.0
         self.strikes = 0
+        self.opened: set[int] = set()  # pieces the upload gate let this peer have
 
 
 class Swarm:
@@ -185,6 +198,10 @@ class Swarm:
         # Set by a transport that hashes complete pieces elsewhere (a thread): called with
         # (index, buffer); the answer comes back through `piece_hashed`. None: hash inline.
         self.hash_offload = None
+        # Set by an application that charges for uploads (the market): asked once per
+        # (peer, piece) before the piece's first block goes out; False holds the peer's
+        # queue until `uploads_may_resume(conn)`.
+        self.upload_gate: Callable[[int, int], bool] | None = None
         self._suspects: dict[int, tuple[list[bytes | None], list[int | None]]] = {}  # piece → block hashes, senders
         self.metadata: MetadataAssembler | None = None
         self._metadata_info: dict | None = None  # verified info dict awaiting its piece layer
@@ -250,10 +267,17 @@ class Swarm:
         if peer is None or peer.wire.phase is Phase.CLOSED:
             return []
         if peer.uploads and self.store is not None and not peer.wire.am_choking:
-            uploads, store, send_block = peer.uploads, self.store, peer.wire.send_block
+            uploads, store, send_block, gate = peer.uploads, self.store, peer.wire.send_block, self.upload_gate
+            held = False
             try:
                 while uploads and budget_bytes > 0:
-                    index, begin, length = uploads.popleft()
+                    index, begin, length = uploads[0]
+                    if gate is not None and index not in peer.opened:
+                        if not gate(peer.conn, index):
+                            held = True
+                            break
+                        peer.opened.add(index)
+                    uploads.popleft()
                     block = store.read_block(index, begin, length)
                     if block is None:
                         continue
@@ -263,7 +287,7 @@ class Swarm:
                     self.uploaded_bytes += length
             except StorageError as exc:
                 self._fail(exc)
-            if uploads:
+            if uploads and not held:
                 self.dirty.add(conn)  # more once the buffer drains
         out = peer.wire.take_output()
         if out:
@@ -328,6 +352,11 @@ class Swarm:
             raise LocalProtocolError(f"extension {name!r} is not registered")
         peer.wire.send(wire.Extended(peer.ext.extensions[name], payload))
         self.dirty.add(conn)
+
+    def uploads_may_resume(self, conn: int) -> None:
+        """The upload gate may now say yes to `conn` (say, a cheque came in)."""
+        if conn in self.peers:
+            self.dirty.add(conn)
 
     def is_banned(self, address: tuple[str, int]) -> bool:
         return address in self.banned_addresses
@@ -641,7 +670,11 @@ class Swarm:
             if other.wire.phase is Phase.ACTIVE and (other.has is None or not other.has[index]):
                 other.wire.send(have)
                 self.dirty.add(other.conn)
-        self._events.append(PieceVerified(index))
+        counts: dict[int, int] = {}
+        for sender in assembly.senders:
+            if sender is not None:
+                counts[sender] = counts.get(sender, 0) + 1
+        self._events.append(PieceVerified(index, tuple(sorted(counts, key=counts.__getitem__, reverse=True))))
         if picker.complete:
             self._complete(now)
 
@@ -742,6 +775,8 @@ class Swarm:
         if message.ext_id == 0:
             first = peer.ext is None
             peer.ext = ExtensionHandshake.decode(message.payload)
+            if first:
+                self._events.append(PeerReady(peer.conn, peer.address, frozenset(peer.ext.extensions)))
             if first and self.torrent is None:
                 self._ask_metadata(peer, now)
                 self._ask_piece_layer(now)
