@@ -1,0 +1,189 @@
+"""The serving side of the market on one content: a seeder that charges per slice, and,
+on the creator's node, the key agent.
+
+It binds the protocol pieces to a swarm `Content`: when a peer that speaks the market
+extension is ready it gets our terms; its signed session offer tells us which viewer it
+is; its cheques feed the viewer's books; the upload gate lets a piece go out only while
+those books allow; key requests go to the key agent. Cheques this node is owed are kept
+in the cheque ledger and cashed in batches once they pass the threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from veilstream.chain.cheque import ChequeDomain, SignedCheque
+from veilstream.market import messages
+from veilstream.market.credit import SeederAccount
+from veilstream.market.errors import MarketProtocolError, PaymentRefused
+from veilstream.market.key_agent import KeyAgent
+from veilstream.market.settings import MarketSettings
+from veilstream.swarm.node import Content
+from veilstream.swarm.swarm import ExtensionMessageReceived, PeerReady
+
+log = logging.getLogger("veilstream.market")
+
+
+@dataclass
+class _PeerState:
+    viewer: str | None = None  # known once the peer's signed session offer arrives
+    speaks_market: bool = False
+
+
+@dataclass
+class SellerStats:
+    slices_served: int = 0
+    slices_refused: int = 0
+    cheques_accepted: int = 0
+    cheques_refused: int = 0
+    keys_released: int = 0
+    peers_dropped: int = 0
+    refusals: list[str] = field(default_factory=list)
+
+
+class MarketService:
+    def __init__(
+        self,
+        content: Content,
+        *,
+        payee: str,
+        domain: ChequeDomain,
+        settings: MarketSettings = MarketSettings(),
+        key_agent: KeyAgent | None = None,
+        serve_plain_peers: bool = True,
+    ) -> None:
+        self.content = content
+        self.payee = payee
+        self.domain = domain
+        self.settings = settings
+        self.key_agent = key_agent
+        self.serve_plain_peers = serve_plain_peers
+        self.stats = SellerStats()
+        self.accounts: dict[str, SeederAccount] = {}  # by viewer address
+        self._peers: dict[int, _PeerState] = {}
+        torrent = content.torrent
+        self.content_id = torrent.info_hash
+        self.terms = torrent.manifest.terms
+        content.on_peer_ready = self._on_peer_ready
+        content.on_extension_message = self._on_message
+        content.set_upload_gate(self._may_upload)
+
+    # -- books -------------------------------------------------------------------------
+    def account(self, viewer: str) -> SeederAccount:
+        if viewer not in self.accounts:
+            self.accounts[viewer] = SeederAccount(
+                viewer, self.content_id, self.terms.price_per_slice_wei, self.settings.credit_window_slices,
+                self.domain.verify, seeder=self.payee,
+            )
+        return self.accounts[viewer]
+
+    def cheques_owed(self) -> list[SignedCheque]:
+        """The latest cheque of every viewer that paid this node: what to cash."""
+        return [a.latest for a in self.accounts.values() if a.latest is not None]
+
+    @property
+    def earned_wei(self) -> int:
+        return sum(a.paid_wei for a in self.accounts.values())
+
+    # -- swarm callbacks ------------------------------------------------------------------
+    def _on_peer_ready(self, event: PeerReady) -> None:
+        state = self._peers.setdefault(event.conn, _PeerState())
+        state.speaks_market = messages.MARKET_EXTENSION in event.extensions
+        if state.speaks_market:
+            self._send(event.conn, messages.Terms(
+                price_per_slice_wei=self.terms.price_per_slice_wei,
+                seeder_share_bps=self.terms.seeder_share_bps,
+                payee=bytes.fromhex(self.payee[2:]),
+                credit_window_slices=self.settings.credit_window_slices,
+                chain_id=self.domain.chain_id,
+                wallet_contract=bytes.fromhex(self.domain.wallet[2:]),
+                serves_keys=self.key_agent is not None,
+            ))
+
+    def _may_upload(self, conn: int, piece: int) -> bool:
+        state = self._peers.get(conn)
+        if state is None or not state.speaks_market:
+            return self.serve_plain_peers or self.terms.price_per_slice_wei == 0
+        if state.viewer is None:
+            return False  # wait for the signed session offer that says who pays
+        account = self.account(state.viewer)
+        if not account.may_serve_next():
+            self.stats.slices_refused += 1
+            return False
+        account.record_served()
+        self.stats.slices_served += 1
+        return True
+
+    def _on_message(self, event: ExtensionMessageReceived) -> None:
+        if event.name != messages.MARKET_EXTENSION:
+            return
+        state = self._peers.setdefault(event.conn, _PeerState(speaks_market=True))
+        try:
+            message = messages.decode(event.payload)
+            self._handle(event.conn, state, message)
+        except MarketProtocolError as exc:
+            self._refuse(event.conn, messages.RefusalCode.BAD_REQUEST, str(exc))
+        except PaymentRefused as exc:
+            self.stats.cheques_refused += 1
+            self._refuse(event.conn, messages.RefusalCode.BAD_CHEQUE, str(exc))
+
+    def _handle(self, conn: int, state: _PeerState, message: messages.Message) -> None:
+        match message:
+            case messages.SessionMessage(offer=offer):
+                if offer.content_id != self.content_id:
+                    raise PaymentRefused("session offer for another content")
+                viewer = offer.check(self.content_id, int(_now()))
+                if state.viewer not in (None, viewer):
+                    raise PaymentRefused("a connection cannot change viewer")
+                state.viewer = viewer
+                if self.key_agent is not None:
+                    self.key_agent.on_session(offer)
+                self.content.uploads_may_resume(conn)
+            case messages.ChequeMessage(cheque=signed):
+                self._on_cheque(conn, state, signed)
+            case messages.KeyRequest(first=first, end=end):
+                if self.key_agent is None:
+                    self._refuse(conn, messages.RefusalCode.NO_KEYS, "this node sells no keys")
+                elif state.viewer is None:
+                    self._refuse(conn, messages.RefusalCode.BAD_REQUEST, "send a session offer first")
+                else:
+                    answer = self.key_agent.on_key_request(state.viewer, self.content_id, first, end)
+                    if isinstance(answer, messages.SealedKeys):
+                        self.stats.keys_released += end - first
+                    self._send(conn, answer)
+            case messages.Terms() | messages.SealedKeys() | messages.MarketRefusal():
+                pass  # a viewer's business, not ours
+
+    def _on_cheque(self, conn: int, state: _PeerState, signed: SignedCheque) -> None:
+        if state.viewer is not None and signed.cheque.viewer != state.viewer:
+            raise PaymentRefused("cheque from another viewer than this connection's")
+        if signed.cheque.content_id != self.content_id:
+            raise PaymentRefused("cheque for another content")
+        accepted = False
+        if self.key_agent is not None:
+            accepted = self.key_agent.on_cheque(signed)
+        if signed.cheque.seeder == self.payee:
+            accepted = self.account(signed.cheque.viewer).accept(signed) or accepted
+        elif self.key_agent is None:
+            raise PaymentRefused("cheque names another seeder")
+        if accepted:
+            self.stats.cheques_accepted += 1
+        self.content.uploads_may_resume(conn)
+
+    def _send(self, conn: int, message: messages.Message) -> None:
+        try:
+            self.content.send_extension(conn, messages.MARKET_EXTENSION, messages.encode(message))
+        except Exception as exc:  # noqa: BLE001 - the peer left meanwhile: nothing to tell it
+            log.debug("market message to %s not sent: %s", conn, exc)
+
+    def _refuse(self, conn: int, code: int, text: str) -> None:
+        self.stats.refusals.append(text)
+        log.info("refused peer %s: %s", conn, text)
+        self._send(conn, messages.MarketRefusal(code, text))
+
+
+def _now() -> float:
+    import time
+
+    return time.time()

@@ -1,0 +1,303 @@
+"""The viewer's paid stream: fetch verified ciphertext, pay per slice, buy keys ahead of
+the playhead, check them, decrypt, and hand out plaintext in order.
+
+Payment follows delivery: when a slice verifies, the peer that delivered most of it gets a
+cheque raised by one price (a plain BitTorrent peer's slices are paid to the creator), and
+every cheque is also shown to the key agent, whose books sum them over seeders. Keys come
+sealed to this stream's ephemeral session key and are checked against the manifest's key
+commitments before use; a wrong delivery is kept as evidence and the keys are asked of
+another agent. Closing the stream forgets the session key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from eth_account.signers.local import LocalAccount
+
+from veilstream.chain.cheque import ChequeDomain, SignedCheque
+from veilstream.content import DecryptionError, Metadata, Torrent, WrongKeyError
+from veilstream.content.crypto import open_slice
+from veilstream.content.keytree import TreeNode
+from veilstream.content.unseal import verify_range_keys
+from veilstream.market import messages
+from veilstream.market.errors import MarketError, MarketProtocolError, PaymentRefused
+from veilstream.market.key_session import ViewerKeySession
+from veilstream.market.payer import Payer
+from veilstream.market.settings import MarketSettings
+from veilstream.swarm.node import Content
+from veilstream.swarm.swarm import ExtensionMessageReceived, PeerReady, PieceVerified
+
+log = logging.getLogger("veilstream.market")
+
+
+class StreamError(MarketError):
+    """The stream cannot go on: no honest key agent, budget exhausted, or a swarm failure."""
+
+
+@dataclass
+class _Source:
+    address: tuple[str, int]
+    terms: messages.Terms | None = None  # None: a plain BitTorrent peer (or not yet said)
+    speaks_market: bool = False
+
+
+@dataclass
+class StreamStats:
+    slices_by_source: Counter = field(default_factory=Counter)  # "host:port" → slices
+    paid_by_payee: Counter = field(default_factory=Counter)  # address → wei signed
+    key_deliveries: int = 0
+    bad_key_deliveries: int = 0
+    first_plaintext_at: float | None = None
+    started_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A key delivery that did not match the commitments: what the agent sent, opened."""
+
+    conn: int
+    address: tuple[str, int]
+    first: int
+    end: int
+    sealed: bytes
+    reason: str
+
+
+class PaidStream:
+    def __init__(
+        self,
+        content: Content,
+        torrent: Torrent,
+        *,
+        wallet: LocalAccount,
+        domain: ChequeDomain,
+        budget_wei: int,
+        settings: MarketSettings = MarketSettings(),
+    ) -> None:
+        self.content = content
+        self.torrent = torrent
+        self.manifest = torrent.manifest
+        self.settings = settings
+        self.creator = _checksum(self.manifest.creator_address)
+        self.payer = Payer(wallet, domain, torrent.info_hash, self.manifest.terms.price_per_slice_wei, budget_wei)
+        self.session = ViewerKeySession(wallet.key, torrent.info_hash, int(time.time()) + settings.key_session_ttl_s)
+        self.stats = StreamStats()
+        self.evidence: list[Evidence] = []
+        self.metadata_key: bytes | None = None
+        self._sources: dict[int, _Source] = {}
+        self._keys: dict[int, bytes] = {}
+        self._keys_changed = asyncio.Event()
+        self._distrusted: set[int] = set()
+        self._key_request: tuple[int, int, int] | None = None  # (conn, first, end) in flight
+        self._playhead = 0
+        self._failure: StreamError | None = None
+        self._failed = asyncio.Event()
+        content.on_peer_ready = self._on_peer_ready
+        content.on_extension_message = self._on_message
+        content.on_piece_verified = self._on_piece_verified
+
+    # -- what the player sees -------------------------------------------------------------
+    async def slices(self, start: int = 0) -> AsyncIterator[tuple[int, bytes]]:
+        """(index, plaintext) from slice `start` on, in order; `seek` restarts elsewhere."""
+        self.seek(start)
+        index = start
+        while index < self.manifest.slice_count:
+            offset, length = self.manifest.slice_range(index)
+            ciphertext = await self._unless_failed(self.content.read(offset, length))  # verified by the swarm
+            key = await self._key_for(index)
+            try:
+                plaintext = open_slice(self.manifest.suite, key, self.manifest.salt, index, ciphertext)
+            except DecryptionError:
+                raise StreamError(f"slice {index} fails authentication with a checked key: corrupt storage?") from None
+            if self.stats.first_plaintext_at is None:
+                self.stats.first_plaintext_at = time.monotonic()
+            self._playhead = index + 1
+            self._want_keys()
+            yield index, plaintext
+            index += 1
+
+    def seek(self, index: int) -> None:
+        self._playhead = index
+        self.content.seek(index * self.manifest.piece_length)
+        self._want_keys()
+
+    def metadata(self) -> Metadata | None:
+        if self.metadata_key is None:
+            return None
+        return self.manifest.metadata(self.metadata_key)
+
+    def close(self) -> None:
+        self.session.close()
+
+    async def _unless_failed(self, awaitable):
+        """Await `awaitable`, unless the stream fails first (then raise the failure)."""
+        if self._failure is not None:
+            raise self._failure
+        work = asyncio.ensure_future(awaitable)
+        failed = asyncio.ensure_future(self._failed.wait())
+        try:
+            await asyncio.wait({work, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (work, failed):
+                if not task.done():
+                    task.cancel()
+        if self._failure is not None:
+            raise self._failure
+        return work.result()
+
+    # -- keys ---------------------------------------------------------------------------
+    async def _key_for(self, index: int) -> bytes:
+        while index not in self._keys:
+            if self._failure is not None:
+                raise self._failure
+            self._want_keys()
+            event = self._keys_changed
+            await event.wait()
+        return self._keys[index]
+
+    def _key_agents(self) -> list[int]:
+        return [conn for conn, s in self._sources.items()
+                if s.terms is not None and s.terms.serves_keys and conn not in self._distrusted]
+
+    def _want_keys(self) -> None:
+        if self._key_request is not None:
+            return
+        first = self._playhead
+        while first < self.manifest.slice_count and first in self._keys:
+            first += 1
+        if first >= self.manifest.slice_count:
+            return
+        price = self.manifest.terms.price_per_slice_wei
+        allowance = self.settings.key_lookahead_slices
+        if price:
+            paid_slices = self.payer.spent_wei // price
+            allowance = min(allowance, paid_slices + self.settings.credit_window_slices - len(self._keys))
+        end = first
+        while end < self.manifest.slice_count and end - first < allowance and end not in self._keys:
+            end += 1
+        agents = self._key_agents()
+        if end <= first or not agents:
+            return
+        conn = agents[0]
+        self._key_request = (conn, first, end)
+        self._send(conn, messages.KeyRequest(first, end))
+
+    def _on_keys(self, conn: int, message: messages.SealedKeys) -> None:
+        if self._key_request is None or self._key_request[0] != conn:
+            return  # unasked: ignore
+        self._key_request = None
+        try:
+            delivery = messages.decode_delivery(self.session.open(message.sealed))
+            nodes = [TreeNode(h, j, k) for h, j, k in delivery.nodes]
+            keys = verify_range_keys(self.torrent, nodes, list(delivery.proof))
+            if min(keys) != message.first or max(keys) + 1 != message.end:
+                raise WrongKeyError("the delivery opens other slices than it claims")
+        except (WrongKeyError, PaymentRefused, MarketProtocolError) as exc:
+            self.stats.bad_key_deliveries += 1
+            source = self._sources.get(conn)
+            self.evidence.append(Evidence(conn, source.address if source else ("?", 0), message.first, message.end,
+                                          message.sealed, str(exc)))
+            self._distrusted.add(conn)
+            log.warning("key agent %s sent bad keys (%s); asking another", conn, exc)
+            if not self._key_agents():
+                self._fail(StreamError(f"the key agent sent keys that fail their commitments ({exc}); no other agent"))
+            self._want_keys()
+            return
+        if delivery.metadata_key is not None and self.metadata_key is None:
+            self.metadata_key = delivery.metadata_key
+        self._keys.update(keys)
+        self.stats.key_deliveries += 1
+        self._keys_changed.set()
+        self._keys_changed = asyncio.Event()
+        self._want_keys()
+
+    # -- payment ------------------------------------------------------------------------
+    def _on_piece_verified(self, event: PieceVerified) -> None:
+        source = self._sources.get(event.senders[0]) if event.senders else None
+        if source is not None and source.terms is not None:
+            payee = _checksum(source.terms.payee)
+        else:
+            payee = self.creator  # a plain BitTorrent peer: the creator is paid in full
+        label = f"{source.address[0]}:{source.address[1]}" if source else "?"
+        self.stats.slices_by_source[label] += 1
+        if not self.manifest.terms.price_per_slice_wei:
+            return
+        try:
+            cheque = self.payer.pay_for_slice(payee)
+        except MarketError as exc:
+            self._fail(StreamError(str(exc)))
+            return
+        self.stats.paid_by_payee[payee] += self.manifest.terms.price_per_slice_wei
+        self._deliver_cheque(cheque, event.senders[0] if source is not None and source.terms else None)
+        self._want_keys()
+
+    def _deliver_cheque(self, cheque: SignedCheque, seeder_conn: int | None) -> None:
+        message = messages.ChequeMessage(cheque)
+        targets = set(self._key_agents())
+        if seeder_conn is not None:
+            targets.add(seeder_conn)
+        for conn in targets:
+            self._send(conn, message)
+
+    # -- swarm callbacks ------------------------------------------------------------------
+    def _on_peer_ready(self, event: PeerReady) -> None:
+        source = self._sources.setdefault(event.conn, _Source(event.address))
+        source.speaks_market = messages.MARKET_EXTENSION in event.extensions
+        if source.speaks_market:
+            self._send(event.conn, messages.SessionMessage(self.session.offer))
+
+    def _on_message(self, event: ExtensionMessageReceived) -> None:
+        if event.name != messages.MARKET_EXTENSION:
+            return
+        try:
+            message = messages.decode(event.payload)
+        except MarketProtocolError as exc:
+            log.info("peer %s sent a malformed market message: %s", event.conn, exc)
+            return
+        source = self._sources.setdefault(event.conn, _Source(self.content.peer_address(event.conn) or ("?", 0)))
+        match message:
+            case messages.Terms():
+                if message.chain_id != self.payer.domain.chain_id or _checksum(message.wallet_contract) != self.payer.domain.wallet:
+                    log.info("peer %s prices on another chain or wallet; treated as a plain peer", event.conn)
+                    return
+                source.terms = message
+                if message.serves_keys:
+                    for cheque in self._all_cheques():
+                        self._send(event.conn, messages.ChequeMessage(cheque))
+                self._want_keys()
+            case messages.SealedKeys():
+                self._on_keys(event.conn, message)
+            case messages.MarketRefusal(code=code, text=text):
+                log.info("peer %s refused: %s", event.conn, text)
+                if self._key_request is not None and self._key_request[0] == event.conn:
+                    self._key_request = None  # asked too early: asked again after the next payment
+                    if code != messages.RefusalCode.PAYMENT_NEEDED:
+                        self._distrusted.add(event.conn)
+                        self._want_keys()
+
+    def _all_cheques(self) -> list[SignedCheque]:
+        return [c for c in (self.payer.latest(s) for s in self.payer.owed) if c is not None]
+
+    def _send(self, conn: int, message: messages.Message) -> None:
+        try:
+            self.content.send_extension(conn, messages.MARKET_EXTENSION, messages.encode(message))
+        except Exception as exc:  # noqa: BLE001 - the peer left meanwhile
+            log.debug("market message to %s not sent: %s", conn, exc)
+
+    def _fail(self, error: StreamError) -> None:
+        if self._failure is None:
+            self._failure = error
+        self._failed.set()
+        self._keys_changed.set()
+
+
+def _checksum(address: bytes) -> str:
+    from eth_utils import to_checksum_address
+
+    return to_checksum_address(address)

@@ -1,0 +1,184 @@
+"""Pay-per-slice streaming over real loopback sockets: a creator node (seeder + key agent),
+a seeder holding only ciphertext, and a viewer that pays per verified slice."""
+
+import asyncio
+import os
+import shutil
+
+import pytest
+from eth_account import Account
+
+from veilstream.content import PublishOptions, Terms, publish_file
+from veilstream.identity import Identity, generate_mnemonic
+from veilstream.market import messages
+from veilstream.market.audit import AuditLog
+from veilstream.market.key_agent import KeyAgent
+from veilstream.market.service import MarketService
+from veilstream.market.settings import MarketSettings
+from veilstream.market.stream import PaidStream, StreamError
+from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
+from veilstream.swarm.node import SwarmNode
+from veilstream.swarm.storage import PieceStore
+
+PRICE = 10**12
+SLICE = 16 * 1024
+TIMEOUT_S = 60
+
+
+def market_node() -> SwarmNode:
+    return SwarmNode(registry=ExtensionRegistry((UT_METADATA, messages.MARKET_EXTENSION)))
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("paid")
+    plaintext = os.urandom(40 * (SLICE - 16) + 1234)
+    (tmp / "movie.bin").write_bytes(plaintext)
+    (tmp / "creator").mkdir()
+    creator = Identity.from_mnemonic(generate_mnemonic())
+    done = publish_file(tmp / "movie.bin", tmp / "creator", creator, PublishOptions(SLICE, terms=Terms(PRICE, 2_500)))
+    seeder_dir = tmp / "seeder"
+    seeder_dir.mkdir()
+    shutil.copy(done.ciphertext_path, seeder_dir / done.torrent.name)
+    return done, creator, plaintext, tmp
+
+
+class Network:
+    """Creator (seeds, sells keys), one key-less seeder, and the viewer's node."""
+
+    def __init__(self, published, domain, tmp_path, *, key_agent_class=KeyAgent, seeder_serves=True):
+        self.done, self.creator, self.plaintext, self.tmp = published
+        self.domain, self.tmp_path = domain, tmp_path
+        self.key_agent_class, self.seeder_serves = key_agent_class, seeder_serves
+        self.seeder_wallet = Account.create()
+
+    async def __aenter__(self):
+        torrent = self.done.torrent
+        self.nodes = [market_node(), market_node(), market_node()]
+        for node in self.nodes:
+            await node.__aenter__()
+        creator_node, seeder_node, self.viewer_node = self.nodes
+        agent = self.key_agent_class(self.domain, AuditLog(self.tmp_path / "audit.log"))
+        agent.offer(torrent, self.done.keys)
+        creator_content = creator_node.seed(PieceStore.for_seeding(torrent, self.done.ciphertext_path))
+        self.creator_service = MarketService(creator_content, payee=self.creator.wallet_address, domain=self.domain, key_agent=agent)
+        self.agent = agent
+        self.seeders = [creator_node]
+        if self.seeder_serves:
+            seeder_content = seeder_node.seed(PieceStore.for_seeding(torrent, self.tmp / "seeder" / torrent.name))
+            self.seeder_service = MarketService(seeder_content, payee=self.seeder_wallet.address, domain=self.domain)
+            self.seeders.append(seeder_node)
+        return self
+
+    def viewer(self, wallet, budget=10**18, stream_class=PaidStream):
+        content = self.viewer_node.fetch(self.done.torrent, self.tmp_path / "viewer")
+        stream = stream_class(content, self.done.torrent, wallet=wallet, domain=self.domain, budget_wei=budget)
+        for node in self.seeders:
+            content.add_peer("127.0.0.1", node.listen_port)
+        return stream
+
+    async def __aexit__(self, *exc):
+        for node in reversed(self.nodes):
+            await node.__aexit__(None, None, None)
+
+
+async def play(stream, start=0):
+    out = {}
+    async with asyncio.timeout(TIMEOUT_S):
+        async for index, plaintext in stream.slices(start):
+            out[index] = plaintext
+    return out
+
+
+def test_honest_stream_pays_each_slice_once_and_decrypts(published, domain, tmp_path):
+    async def scenario():
+        async with Network(published, domain, tmp_path) as net:
+            wallet = Account.create()
+            stream = net.viewer(wallet)
+            got = await play(stream)
+            n = net.done.torrent.piece_count
+            assert b"".join(got[i] for i in range(n)) == net.plaintext
+            assert sum(stream.stats.paid_by_payee.values()) == n * PRICE
+            assert stream.payer.spent_wei == n * PRICE
+            assert stream.metadata().name == "movie.bin"
+            assert net.agent.audit.count == stream.stats.key_deliveries
+            assert stream.stats.bad_key_deliveries == 0
+            # every seeder was paid exactly what it served, within the window at every moment
+            for service in (net.creator_service, net.seeder_service):
+                for account in service.accounts.values():
+                    assert account.owed_wei <= 2 * PRICE
+            stream.close()
+            assert stream.session.closed
+    asyncio.run(scenario())
+
+
+def test_seek_starts_from_the_middle(published, domain, tmp_path):
+    async def scenario():
+        async with Network(published, domain, tmp_path) as net:
+            stream = net.viewer(Account.create())
+            n = net.done.torrent.piece_count
+            got = await play(stream, start=n // 2)
+            plain_len = SLICE - 16
+            assert b"".join(got[i] for i in range(n // 2, n)) == net.plaintext[(n // 2) * plain_len :]
+    asyncio.run(scenario())
+
+
+class NonPayingStream(PaidStream):
+    """A viewer that takes slices and keys but never signs a cheque."""
+
+    def _on_piece_verified(self, event):
+        self.stats.slices_by_source["unpaid"] += 1
+
+
+def test_a_viewer_that_stops_paying_gets_at_most_the_window(published, domain, tmp_path):
+    async def scenario():
+        async with Network(published, domain, tmp_path) as net:
+            stream = net.viewer(Account.create(), stream_class=NonPayingStream)
+
+            async def consume():
+                async for _ in stream.slices():
+                    pass
+
+            services = (net.creator_service, net.seeder_service)
+            async with asyncio.TaskGroup() as group:
+                player = group.create_task(consume())
+                async with asyncio.timeout(TIMEOUT_S):  # until both seeders have said no
+                    while not all(s.stats.slices_refused for s in services):
+                        await asyncio.sleep(0.01)
+                player.cancel()
+            window = MarketSettings().credit_window_slices
+            for service in (net.creator_service, net.seeder_service):
+                assert service.stats.slices_served <= window
+            assert len(net.agent.account(stream.payer.account.address, net.done.torrent.info_hash).released) <= window
+    asyncio.run(scenario())
+
+
+class LyingKeyAgent(KeyAgent):
+    """Answers with keys from a different tree."""
+
+    def offer(self, torrent, keys):
+        super().offer(torrent, keys)
+        from veilstream.content import ContentKeys
+
+        self._offerings[torrent.info_hash].keys = ContentKeys.derive(os.urandom(32), torrent.manifest.salt, torrent.piece_count)
+
+
+def test_wrong_keys_are_caught_and_kept_as_evidence(published, domain, tmp_path):
+    async def scenario():
+        async with Network(published, domain, tmp_path, key_agent_class=LyingKeyAgent) as net:
+            stream = net.viewer(Account.create())
+            with pytest.raises(StreamError, match="commitments"):
+                await play(stream)
+            assert stream.evidence and "commitments" in stream.evidence[0].reason
+            assert stream.stats.key_deliveries == 0
+    asyncio.run(scenario())
+
+
+def test_the_budget_caps_what_a_viewer_signs(published, domain, tmp_path):
+    async def scenario():
+        async with Network(published, domain, tmp_path) as net:
+            stream = net.viewer(Account.create(), budget=5 * PRICE)
+            with pytest.raises(StreamError, match="budget"):
+                await play(stream)
+            assert stream.payer.spent_wei <= 5 * PRICE
+    asyncio.run(scenario())
