@@ -6,6 +6,7 @@ Every command uses the embedded chain under the vault (`<home>/chain/embedded`) 
 
 from __future__ import annotations
 
+import signal
 import time
 from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
@@ -17,7 +18,7 @@ from rich.table import Table
 
 from veilstream.chain import ChainError, ChequeLedger, Devnet, open_chain
 from veilstream.chain.devnet import DEFAULT_PORT
-from veilstream.node.cli.common import console, err_console, unlock_identity, veil_home
+from veilstream.node.cli.common import console, err_console, open_vault, unlock_identity, veil_home
 
 WEI_PER_ETHER = 10**18
 UNITS = {"wei": 1, "gwei": 10**9, "eth": WEI_PER_ETHER, "ether": WEI_PER_ETHER}
@@ -85,9 +86,13 @@ def _ledger(vault) -> ChequeLedger:
 
 
 def _describe(client) -> str:
-    if client.deployment.rpc_url or client.dev is None or client.dev.kind != "embedded":
-        return client.w3.provider.endpoint_uri if hasattr(client.w3.provider, "endpoint_uri") else "rpc"
-    return f"embedded ({client.dev.embedded.directory})"
+    if client.dev is not None and client.dev.embedded is not None:
+        return f"embedded EVM in {client.dev.embedded.directory}"
+    return str(getattr(client.w3.provider, "endpoint_uri", "RPC endpoint"))
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
 
 
 def register(app: typer.Typer) -> None:
@@ -101,8 +106,7 @@ def register(app: typer.Typer) -> None:
     @wallet.command("address")
     def wallet_address() -> None:
         """Print your wallet address (fund it to pay on a public chain)."""
-        _vault, identity = unlock_identity()
-        console.print(identity.wallet_address)
+        console.print(open_vault().public_identity()["wallet_address"])
 
     @wallet.command("balance")
     def wallet_balance(rpc: ChainRpc = None, deployment: ChainDeployment = None) -> None:
@@ -154,6 +158,14 @@ def register(app: typer.Typer) -> None:
     def withdraw_execute(rpc: ChainRpc = None, deployment: ChainDeployment = None) -> None:
         """Receive the requested withdrawal (less any cheques cashed meanwhile)."""
         with _client(rpc, deployment) as (_vault, client):
+            pending = client.pending_withdrawal()
+            if pending is None:
+                raise ChainError("no withdrawal requested: run `veil wallet withdraw request AMOUNT` first")
+            now = client.timestamp()
+            if pending.unlock_at > now:
+                raise ChainError(
+                    f"the withdrawal is time-locked: it can be executed {_when(pending.unlock_at, now)}"
+                )
             receipt = client.execute_withdrawal()
             amount = receipt.named("Withdrawn")[0].args["amount"]
             console.print(f"withdrew {format_ether(amount)}")
@@ -256,6 +268,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a local chain (anvil) that nodes in other processes share; Ctrl-C stops it."""
         net = Devnet(directory or veil_home() / "chain" / "devnet", port=port)
+        # A plain `kill` must stop anvil too (it runs in its own session and keeps the port).
+        signal.signal(signal.SIGTERM, _interrupt)
         deployment = net.start()
         try:
             console.print(f"devnet at [bold]{deployment.rpc_url}[/] (chain id {deployment.chain_id})")

@@ -1,0 +1,741 @@
+"""`ChainClient`: every chain operation Veilstream performs, typed, over web3.py.
+
+No ABI or raw log leaves this module: callers pass and get back Python values (addresses
+as EIP-55 strings, content ids as 32 bytes, amounts in wei) and typed records.
+
+    client = ChainClient.embedded(home / "chain" / "embedded", identity.wallet)
+    client = ChainClient.connect("http://127.0.0.1:8545", deployment, identity.wallet)
+
+Transactions are signed locally by the client's account and sent raw, the same way on
+every chain; a contract's refusal comes back as `ContractRevert` with its reason, found
+by the gas estimate before anything is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception
+
+from veilstream.chain import artifacts
+from veilstream.chain.cheque import (
+    ZERO_CONTENT_ID,
+    Cheque,
+    ChequeDomain,
+    SignedCheque,
+    checksum_address,
+    content_id_bytes,
+)
+from veilstream.chain.deployment import ChainSettings, Deployment
+from veilstream.chain.embedded import EmbeddedChain
+from veilstream.chain.errors import ChainError, ChainUnavailable, ContractRevert
+
+# Receipts come at once from an auto-mining node; a real chain may take a while.
+RECEIPT_TIMEOUT_S = 120.0
+RECEIPT_POLL_S = 0.05
+# Public RPC endpoints cap eth_getLogs ranges (10,000 blocks is a common limit).
+MAX_LOG_BLOCKS = 5_000
+RPC_TIMEOUT_S = 30
+DEPLOYMENT_FILE = "deployment.json"
+
+
+class RejectReason(IntEnum):
+    """Why Wallet.cash paid nothing for a cheque (the contract's REJECT_* codes)."""
+
+    NOT_NEWER = 1
+    BAD_SIGNATURE = 2
+    UNKNOWN_CONTENT = 3
+    BAD_PAYEE = 4  # the zero address or the Wallet itself
+
+
+class GrantState(IntEnum):
+    NONE = 0
+    OPEN = 1
+    ISSUED = 2
+    REFUNDED = 3
+
+
+class AnchorKind(IntEnum):
+    AUDIT_LOG = 1
+    FEED_BATCH = 2
+
+
+@dataclass(frozen=True)
+class ChainEvent:
+    contract: str
+    name: str
+    args: dict[str, Any]
+    block_number: int
+    tx_hash: bytes
+    log_index: int
+
+
+@dataclass(frozen=True)
+class Receipt:
+    tx_hash: bytes
+    block_number: int
+    gas_used: int
+    events: tuple[ChainEvent, ...]
+
+    def named(self, name: str) -> list[ChainEvent]:
+        return [e for e in self.events if e.name == name]
+
+
+@dataclass(frozen=True)
+class CashResult:
+    receipt: Receipt
+    paid: int
+    cashed: tuple[ChainEvent, ...]
+    shortfalls: tuple[ChainEvent, ...]
+    rejected: tuple[tuple[tuple[str, bytes, str], RejectReason], ...]
+
+
+@dataclass(frozen=True)
+class ContentRecord:
+    content_id: bytes
+    creator: str
+    key_agent: str
+    price_per_slice: int
+    seeder_share_bps: int  # in force now
+    slice_count: int
+    card_hash: bytes
+    scheduled_seeder_share_bps: int | None
+    share_effective_at: int | None
+
+
+@dataclass(frozen=True)
+class Grant:
+    grant_id: int
+    buyer: str
+    content_id: bytes
+    first_slice: int
+    slice_count: int
+    amount: int
+    deadline: int
+    state: GrantState
+
+
+@dataclass(frozen=True)
+class PendingWithdrawal:
+    amount: int
+    unlock_at: int
+
+
+@dataclass(frozen=True)
+class EventPage:
+    events: list[ChainEvent]
+    cursor: int  # pass back to continue after these events
+
+
+@dataclass
+class DevControls:
+    """What only a development chain allows: free ether, time travel, snapshots."""
+
+    kind: str  # "embedded" or "anvil"
+    w3: Web3
+    embedded: EmbeddedChain | None = None
+    _owner: Any = field(default=None, repr=False)
+
+    def fund(self, address: str, wei: int) -> None:
+        address = checksum_address(address)
+        if self.embedded is not None:
+            faucet = self.embedded.faucet_account
+            tx = {
+                "to": address,
+                "value": int(wei),
+                "gas": 21_000,
+                "nonce": self.w3.eth.get_transaction_count(faucet.address, "pending"),
+                "chainId": self.w3.eth.chain_id,
+                "maxFeePerGas": 2 * self._base_fee() + 10**9,
+                "maxPriorityFeePerGas": 10**9,
+            }
+            tx_hash = self.w3.eth.send_raw_transaction(faucet.sign_transaction(tx).raw_transaction)
+            _wait_receipt(self.w3, tx_hash)
+        else:
+            balance = self.w3.eth.get_balance(address)
+            self._rpc("anvil_setBalance", [address, hex(balance + int(wei))])
+
+    def _base_fee(self) -> int:
+        return int(self.w3.eth.get_block("latest").get("baseFeePerGas") or 0)
+
+    def advance_time(self, seconds: int) -> int:
+        """Move block time forward and mine a block; returns the new block's time."""
+        if self.embedded is not None:
+            return self.embedded.advance_time(seconds)
+        self._rpc("evm_increaseTime", [int(seconds)])
+        self._rpc("evm_mine", [])
+        return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def snapshot(self) -> Any:
+        if self.embedded is not None:
+            return self.embedded.snapshot()
+        return self._rpc("evm_snapshot", [])
+
+    def revert(self, snapshot: Any) -> None:
+        if self.embedded is not None:
+            self.embedded.revert(snapshot)
+            return
+        if not self._rpc("evm_revert", [snapshot]):
+            raise ChainError("anvil refused to revert to the snapshot")
+
+    def _rpc(self, method: str, params: list) -> Any:
+        response = self.w3.provider.make_request(method, params)
+        if "error" in response:
+            raise ChainError(f"{method}: {response['error']}")
+        return response["result"]
+
+
+def _wait_receipt(w3: Web3, tx_hash: bytes) -> Any:
+    try:
+        return w3.eth.wait_for_transaction_receipt(
+            tx_hash, timeout=RECEIPT_TIMEOUT_S, poll_latency=RECEIPT_POLL_S
+        )
+    except TimeExhausted:
+        raise ChainError(
+            f"transaction {HexBytes(tx_hash).to_0x_hex()} not mined after {RECEIPT_TIMEOUT_S:.0f}s"
+        ) from None
+
+
+def _revert_reason(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or (str(exc.args[0]) if exc.args else str(exc))
+    for prefix in ("execution reverted: ", "execution reverted:"):
+        if prefix in text:
+            text = text.split(prefix, 1)[1]
+    return text.strip().strip("'\"") or "the contract refused the call"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, HexBytes | bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, str) and len(value) == 42 and value.startswith("0x"):
+        return to_checksum_address(value)
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+class ChainClient:
+    """One account's view of one Veilstream deployment."""
+
+    def __init__(
+        self,
+        w3: Web3,
+        deployment: Deployment,
+        account: LocalAccount | None = None,
+        *,
+        dev: DevControls | None = None,
+        embedded: EmbeddedChain | None = None,
+    ) -> None:
+        self.w3 = w3
+        self.deployment = deployment
+        self.account = account
+        self.dev = dev
+        self._embedded = embedded
+        self.chain_id = self._call_rpc(lambda: w3.eth.chain_id)
+        if self.chain_id != deployment.chain_id:
+            raise ChainError(
+                f"the deployment is for chain {deployment.chain_id} but the endpoint is chain "
+                f"{self.chain_id}: wrong --chain-rpc or deployment file"
+            )
+        self.registry = self._contract("ContentRegistry", deployment.registry)
+        self.wallet = self._contract("Wallet", deployment.wallet)
+        self.sales = self._contract("AccessSales", deployment.access_sales)
+        self.anchors = self._contract("Anchor", deployment.anchor)
+        self._by_address = {
+            c.address: (name, c)
+            for name, c in (
+                ("ContentRegistry", self.registry),
+                ("Wallet", self.wallet),
+                ("AccessSales", self.sales),
+                ("Anchor", self.anchors),
+            )
+        }
+        self._topics: dict[tuple[str, bytes], Any] = {}
+        for address, (_name, contract) in self._by_address.items():
+            for entry in contract.abi:
+                if entry.get("type") == "event":
+                    event = contract.events[entry["name"]]()
+                    self._topics[(address, bytes(HexBytes(event.topic)))] = event
+        # The domain's chain id is the one the endpoint reports, never an assumed one.
+        self.cheque_domain = ChequeDomain(self.chain_id, deployment.wallet)
+
+    # -- constructors ------------------------------------------------------------------
+
+    @classmethod
+    def connect(
+        cls,
+        rpc_url: str,
+        deployment: Deployment | Path | str | None = None,
+        account: LocalAccount | None = None,
+    ) -> ChainClient:
+        """A client of any EVM JSON-RPC endpoint holding a Veilstream deployment."""
+        w3 = connect_rpc(rpc_url)
+        if deployment is None:
+            raise ChainError(
+                f"no deployment known for {rpc_url}: pass --chain-deployment FILE "
+                "(`veil devnet` writes one)"
+            )
+        if not isinstance(deployment, Deployment):
+            deployment = Deployment.load(Path(deployment))
+        if not w3.eth.get_code(deployment.wallet):
+            raise ChainUnavailable(
+                f"no Wallet contract at {deployment.wallet} on {rpc_url}: "
+                "the chain was reset or the deployment file is for another chain"
+            )
+        return cls(w3, deployment, account, dev=_dev_controls_for(w3))
+
+    @classmethod
+    def embedded(
+        cls,
+        directory: Path | None,
+        account: LocalAccount | None = None,
+        settings: ChainSettings | None = None,
+    ) -> ChainClient:
+        """The in-process chain kept in `directory` (created and deployed on first use;
+        None: in memory). Close it with `close()`."""
+        chain = EmbeddedChain(directory)
+        try:
+            path = chain.directory / DEPLOYMENT_FILE if chain.directory is not None else None
+            if path is not None and path.exists():
+                deployment = Deployment.load(path)
+                if not chain.w3.eth.get_code(deployment.wallet):
+                    raise ChainError(
+                        f"{path} names contracts that the journal in {chain.directory} does not "
+                        "hold; move the directory aside to start a new chain"
+                    )
+            else:
+                deployment = cls.deploy(chain.w3, chain.deployer_account, settings or ChainSettings())
+                if path is not None:
+                    deployment.save(path)
+            dev = DevControls("embedded", chain.w3, embedded=chain)
+            return cls(chain.w3, deployment, account, dev=dev, embedded=chain)
+        except BaseException:
+            chain.close()
+            raise
+
+    def with_account(self, account: LocalAccount | None) -> ChainClient:
+        """The same chain and deployment, acting as another account."""
+        other = object.__new__(ChainClient)
+        other.__dict__.update(self.__dict__)
+        other.account = account
+        return other
+
+    def close(self) -> None:
+        if self._embedded is not None:
+            self._embedded.close()
+
+    def __enter__(self) -> ChainClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def deploy(w3: Web3, deployer: LocalAccount, settings: ChainSettings | None = None) -> Deployment:
+        """Deploy the four contracts; returns where they are."""
+        settings = settings or ChainSettings()
+        chain_id = w3.eth.chain_id
+        first_block = w3.eth.block_number + 1
+
+        def create(name: str, *args: Any) -> str:
+            artifact = artifacts.load(name)
+            factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+            receipt = _transact(w3, deployer, factory.constructor(*args), chain_id=chain_id)
+            return receipt["contractAddress"]
+
+        registry = create("ContentRegistry", settings.terms_delay_s)
+        wallet = create("Wallet", registry, settings.withdrawal_delay_s)
+        sales = create("AccessSales", registry, settings.key_deadline_s)
+        anchor = create("Anchor")
+        return Deployment(
+            chain_id=chain_id,
+            registry=registry,
+            wallet=wallet,
+            access_sales=sales,
+            anchor=anchor,
+            block=first_block,
+            settings=settings,
+        )
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _contract(self, name: str, address: str):
+        return self.w3.eth.contract(address=address, abi=artifacts.load(name).abi)
+
+    def _call_rpc(self, fn):
+        try:
+            return fn()
+        except ContractLogicError as exc:
+            raise ContractRevert(_revert_reason(exc)) from None
+        except (Web3Exception, OSError) as exc:
+            raise ChainUnavailable(f"chain request failed: {exc}") from None
+
+    def _view(self, fn) -> Any:
+        return self._call_rpc(fn.call)
+
+    @property
+    def address(self) -> str:
+        return self._require_account().address
+
+    def _require_account(self) -> LocalAccount:
+        if self.account is None:
+            raise ChainError("this chain client has no account to sign with")
+        return self.account
+
+    def _send(self, fn, value: int = 0) -> Receipt:
+        raw = _transact(self.w3, self._require_account(), fn, value=value, chain_id=self.chain_id)
+        return self._receipt(raw)
+
+    def _receipt(self, raw: Any) -> Receipt:
+        return Receipt(
+            tx_hash=bytes(raw["transactionHash"]),
+            block_number=int(raw["blockNumber"]),
+            gas_used=int(raw["gasUsed"]),
+            events=tuple(e for e in (self._decode(log) for log in raw["logs"]) if e is not None),
+        )
+
+    def _decode(self, log: Any) -> ChainEvent | None:
+        if not log["topics"]:
+            return None
+        address = to_checksum_address(log["address"])
+        event = self._topics.get((address, bytes(log["topics"][0])))
+        if event is None:
+            return None
+        decoded = event.process_log(log)
+        return ChainEvent(
+            contract=self._by_address[address][0],
+            name=decoded["event"],
+            args={k: _plain(v) for k, v in decoded["args"].items()},
+            block_number=int(log["blockNumber"]),
+            tx_hash=bytes(log["transactionHash"]),
+            log_index=int(log["logIndex"]),
+        )
+
+    # -- chain -------------------------------------------------------------------------
+
+    def block_number(self) -> int:
+        return self._call_rpc(lambda: self.w3.eth.block_number)
+
+    def timestamp(self) -> int:
+        """The latest block's time: what the contracts compare deadlines with."""
+        return int(self._call_rpc(lambda: self.w3.eth.get_block("latest"))["timestamp"])
+
+    def balance(self, address: str | None = None) -> int:
+        who = checksum_address(address) if address else self.address
+        return self._call_rpc(lambda: self.w3.eth.get_balance(who))
+
+    def transfer(self, to: str, wei: int) -> Receipt:
+        """A plain ether transfer from this client's account."""
+        account = self._require_account()
+        raw = _transact(self.w3, account, None, to=checksum_address(to), value=wei, chain_id=self.chain_id)
+        return self._receipt(raw)
+
+    # -- registry ----------------------------------------------------------------------
+
+    def register(
+        self,
+        content_id: bytes | str,
+        *,
+        price_per_slice: int,
+        seeder_share_bps: int,
+        slice_count: int,
+        card_hash: bytes = bytes(32),
+        key_agent: str | None = None,
+    ) -> Receipt:
+        return self._send(
+            self.registry.functions.register(
+                content_id_bytes(content_id),
+                checksum_address(key_agent) if key_agent else self.address,
+                int(price_per_slice),
+                int(seeder_share_bps),
+                int(slice_count),
+                bytes(card_hash),
+            )
+        )
+
+    def set_terms(self, content_id: bytes | str, *, price_per_slice: int, seeder_share_bps: int) -> Receipt:
+        fn = self.registry.functions.set_terms(
+            content_id_bytes(content_id), int(price_per_slice), int(seeder_share_bps)
+        )
+        return self._send(fn)
+
+    def set_key_agent(self, content_id: bytes | str, key_agent: str) -> Receipt:
+        fn = self.registry.functions.set_key_agent(content_id_bytes(content_id), checksum_address(key_agent))
+        return self._send(fn)
+
+    def set_card(self, content_id: bytes | str, card_hash: bytes) -> Receipt:
+        return self._send(self.registry.functions.set_card(content_id_bytes(content_id), bytes(card_hash)))
+
+    def content(self, content_id: bytes | str) -> ContentRecord | None:
+        """The registered record, or None for an unknown id."""
+        cid = content_id_bytes(content_id)
+        raw = self._view(self.registry.functions.content(cid))
+        creator = to_checksum_address(raw[0])
+        if int(creator, 16) == 0:
+            return None
+        share_now = self._view(self.registry.functions.seeder_share_bps(cid))
+        effective_at = int(raw[7])
+        scheduled = effective_at != 0 and effective_at > self.timestamp()
+        return ContentRecord(
+            content_id=cid,
+            creator=creator,
+            key_agent=to_checksum_address(raw[1]),
+            price_per_slice=int(raw[2]),
+            seeder_share_bps=int(share_now),
+            slice_count=int(raw[4]),
+            card_hash=bytes(raw[5]),
+            scheduled_seeder_share_bps=int(raw[6]) if scheduled else None,
+            share_effective_at=effective_at if scheduled else None,
+        )
+
+    # -- wallet ------------------------------------------------------------------------
+
+    def deposit(self, wei: int) -> Receipt:
+        return self._send(self.wallet.functions.deposit(), value=int(wei))
+
+    def deposit_of(self, viewer: str | None = None) -> int:
+        who = checksum_address(viewer) if viewer else self.address
+        return self._view(self.wallet.functions.deposits(who))
+
+    def request_withdrawal(self, wei: int) -> Receipt:
+        return self._send(self.wallet.functions.request_withdrawal(int(wei)))
+
+    def cancel_withdrawal(self) -> Receipt:
+        return self._send(self.wallet.functions.cancel_withdrawal())
+
+    def execute_withdrawal(self) -> Receipt:
+        return self._send(self.wallet.functions.execute_withdrawal())
+
+    def pending_withdrawal(self, viewer: str | None = None) -> PendingWithdrawal | None:
+        who = checksum_address(viewer) if viewer else self.address
+        amount, unlock_at = self._view(self.wallet.functions.pending_withdrawals(who))
+        return PendingWithdrawal(int(amount), int(unlock_at)) if unlock_at else None
+
+    def cheque_cover(self, viewer: str) -> int:
+        """What a payee may count on from `viewer`'s deposit: the deposit less any
+        withdrawal under way (cheques beyond it may bounce)."""
+        deposit = self.deposit_of(viewer)
+        pending = self.pending_withdrawal(viewer)
+        return max(0, deposit - (pending.amount if pending else 0))
+
+    def sign_cheque(self, content_id: bytes | str, seeder: str, cumulative_amount: int) -> SignedCheque:
+        """A cheque from this client's account (the viewer) in this deployment's domain."""
+        account = self._require_account()
+        cheque = Cheque(account.address, content_id_bytes(content_id), seeder, int(cumulative_amount))
+        return self.cheque_domain.sign(account, cheque)
+
+    def sign_payment(self, beneficiary: str, cumulative_amount: int) -> SignedCheque:
+        """A cheque with content id zero: pays `beneficiary` in full."""
+        return self.sign_cheque(ZERO_CONTENT_ID, beneficiary, cumulative_amount)
+
+    def verify_cheque(self, signed: SignedCheque) -> None:
+        self.cheque_domain.verify(signed)
+
+    def cash(self, cheques: Sequence[SignedCheque]) -> CashResult:
+        if not cheques:
+            raise ChainError("no cheques to cash")
+        receipt = self._send(self.wallet.functions.cash([c.as_contract_tuple() for c in cheques]))
+        cashed = tuple(receipt.named("ChequeCashed"))
+        rejected = tuple(
+            (
+                (e.args["viewer"], e.args["content_id"], e.args["seeder"]),
+                RejectReason(e.args["reason"]),
+            )
+            for e in receipt.named("ChequeRejected")
+        )
+        return CashResult(
+            receipt=receipt,
+            paid=sum(e.args["paid"] for e in cashed),
+            cashed=cashed,
+            shortfalls=tuple(receipt.named("ChequeShortfall")),
+            rejected=rejected,
+        )
+
+    def cashed(self, viewer: str, content_id: bytes | str, seeder: str) -> int:
+        fn = self.wallet.functions.cashed(
+            checksum_address(viewer), content_id_bytes(content_id), checksum_address(seeder)
+        )
+        return self._view(fn)
+
+    def shortfall(self, viewer: str, content_id: bytes | str, seeder: str) -> int:
+        fn = self.wallet.functions.shortfall(
+            checksum_address(viewer), content_id_bytes(content_id), checksum_address(seeder)
+        )
+        return self._view(fn)
+
+    def earnings(self, payee: str | None = None) -> int:
+        """Credited and not yet claimed, in the Wallet and in AccessSales together."""
+        who = checksum_address(payee) if payee else self.address
+        return self._view(self.wallet.functions.earnings(who)) + self._view(self.sales.functions.earnings(who))
+
+    def claim(self) -> int:
+        """Move every credited earning to this account; returns the amount."""
+        me = self.address
+        total = 0
+        if self._view(self.wallet.functions.earnings(me)):
+            total += self._amount(self._send(self.wallet.functions.claim()), "Claimed")
+        if self._view(self.sales.functions.earnings(me)):
+            total += self._amount(self._send(self.sales.functions.claim()), "Claimed")
+        return total
+
+    @staticmethod
+    def _amount(receipt: Receipt, event: str) -> int:
+        return sum(e.args["amount"] for e in receipt.named(event))
+
+    # -- access sales ------------------------------------------------------------------
+
+    def quote(self, content_id: bytes | str, first_slice: int, slice_count: int) -> int:
+        fn = self.sales.functions.quote(content_id_bytes(content_id), int(first_slice), int(slice_count))
+        return self._view(fn)
+
+    def buy(self, content_id: bytes | str, first_slice: int, slice_count: int, *, value: int | None = None) -> int:
+        """Buy a range; returns the grant id. `value` defaults to the current quote."""
+        cid = content_id_bytes(content_id)
+        if value is None:
+            value = self.quote(cid, first_slice, slice_count)
+        fn = self.sales.functions.buy(cid, int(first_slice), int(slice_count))
+        receipt = self._send(fn, value=value)
+        return int(receipt.named("GrantOpened")[0].args["grant_id"])
+
+    def post_key(self, grant_id: int, sealed_key: bytes) -> Receipt:
+        return self._send(self.sales.functions.post_key(int(grant_id), bytes(sealed_key)))
+
+    def refund(self, grant_id: int) -> Receipt:
+        return self._send(self.sales.functions.refund(int(grant_id)))
+
+    def grant(self, grant_id: int) -> Grant | None:
+        raw = self._view(self.sales.functions.grants(int(grant_id)))
+        if int(raw[6]) == 0:
+            return None
+        return Grant(
+            grant_id=int(grant_id),
+            buyer=to_checksum_address(raw[0]),
+            content_id=bytes(raw[1]),
+            first_slice=int(raw[2]),
+            slice_count=int(raw[3]),
+            amount=int(raw[4]),
+            deadline=int(raw[5]),
+            state=GrantState(int(raw[6])),
+        )
+
+    # -- anchors -----------------------------------------------------------------------
+
+    def anchor(self, kind: int, root: bytes) -> int:
+        """Post a Merkle root; returns its sequence number for (this account, kind)."""
+        receipt = self._send(self.anchors.functions.post(int(kind), bytes(root)))
+        return int(receipt.named("Anchored")[0].args["seq"])
+
+    def latest_anchor(self, poster: str, kind: int) -> tuple[bytes, int]:
+        who = checksum_address(poster)
+        root = self._view(self.anchors.functions.latest(who, int(kind)))
+        seq = self._view(self.anchors.functions.count(who, int(kind)))
+        return bytes(root), int(seq)
+
+    # -- events ------------------------------------------------------------------------
+
+    def events(
+        self,
+        cursor: int | None = None,
+        *,
+        names: Iterable[str] | None = None,
+        to_block: int | None = None,
+    ) -> EventPage:
+        """Every Veilstream event from block `cursor` (default: the deployment block) to
+        `to_block` (default: latest), oldest first, and the cursor to continue from."""
+        start = self.deployment.block if cursor is None else int(cursor)
+        end = self.block_number() if to_block is None else int(to_block)
+        wanted = set(names) if names is not None else None
+        found: list[ChainEvent] = []
+        addresses = list(self._by_address)
+        while start <= end:
+            stop = min(end, start + MAX_LOG_BLOCKS - 1)
+            query = {"fromBlock": start, "toBlock": stop, "address": addresses}
+            logs = self._call_rpc(lambda q=query: self.w3.eth.get_logs(q))
+            for log in logs:
+                event = self._decode(log)
+                if event is not None and (wanted is None or event.name in wanted):
+                    found.append(event)
+            start = stop + 1
+        found.sort(key=lambda e: (e.block_number, e.log_index))
+        return EventPage(found, max(start, end + 1))
+
+
+def connect_rpc(rpc_url: str) -> Web3:
+    if not rpc_url.startswith(("http://", "https://")):
+        raise ChainError(f"--chain-rpc wants an http(s) URL, got {rpc_url!r}")
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": RPC_TIMEOUT_S}))
+    try:
+        w3.eth.chain_id  # noqa: B018 - the first request proves the endpoint answers
+    except Exception as exc:  # requests raises its own hierarchy; any failure means "down"
+        raise ChainUnavailable(f"cannot reach the chain at {rpc_url}: {type(exc).__name__}") from None
+    return w3
+
+
+def _dev_controls_for(w3: Web3) -> DevControls | None:
+    try:
+        version = str(w3.client_version)
+    except Exception:
+        return None
+    return DevControls("anvil", w3) if version.lower().startswith("anvil") else None
+
+
+def _transact(
+    w3: Web3,
+    account: LocalAccount,
+    fn: Any,
+    *,
+    value: int = 0,
+    chain_id: int,
+    to: str | None = None,
+) -> Any:
+    """Estimate (surfacing a revert reason), sign locally, send raw, wait for the receipt.
+    `fn` is a contract call or constructor; None sends plain ether to `to`."""
+    base: dict[str, Any] = {"from": account.address, "value": int(value), "chainId": chain_id}
+    try:
+        base["nonce"] = w3.eth.get_transaction_count(account.address, "pending")
+        if fn is not None:
+            built = fn.build_transaction(base)
+        else:
+            built = {**base, "to": to}
+            built["gas"] = w3.eth.estimate_gas(built)
+            base_fee = int(w3.eth.get_block("latest").get("baseFeePerGas") or 0)
+            built["maxPriorityFeePerGas"] = w3.eth.max_priority_fee
+            built["maxFeePerGas"] = 2 * base_fee + built["maxPriorityFeePerGas"]
+        signed = account.sign_transaction(built)
+        tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    except ContractLogicError as exc:
+        raise ContractRevert(_revert_reason(exc)) from None
+    except Exception as exc:
+        raise _classify(exc) from None
+    receipt = _wait_receipt(w3, tx_hash)
+    if int(receipt["status"]) != 1:
+        raise ChainError(
+            f"transaction {HexBytes(tx_hash).to_0x_hex()} reverted on chain "
+            "(the state changed between estimate and mining); try again"
+        )
+    return receipt
+
+
+def _classify(exc: Exception) -> ChainError:
+    """Turn a node's refusal into a ChainError that says what happened."""
+    text = str(exc)
+    lowered = text.lower()
+    if "execution reverted" in lowered or type(exc).__name__ == "TransactionFailed":
+        return ContractRevert(_revert_reason(exc))
+    if any(p in lowered for p in ("insufficient funds", "enough balance", "enough funds", "cannot afford")):
+        return ChainError("not enough ether in the account for this amount plus gas")
+    if isinstance(exc, ChainError):
+        return exc
+    from eth_utils import ValidationError as EthValidationError
+
+    if isinstance(exc, Web3Exception | ValueError | OSError | EthValidationError):
+        return ChainError(f"the chain refused the transaction: {text}")
+    raise exc

@@ -1,0 +1,104 @@
+"""The cheques this node holds: the latest one per (viewer, content, seeder), in SQLite.
+
+A payee keeps the cheques it received until it cashes them (`pending`, then
+`ChainClient.cash`); a viewer keeps the ones it signed, to know what it owes. Only the
+latest cheque of a relationship matters, since amounts are cumulative, so recording an
+older one is a no-op. A received cheque is verified before it is stored.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from veilstream.chain.cheque import ChequeDomain, SignedCheque
+from veilstream.chain.errors import ChainError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cheques (
+    chain_id   INTEGER NOT NULL,
+    wallet     TEXT    NOT NULL,
+    direction  TEXT    NOT NULL,
+    viewer     TEXT    NOT NULL,
+    content_id BLOB    NOT NULL,
+    seeder     TEXT    NOT NULL,
+    amount     TEXT    NOT NULL,  -- decimal: amounts reach 2**256
+    signature  BLOB    NOT NULL,
+    PRIMARY KEY (chain_id, wallet, direction, viewer, content_id, seeder)
+)
+"""
+
+
+class Direction(StrEnum):
+    RECEIVED = "received"
+    ISSUED = "issued"
+
+
+@dataclass(frozen=True)
+class PendingCheque:
+    signed: SignedCheque
+    uncashed: int
+
+
+class ChequeLedger:
+    def __init__(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise ChainError(f"cheque ledger {path} is unreadable: {exc}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def record(self, domain: ChequeDomain, signed: SignedCheque, direction: Direction) -> bool:
+        """Keep `signed` if it is newer than what is held; returns whether it was kept.
+        Raises ChequeError if the signature is not the viewer's for this domain."""
+        domain.verify(signed)
+        c = signed.cheque
+        key = (domain.chain_id, domain.wallet, str(direction), c.viewer, c.content_id, c.seeder)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self._db.execute(
+                "SELECT amount FROM cheques WHERE chain_id=? AND wallet=? AND direction=? "
+                "AND viewer=? AND content_id=? AND seeder=?",
+                key,
+            ).fetchone()
+            if row is not None and int(row[0]) >= c.cumulative_amount:
+                self._db.execute("COMMIT")
+                return False
+            self._db.execute(
+                "INSERT OR REPLACE INTO cheques VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (*key, str(c.cumulative_amount), signed.signature),
+            )
+            self._db.execute("COMMIT")
+            return True
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def latest(self, domain: ChequeDomain, direction: Direction) -> list[SignedCheque]:
+        rows = self._db.execute(
+            "SELECT viewer, content_id, seeder, amount, signature FROM cheques "
+            "WHERE chain_id=? AND wallet=? AND direction=? ORDER BY viewer, content_id, seeder",
+            (domain.chain_id, domain.wallet, str(direction)),
+        ).fetchall()
+        from veilstream.chain.cheque import Cheque
+
+        return [SignedCheque(Cheque(v, bytes(cid), s, int(a)), bytes(sig)) for v, cid, s, a, sig in rows]
+
+    def pending(self, client) -> list[PendingCheque]:
+        """Received cheques worth more than what has been cashed from them on chain."""
+        out = []
+        for signed in self.latest(client.cheque_domain, Direction.RECEIVED):
+            c = signed.cheque
+            uncashed = c.cumulative_amount - client.cashed(c.viewer, c.content_id, c.seeder)
+            if uncashed > 0:
+                out.append(PendingCheque(signed, uncashed))
+        return out
