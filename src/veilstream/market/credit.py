@@ -10,7 +10,9 @@ stale cheque adds nothing. A payer that stops paying gains at most `window` slic
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from fractions import Fraction
 from dataclasses import dataclass, field
 
 from veilstream.chain.cheque import SignedCheque
@@ -46,10 +48,12 @@ class _Relationship:
 
 @dataclass
 class SeederAccount(_Relationship):
-    """A seeder's book on one viewer for one content."""
+    """A seeder's book on one viewer for one content. Value is counted per block served
+    (a block is worth its share of its slice's price), so a slice whose blocks came from
+    several seeders is owed to each in proportion to what each sent."""
 
     seeder: str = ""
-    served_slices: int = 0
+    served_wei: Fraction = Fraction(0)
     latest: SignedCheque | None = None
 
     @property
@@ -58,15 +62,24 @@ class SeederAccount(_Relationship):
 
     @property
     def owed_wei(self) -> int:
-        return max(0, self.served_slices * self.price_wei - self.paid_wei)
+        return max(0, math.ceil(self.served_wei - self.paid_wei))
+
+    @property
+    def served_slices(self) -> Fraction:
+        return self.served_wei / self.price_wei if self.price_wei else Fraction(0)
+
+    def may_serve(self, value_wei: Fraction | int) -> bool:
+        return self.served_wei + value_wei <= self.paid_wei + self.window_slices * self.price_wei
 
     def may_serve_next(self) -> bool:
-        return self._covered(self.served_slices + 1, self.paid_wei)
+        """May a whole slice more go out?"""
+        return self.may_serve(self.price_wei)
 
-    def record_served(self) -> None:
-        if not self.may_serve_next():
-            raise PaymentRefused("serving another slice would exceed the viewer's credit window")
-        self.served_slices += 1
+    def record_served(self, value_wei: Fraction | int | None = None) -> None:
+        value = self.price_wei if value_wei is None else value_wei
+        if not self.may_serve(value):
+            raise PaymentRefused("serving more would exceed the viewer's credit window")
+        self.served_wei += value
 
     def accept(self, signed: SignedCheque) -> bool:
         """Take a cheque; True if it raised what is paid, False for a harmless duplicate."""

@@ -32,12 +32,27 @@ class Payer:
 
     def pay_for_slice(self, seeder: str) -> SignedCheque:
         """The next cheque to `seeder`: what was signed before plus one slice."""
-        if self.spent_wei + self.price_wei > self.budget_wei:
-            raise BudgetExceeded(f"the next slice would pass the budget of {self.budget_wei} wei")
-        amount = self.owed.get(seeder, 0) + self.price_wei
+        return self.pay(seeder, self.price_wei)
+
+    def pay(self, seeder: str, amount_wei: int) -> SignedCheque:
+        """Raise the cumulative cheque to `seeder` by `amount_wei`."""
+        if self.spent_wei + amount_wei > self.budget_wei:
+            raise BudgetExceeded(f"paying {amount_wei} wei more would pass the budget of {self.budget_wei} wei")
+        amount = self.owed.get(seeder, 0) + amount_wei
         signed = self.domain.sign(self.account, Cheque(self.account.address, self.content_id, seeder, amount))
         self.owed[seeder] = amount
         return signed
+
+    def split_slice_price(self, shares: list[tuple[str, int]]) -> dict[str, int]:
+        """One slice's price divided among payees in proportion to the bytes each sent;
+        rounding goes to the first (the main sender), so the parts sum to the price."""
+        total = sum(size for _, size in shares)
+        parts: dict[str, int] = {}
+        for payee, size in shares[1:]:
+            parts[payee] = parts.get(payee, 0) + self.price_wei * size // total
+        main = shares[0][0]
+        parts[main] = parts.get(main, 0) + self.price_wei - sum(parts.values())
+        return parts
 
     def latest(self, seeder: str) -> SignedCheque | None:
         amount = self.owed.get(seeder)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from veilstream.chain.cheque import ChequeDomain, SignedCheque
 from veilstream.market import messages
@@ -33,8 +34,8 @@ class _PeerState:
 
 @dataclass
 class SellerStats:
-    slices_served: int = 0
-    slices_refused: int = 0
+    bytes_served: int = 0
+    blocks_refused: int = 0
     cheques_accepted: int = 0
     cheques_refused: int = 0
     keys_released: int = 0
@@ -64,6 +65,7 @@ class MarketService:
         self._peers: dict[int, _PeerState] = {}
         torrent = content.torrent
         self.content_id = torrent.info_hash
+        self.manifest = torrent.manifest
         self.terms = torrent.manifest.terms
         content.on_peer_ready = self._on_peer_ready
         content.on_extension_message = self._on_message
@@ -101,18 +103,20 @@ class MarketService:
                 serves_keys=self.key_agent is not None,
             ))
 
-    def _may_upload(self, conn: int, piece: int) -> bool:
+    def _may_upload(self, conn: int, piece: int, length: int) -> bool:
         state = self._peers.get(conn)
         if state is None or not state.speaks_market:
             return self.serve_plain_peers or self.terms.price_per_slice_wei == 0
         if state.viewer is None:
             return False  # wait for the signed session offer that says who pays
         account = self.account(state.viewer)
-        if not account.may_serve_next():
-            self.stats.slices_refused += 1
+        _, piece_size = self.manifest.slice_range(piece)
+        value = Fraction(self.terms.price_per_slice_wei * length, piece_size)
+        if not account.may_serve(value):
+            self.stats.blocks_refused += 1
             return False
-        account.record_served()
-        self.stats.slices_served += 1
+        account.record_served(value)
+        self.stats.bytes_served += length
         return True
 
     def _on_message(self, event: ExtensionMessageReceived) -> None:

@@ -16,7 +16,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from eth_account.signers.local import LocalAccount
 
@@ -30,10 +30,22 @@ from veilstream.market.errors import MarketError, MarketProtocolError, PaymentRe
 from veilstream.market.key_session import ViewerKeySession
 from veilstream.market.payer import Payer
 from veilstream.market.settings import MarketSettings
+from veilstream.content.merkle import BLOCK_SIZE
 from veilstream.swarm.node import Content
+from veilstream.swarm.settings import SwarmSettings
 from veilstream.swarm.swarm import ExtensionMessageReceived, PeerReady, PieceVerified
 
 log = logging.getLogger("veilstream.market")
+
+
+def viewer_swarm_settings(piece_length: int, market: MarketSettings = MarketSettings(),
+                          base: SwarmSettings = SwarmSettings()) -> SwarmSettings:
+    """Swarm settings for a paying viewer: a seeder serves at most its credit window ahead
+    of payment, so asking one peer for more only parks requests there while other peers
+    idle. Ask each peer for about twice the window; the rest goes to the others."""
+    blocks_per_slice = max(1, piece_length // BLOCK_SIZE)
+    depth = max(blocks_per_slice, 2 * market.credit_window_slices * blocks_per_slice)
+    return replace(base, request_queue_depth_blocks=min(base.request_queue_depth_blocks, depth))
 
 
 class StreamError(MarketError):
@@ -219,22 +231,32 @@ class PaidStream:
 
     # -- payment ------------------------------------------------------------------------
     def _on_piece_verified(self, event: PieceVerified) -> None:
-        source = self._sources.get(event.senders[0]) if event.senders else None
-        if source is not None and source.terms is not None:
-            payee = _checksum(source.terms.payee)
-        else:
-            payee = self.creator  # a plain BitTorrent peer: the creator is paid in full
-        label = f"{source.address[0]}:{source.address[1]}" if source else "?"
+        shares = list(event.bytes_by_sender) or [(conn, 1) for conn in event.senders[:1]]
+        if not shares:
+            return
+        main = self._sources.get(shares[0][0])
+        label = f"{main.address[0]}:{main.address[1]}" if main else "?"
         self.stats.slices_by_source[label] += 1
         if not self.manifest.terms.price_per_slice_wei:
             return
+        payee_shares, conn_of_payee = [], {}
+        for conn, size in shares:
+            source = self._sources.get(conn)
+            if source is not None and source.terms is not None:
+                payee = _checksum(source.terms.payee)
+                conn_of_payee[payee] = conn
+            else:
+                payee = self.creator  # a plain BitTorrent peer's bytes are paid to the creator
+            payee_shares.append((payee, size))
         try:
-            cheque = self.payer.pay_for_slice(payee)
+            for payee, amount in self.payer.split_slice_price(payee_shares).items():
+                if amount:
+                    cheque = self.payer.pay(payee, amount)
+                    self.stats.paid_by_payee[payee] += amount
+                    self._deliver_cheque(cheque, conn_of_payee.get(payee))
         except MarketError as exc:
             self._fail(StreamError(str(exc)))
             return
-        self.stats.paid_by_payee[payee] += self.manifest.terms.price_per_slice_wei
-        self._deliver_cheque(cheque, event.senders[0] if source is not None and source.terms else None)
         self._want_keys()
 
     def _deliver_cheque(self, cheque: SignedCheque, seeder_conn: int | None) -> None:

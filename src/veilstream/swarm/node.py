@@ -178,8 +178,8 @@ class Content:
         self.swarm.send_extension(conn, name, payload)
         self.node._flush(self)
 
-    def set_upload_gate(self, gate: Callable[[int, int], bool] | None) -> None:
-        """Charge for uploads: `gate(conn, piece)` is asked before a piece first goes to a peer."""
+    def set_upload_gate(self, gate: Callable[[int, int, int], bool] | None) -> None:
+        """Charge for uploads: `gate(conn, piece, length)` is asked before each block goes out."""
         self.swarm.upload_gate = gate
 
     def uploads_may_resume(self, conn: int) -> None:

@@ -65,6 +65,10 @@ MAX_EARLY_HAVES = 1 << 20  # `have`s remembered before we know the piece count (
 HASH_REQUEST_BURST = 64  # hash requests a peer may make at once...
 HASH_REQUEST_RATE_PER_S = 32.0  # ...and per second after that (each may cost us a piece read and hashing)
 HASH_FAILURE_STRIKES = 2  # shared in two pieces that failed without a culprit found: banned
+# A peer's request queue is topped up once a quarter of it has drained, not after every
+# block: one write of many requests instead of many small ones (each a syscall and a wake-up
+# of the peer); three quarters of the queue stay in flight, which keeps the pipe full.
+REQUEST_REFILL_FRACTION = 4
 RATE_SMOOTHING = 0.3  # weight of the newest interval in a peer's moving-average rate
 
 
@@ -74,7 +78,8 @@ RATE_SMOOTHING = 0.3  # weight of the newest interval in a peer's moving-average
 @dataclass(frozen=True)
 class PieceVerified:
     index: int
-    senders: tuple[int, ...] = ()  # connections that delivered its blocks, most blocks first
+    senders: tuple[int, ...] = ()  # connections that delivered its blocks, most bytes first
+    bytes_by_sender: tuple[tuple[int, int], ...] = ()  # (conn, bytes of this piece it delivered)
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,7 @@ class Peer:
         "conn", "address", "wire", "ext", "has", "early_bitfield", "early_haves", "requests", "uploads",
         "downloaded", "uploaded", "download_rate", "upload_rate", "_dl_mark", "_ul_mark", "connected_at",
         "last_received", "last_sent", "unrequested_bytes", "hash_tokens", "hash_tokens_at", "hash_requests",
-        "snubbed", "optimistic", "unchoked_at", "strikes", "opened",
+        "snubbed", "optimistic", "unchoked_at", "strikes",
     )
 
     def __init__(self, conn: int, address: tuple[str, int], connection: PeerConnection, now: float) -> None:
@@ -162,7 +167,6 @@ class Peer:
         self.optimistic = False
         self.unchoked_at = 0.0
         self.strikes = 0
-        self.opened: set[int] = set()  # pieces the upload gate let this peer have
 
 
 class Swarm:
@@ -198,10 +202,10 @@ class Swarm:
         # Set by a transport that hashes complete pieces elsewhere (a thread): called with
         # (index, buffer); the answer comes back through `piece_hashed`. None: hash inline.
         self.hash_offload = None
-        # Set by an application that charges for uploads (the market): asked once per
-        # (peer, piece) before the piece's first block goes out; False holds the peer's
-        # queue until `uploads_may_resume(conn)`.
-        self.upload_gate: Callable[[int, int], bool] | None = None
+        # Set by an application that charges for uploads (the market): asked before each
+        # block goes out as gate(conn, piece, length); False holds the peer's queue until
+        # `uploads_may_resume(conn)`. A yes is a charge: the block is sent.
+        self.upload_gate: Callable[[int, int, int], bool] | None = None
         self._suspects: dict[int, tuple[list[bytes | None], list[int | None]]] = {}  # piece → block hashes, senders
         self.metadata: MetadataAssembler | None = None
         self._metadata_info: dict | None = None  # verified info dict awaiting its piece layer
@@ -272,11 +276,9 @@ class Swarm:
             try:
                 while uploads and budget_bytes > 0:
                     index, begin, length = uploads[0]
-                    if gate is not None and index not in peer.opened:
-                        if not gate(peer.conn, index):
-                            held = True
-                            break
-                        peer.opened.add(index)
+                    if gate is not None and not gate(peer.conn, index, length):
+                        held = True
+                        break
                     uploads.popleft()
                     block = store.read_block(index, begin, length)
                     if block is None:
@@ -555,8 +557,9 @@ class Swarm:
         if (picker is None or self.finished or self.failed or peer.has is None or peer.wire.phase is not Phase.ACTIVE
                 or peer.wire.peer_choking or not peer.wire.am_interested):
             return
-        want = self._queue_depth(peer) - len(peer.requests)
-        if want <= 0:
+        depth = self._queue_depth(peer)
+        want = depth - len(peer.requests)
+        if want <= 0 or (peer.requests and want * REQUEST_REFILL_FRACTION < depth):
             return
         picks = picker.pick(peer.conn, peer.has, want, fast=self._is_fast(peer), now=now)
         if not picks:
@@ -670,11 +673,12 @@ class Swarm:
             if other.wire.phase is Phase.ACTIVE and (other.has is None or not other.has[index]):
                 other.wire.send(have)
                 self.dirty.add(other.conn)
-        counts: dict[int, int] = {}
-        for sender in assembly.senders:
+        delivered: dict[int, int] = {}
+        for number, sender in enumerate(assembly.senders):
             if sender is not None:
-                counts[sender] = counts.get(sender, 0) + 1
-        self._events.append(PieceVerified(index, tuple(sorted(counts, key=counts.__getitem__, reverse=True))))
+                delivered[sender] = delivered.get(sender, 0) + picker.block_length(index, number)
+        ranked = tuple(sorted(delivered.items(), key=lambda item: item[1], reverse=True))
+        self._events.append(PieceVerified(index, tuple(conn for conn, _ in ranked), ranked))
         if picker.complete:
             self._complete(now)
 
