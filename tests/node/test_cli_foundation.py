@@ -246,8 +246,11 @@ def test_open_on_a_full_disk_leaves_nothing(home, tmp_path):
     assert list(out_dir.iterdir()) == []
 
 
-def test_demo_runs_and_verifies(tmp_path):
-    result = run(tmp_path / "unused", "demo", "--seconds", "2", "--keep", str(tmp_path / "demo"))
-    assert result.returncode == 0, result.stderr
-    assert "demo passed" in result.stdout and "identical" in result.stdout and "none found" in result.stdout
-    assert (tmp_path / "demo" / "opened.mp4").read_bytes() == (tmp_path / "demo" / "sample.mp4").read_bytes()
+def test_demo_runs_the_whole_network_and_verifies(tmp_path):
+    result = run(tmp_path / "unused", "demo", "--seconds", "3", "--keep", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr + result.stdout
+    for claim in ("demo passed", "byte-for-byte identical", "no plaintext, no keys", "split matches the registered terms",
+                  "libtorrent (plain)", "seeder-1", "seeder-2"):
+        assert claim in result.stdout, claim
+    for name in ("seeder-1", "seeder-2", "libtorrent"):  # seeders got ciphertext and nothing else
+        assert [p.name.startswith("veil-") for p in (tmp_path / "demo" / name).iterdir()] == [True]
