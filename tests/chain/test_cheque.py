@@ -130,3 +130,18 @@ def test_content_ids_parse_from_hex_or_bytes():
     assert content_id_bytes(CID.hex()) == CID
     assert content_id_bytes("0x" + CID.hex()) == CID
     assert content_id_bytes(CID) == CID
+
+
+def test_fast_signing_equals_eth_accounts_typed_data_signature():
+    from eth_account import Account as _Account
+
+    from veilstream.chain.cheque import Cheque as _Cheque
+    from veilstream.chain.cheque import ChequeDomain as _Domain
+
+    domain = _Domain(31337, "0x" + "ab" * 20)
+    for i in range(20):
+        account = _Account.create()
+        cheque = _Cheque(account.address, bytes([i]) * 32, _Account.create().address, 10**15 * (i + 1))
+        fast, reference = domain.sign(account, cheque), domain.sign_with_eth_account(account, cheque)
+        assert fast == reference
+        domain.verify(fast)

@@ -236,7 +236,19 @@ class ChequeDomain:
         return keccak(b"\x19\x01" + self.separator + cheque.struct_hash())
 
     def sign(self, account: LocalAccount, cheque: Cheque) -> SignedCheque:
-        """Sign as `account`, which must be the cheque's viewer."""
+        """Sign as `account`, which must be the cheque's viewer.
+
+        Signs the EIP-712 digest directly with libsecp256k1 (coincurve): a viewer signs a
+        cheque per slice, and eth-account's typed-data path costs ~1 ms each. libsecp256k1
+        signs deterministically (RFC 6979) with a low s, as the contract requires; the
+        tests check the result equals eth-account's `sign_typed_data`."""
+        if account.address != cheque.viewer:
+            raise ChequeError("only the viewer named in a cheque may sign it")
+        recoverable = coincurve.PrivateKey(bytes(account.key)).sign_recoverable(self.digest(cheque), hasher=None)
+        return SignedCheque(cheque, recoverable[:64] + bytes([27 + recoverable[64]]))
+
+    def sign_with_eth_account(self, account: LocalAccount, cheque: Cheque) -> SignedCheque:
+        """The same signature through eth-account's structured-data path (the reference)."""
         if account.address != cheque.viewer:
             raise ChequeError("only the viewer named in a cheque may sign it")
         message = encode_typed_data(
