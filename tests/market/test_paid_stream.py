@@ -182,3 +182,92 @@ def test_the_budget_caps_what_a_viewer_signs(published, domain, tmp_path):
                 await play(stream)
             assert stream.payer.spent_wei <= 5 * PRICE
     asyncio.run(scenario())
+
+
+def test_a_seeder_sending_garbage_is_banned_and_never_paid(published, domain, tmp_path):
+    """The key-less seeder's copy is corrupted in every slice: each bad piece it sends fails
+    its Merkle check, it is banned, the viewer finishes from the creator, and no cheque
+    ever names the liar."""
+    done, _, plaintext, tmp = published
+    liar_copy = tmp_path / "liar"
+    liar_copy.mkdir()
+    raw = bytearray((tmp / "seeder" / done.torrent.name).read_bytes())
+    for offset in range(100, len(raw), SLICE):
+        raw[offset] ^= 0xFF
+    (liar_copy / done.torrent.name).write_bytes(bytes(raw))
+
+    async def scenario():
+        async with Network(published, domain, tmp_path, seeder_serves=False) as net:
+            liar_node = net.nodes[1]
+            # seed the corrupt copy without the store's start-up check, as a lying peer would
+            path = liar_copy / done.torrent.name
+            store = PieceStore(done.torrent, path, final_path=path, resume_path=None,
+                               have=bytearray([1]) * done.torrent.piece_count)
+            liar_service = MarketService(liar_node.seed(store), payee=net.seeder_wallet.address, domain=domain)
+            net.seeders.append(liar_node)
+            stream = net.viewer(Account.create())
+            got = await play(stream)
+            assert b"".join(got[i] for i in range(done.torrent.piece_count)) == plaintext
+            assert net.seeder_wallet.address not in stream.payer.owed
+            assert liar_service.earned_wei == 0
+            assert any(d.banned for d in stream.content.dropped) or stream.stats.slices_by_source.get(
+                f"127.0.0.1:{liar_node.listen_port}", 0) == 0
+    asyncio.run(scenario())
+
+
+def _reachable_bytes(*roots, limit=200_000):
+    """Every bytes-like object reachable from `roots` through the garbage collector's view,
+    without crossing into the event loop: every role of these tests runs in one process,
+    and through the loop's tasks everything reaches everything (the viewer included)."""
+    import gc
+    import types
+
+    process_wide = (type, types.ModuleType, types.FrameType, types.CoroutineType, asyncio.Future,
+                    asyncio.AbstractEventLoop, asyncio.TaskGroup)
+    seen, stack, found = set(), list(roots), []
+    while stack and len(seen) < limit:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, process_wide):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            found.append(bytes(obj[:1 << 20]))
+            continue
+        if isinstance(obj, types.MethodType):  # a callback: the object it is bound to
+            stack.append(obj.__self__)
+            continue
+        if isinstance(obj, types.FunctionType):  # a closure: its cells, not its module's globals
+            for cell in obj.__closure__ or ():
+                try:
+                    stack.append(cell.cell_contents)
+                except ValueError:
+                    pass
+            continue
+        if isinstance(obj, str):
+            found.append(obj.encode(errors="ignore"))
+            continue
+        stack.extend(gc.get_referents(obj))
+    return found
+
+
+def test_a_seeders_disk_and_memory_hold_no_plaintext_or_keys(published, domain, tmp_path):
+    done, _, plaintext, tmp = published
+    keys = [done.keys.tree_root.key, done.keys.metadata_key] + [done.keys.tree_root.leaf_key(i) for i in range(done.torrent.piece_count)]
+    probes = [plaintext[i : i + 48] for i in range(0, len(plaintext) - 48, 4096)]
+
+    async def scenario():
+        async with Network(published, domain, tmp_path) as net:
+            stream = net.viewer(Account.create())
+            await play(stream)
+            seeder_state = _reachable_bytes(net.seeder_service, net.nodes[1])
+            assert seeder_state, "the scan found nothing: it is not looking"
+            assert any(done.torrent.info_hash in blob for blob in seeder_state)  # it does see what it holds
+            creator_state = _reachable_bytes(net.creator_service)  # the control: the key agent holds keys
+            assert any(done.keys.tree_root.key in blob for blob in creator_state)
+            for blob in seeder_state:
+                assert not any(k in blob or k.hex().encode() in blob for k in keys)
+                assert not any(p in blob for p in probes)
+    asyncio.run(scenario())
+    for path in (tmp / "seeder").rglob("*"):
+        blob = path.read_bytes()
+        assert not any(p in blob for p in probes) and not any(k in blob for k in keys)
