@@ -11,6 +11,7 @@ in the cheque ledger and cashed in batches once they pass the threshold.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -62,6 +63,7 @@ class MarketService:
         self.serve_plain_peers = serve_plain_peers
         self.stats = SellerStats()
         self.accounts: dict[str, SeederAccount] = {}  # by viewer address
+        self.on_cheque_accepted: Callable[[SignedCheque], None] | None = None  # e.g. keep it for cashing
         self._peers: dict[int, _PeerState] = {}
         torrent = content.torrent
         self.content_id = torrent.info_hash
@@ -173,6 +175,8 @@ class MarketService:
             raise PaymentRefused("cheque names another seeder")
         if accepted:
             self.stats.cheques_accepted += 1
+            if self.on_cheque_accepted is not None:
+                self.on_cheque_accepted(signed)
         self.content.uploads_may_resume(conn)
 
     def _send(self, conn: int, message: messages.Message) -> None:

@@ -1,0 +1,253 @@
+"""`veil serve`, `veil play`, `veil earnings`: the market from the command line.
+
+Nodes in separate processes share a chain through an RPC endpoint (`veil devnet` starts
+one and writes the deployment file); every command takes `--chain-rpc` and
+`--chain-deployment` (or VEIL_CHAIN_RPC / VEIL_CHAIN_DEPLOYMENT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+from contextlib import nullcontext
+import sys
+from pathlib import Path
+
+import typer
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from veilstream.chain import ChequeLedger, open_chain
+from veilstream.chain.ledger import Direction
+from veilstream.content import ContentKeys, Torrent, parse_content_id
+from veilstream.errors import VeilError
+from veilstream.market import messages
+from veilstream.market.audit import AuditLog
+from veilstream.market.key_agent import KeyAgent
+from veilstream.market.service import MarketService
+from veilstream.market.settings import MarketSettings
+from veilstream.market.stream import PaidStream, viewer_swarm_settings
+from veilstream.node.cli.chain_cmds import ChainDeployment, ChainRpc, format_ether, parse_amount
+from veilstream.node.cli.common import console, err_console, unlock_identity
+from veilstream.node.cli.swarm_cmds import _settings, parse_host_port
+from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
+from veilstream.swarm.node import SwarmNode, run
+from veilstream.swarm.storage import PieceStore
+from veilstream.vault import atomic_writer
+
+MAX_CHEQUES_PER_BATCH = 256  # Wallet.vy's batch limit
+
+
+class MarketCommandError(VeilError):
+    pass
+
+
+def _registry() -> ExtensionRegistry:
+    return ExtensionRegistry((UT_METADATA, messages.MARKET_EXTENSION))
+
+
+def _ledger(vault) -> ChequeLedger:
+    return ChequeLedger(Path(vault.home) / "chain" / "cheques.sqlite")
+
+
+def _cash_pending(client, ledger: ChequeLedger) -> int:
+    """Cash every received cheque worth more than what was cashed; claim; return wei claimed."""
+    pending = [p.signed for p in ledger.pending(client)]
+    for start in range(0, len(pending), MAX_CHEQUES_PER_BATCH):
+        client.cash(pending[start : start + MAX_CHEQUES_PER_BATCH])
+    return client.claim() if client.earnings() else 0
+
+
+def serve(
+    content_id: str = typer.Argument(..., help="Content id (or magnet) held in the vault."),
+    keys: bool = typer.Option(False, "--keys", help="Also sell the slice keys (the creator's node: the vault holds them)."),
+    listen: str = typer.Option("127.0.0.1:0", "--listen", help="Where to accept peers, HOST:PORT."),
+    tracker: list[str] = typer.Option([], "--tracker", help="Announce to this HTTP tracker (repeatable)."),
+    rpc: ChainRpc = None,
+    deployment: ChainDeployment = None,
+) -> None:
+    """Serve a content for cheques (and, with --keys, sell its keys) until interrupted; cash on exit."""
+    cid = parse_content_id(content_id)
+    vault, identity = unlock_identity()
+    torrent = vault.torrent(cid)
+    store = PieceStore.for_seeding(torrent, vault.ciphertext_path(cid))
+    client = open_chain(Path(vault.home) / "chain", identity.wallet, rpc_url=rpc, deployment_path=deployment)
+    ledger = _ledger(vault)
+    settings = MarketSettings()
+    agent = None
+    if keys:
+        ring = vault.keyring(cid)
+        root = next((n for n in ring.nodes if n.first_leaf == 0 and n.end_leaf >= torrent.piece_count), None)
+        if root is None or ring.metadata_key is None:
+            raise MarketCommandError("this vault holds only part of the keys: only the creator's node can sell them")
+        agent = KeyAgent(client.cheque_domain, AuditLog(Path(vault.home) / "audit" / f"{cid}.log"), settings)
+        agent.offer(torrent, ContentKeys(root, ring.metadata_key))
+        record = client.content(torrent.info_hash)
+        terms = torrent.manifest.terms
+        if record is None:
+            client.register(torrent.info_hash, price_per_slice=terms.price_per_slice_wei,
+                            seeder_share_bps=terms.seeder_share_bps, slice_count=torrent.piece_count)
+        elif record.price_per_slice != terms.price_per_slice_wei:
+            raise MarketCommandError("the content is registered on chain with other terms than its manifest's")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with SwarmNode(_settings(listen, False), registry=_registry()) as node:
+            content = node.seed(store)
+            service = MarketService(content, payee=identity.wallet_address, domain=client.cheque_domain,
+                                    settings=settings, key_agent=agent)
+            service.on_cheque_accepted = lambda signed: ledger.record(client.cheque_domain, signed, Direction.RECEIVED)
+            for url in tracker:
+                node.announce_to(content, url)
+            host, port = node.listen_address
+            console.print(f"serving {cid} on {host}:{port}{' and selling keys' if agent else ''}")
+            console.print(f"magnet {torrent.magnet}&x.pe={host}:{port}", soft_wrap=True)
+            sys.stdout.flush()
+            with Live(console=err_console, refresh_per_second=4, transient=True) as live:
+                while not stop.is_set():
+                    live.update(f"{content.peers} peers · {service.stats.bytes_served / 2**20:.1f} MiB served · "
+                                f"{service.stats.cheques_accepted} cheques · earned {format_ether(service.earned_wei)}"
+                                + (f" · {service.stats.keys_released} keys released" if agent else ""))
+                    try:
+                        async with asyncio.timeout(0.25):
+                            await stop.wait()
+                    except TimeoutError:
+                        pass
+
+    try:
+        run(main())
+        claimed = _cash_pending(client, ledger)
+        console.print(f"stopped; cashed and claimed {format_ether(claimed)}")
+    finally:
+        client.close()
+
+
+def play(
+    content_id: str = typer.Argument(..., help="Content id or magnet link."),
+    out: Path = typer.Option(..., "--out", help="Where to write the plaintext (- for stdout)."),
+    peer: list[str] = typer.Option([], "--peer", help="A peer to fetch from, HOST:PORT (repeatable)."),
+    tracker: list[str] = typer.Option([], "--tracker", help="An HTTP tracker to find peers (repeatable)."),
+    budget: str = typer.Option(None, "--budget", help="Most to spend, e.g. 0.01 (ETH); default: what the content costs."),
+    rpc: ChainRpc = None,
+    deployment: ChainDeployment = None,
+) -> None:
+    """Stream a content: fetch verified ciphertext, pay per slice, buy keys, decrypt in order."""
+    cid = parse_content_id(content_id)
+    peers = [parse_host_port(p, what="--peer") for p in peer]
+    if not peers and not tracker:
+        raise MarketCommandError("give at least one --peer HOST:PORT or --tracker URL to find the content")
+    vault, identity = unlock_identity()
+    client = open_chain(Path(vault.home) / "chain", identity.wallet, rpc_url=rpc, deployment_path=deployment)
+    ledger = _ledger(vault)
+
+    async def main() -> int:
+        torrent = _known_torrent(vault, cid)
+        if torrent is None:
+            scratch = Path(vault.home) / "partial" / f"{cid}.metadata"
+            try:
+                async with SwarmNode(_settings(None, False), registry=_registry()) as probe_node:
+                    torrent = await _fetch_metadata(probe_node, cid, peers, tracker, scratch)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        record = client.content(torrent.info_hash)
+        terms = torrent.manifest.terms
+        if terms.price_per_slice_wei and record is None:
+            raise MarketCommandError("this content is not registered on this chain: its seeders could not be paid")
+        cost = terms.price_per_slice_wei * torrent.piece_count
+        limit = parse_amount(budget) if budget else cost
+        cover = client.cheque_cover(identity.wallet_address)
+        if limit > cover:
+            raise MarketCommandError(f"your deposit covers {format_ether(cover)}; this needs {format_ether(limit)}: "
+                                     "run `veil wallet deposit AMOUNT` first")
+        async with SwarmNode(viewer_swarm_settings(torrent.piece_length), registry=_registry()) as node:
+            work = Path(vault.home) / "partial" / torrent.content_id
+            content = node.fetch(torrent, work)
+            stream = PaidStream(content, torrent, wallet=identity.wallet, domain=client.cheque_domain, budget_wei=limit)
+            for host, port in peers:
+                content.add_peer(host, port)
+            for url in tracker:
+                node.announce_to(content, url)
+            written = 0
+            progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=err_console, transient=True)
+            sink = sys.stdout.buffer if str(out) == "-" else None
+            try:
+                with progress, (atomic_writer(out, 0o644) if sink is None else nullcontext(sink)) as handle:
+                    task = progress.add_task("streaming", total=torrent.piece_count, status="")
+                    async for index, plaintext in stream.slices(0):
+                        handle.write(plaintext)
+                        written += len(plaintext)
+                        ahead = sum(content.store.have[index + 1 :]) if content.store else 0
+                        progress.update(task, advance=1, status=(
+                            f"{ahead} ahead · paid {format_ether(stream.payer.spent_wei)} · "
+                            f"{content.peers} sources"))
+            finally:
+                for signed in filter(None, (stream.payer.latest(s) for s in stream.payer.owed)):
+                    ledger.record(client.cheque_domain, signed, Direction.ISSUED)
+                await node.drain()
+                stream.close()
+            meta = stream.metadata()
+        table = Table(show_header=False, box=None)
+        table.add_row("played", f"{meta.name if meta else torrent.content_id} ({meta.mime_type if meta else '?'}), "
+                                f"{written:,} bytes, {torrent.piece_count} slices verified and decrypted")
+        table.add_row("paid", f"{format_ether(stream.payer.spent_wei)} in cheques to {len(stream.payer.owed)} payees")
+        for source, count in stream.stats.slices_by_source.most_common():
+            table.add_row("", f"{count} slices from {source}")
+        err_console.print(table)
+        return 0
+
+    try:
+        run(main())
+    finally:
+        client.close()
+
+
+def earnings(rpc: ChainRpc = None, deployment: ChainDeployment = None) -> None:
+    """What this node is owed in cheques, what was cashed on chain, and what waits to be claimed."""
+    vault, identity = unlock_identity()
+    client = open_chain(Path(vault.home) / "chain", identity.wallet, rpc_url=rpc, deployment_path=deployment)
+    try:
+        ledger = _ledger(vault)
+        table = Table("content", "viewer", "payee", "signed", "cashed on chain", title="cheques received", title_justify="left")
+        for signed in ledger.latest(client.cheque_domain, Direction.RECEIVED):
+            c = signed.cheque
+            cashed = client.cashed(c.viewer, c.content_id, c.seeder)
+            table.add_row(c.content_id.hex()[:16] + "…", c.viewer[:10] + "…", c.seeder[:10] + "…",
+                          format_ether(c.cumulative_amount), format_ether(cashed))
+        console.print(table)
+        console.print(f"credited, waiting to be claimed: {format_ether(client.earnings())} "
+                      f"(`veil wallet claim`); wallet balance {format_ether(client.balance())}")
+    finally:
+        client.close()
+
+
+def _known_torrent(vault, cid: str) -> Torrent | None:
+    try:
+        return vault.torrent(cid)
+    except VeilError:
+        return None
+
+
+async def _fetch_metadata(node: SwarmNode, cid: str, peers, trackers, scratch: Path) -> Torrent:
+    """The torrent of `cid` from peers (BEP 9 + piece layers); `scratch` is removed after."""
+    content = node.fetch(bytes.fromhex(cid), scratch)
+    for host, port in peers:
+        content.add_peer(host, port)
+    for url in trackers:
+        node.announce_to(content, url)
+    try:
+        async with asyncio.timeout(30):
+            return await content.metadata()
+    except TimeoutError:
+        raise MarketCommandError("no peer sent the content's metadata within 30 s") from None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("play")(play)
+    app.command("earnings")(earnings)

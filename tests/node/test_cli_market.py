@@ -1,0 +1,105 @@
+"""The market across real processes: `veil devnet` (anvil), a creator's `veil serve --keys`,
+a viewer's `veil play` by magnet with only a peer address, then `veil earnings` and
+cashing on the creator's exit. Every byte is checked; the money is read back on chain."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from veilstream.chain.anvil import find_anvil, free_port
+from veilstream.identity import generate_mnemonic
+from veilstream.vault import KdfParams, Vault
+
+PASS = "market cli passphrase"
+CHEAP_KDF = KdfParams(time_cost=1, memory_kib=8 * 1024, parallelism=1)
+
+
+def env_for(home: Path) -> dict:
+    env = {**os.environ, "VEIL_HOME": str(home), "VEIL_PASSPHRASE": PASS, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    env.pop("VEIL_CHAIN_RPC", None)
+    env.pop("VEIL_CHAIN_DEPLOYMENT", None)
+    return env
+
+
+def veil(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "veilstream", *args], capture_output=True, text=True,
+                          env=env_for(home), timeout=timeout)
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def start(home: Path, *args: str, ready: str) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen([sys.executable, "-m", "veilstream", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=env_for(home))
+    seen = []
+    for line in process.stdout:  # ends at EOF if the process dies
+        seen.append(line)
+        if ready in line:
+            return process, "".join(seen)
+    process.wait(timeout=30)
+    raise AssertionError(f"{args[0]} did not start:\n" + "".join(seen))
+
+
+def stop(process: subprocess.Popen) -> str:
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, out
+    assert "Traceback" not in out
+    return out
+
+
+def test_serve_play_earn_across_processes(tmp_path):
+    if find_anvil() is None:
+        pytest.fail("anvil is not installed: run `make tools` (scripts/install-tools.sh)")
+    creator, viewer = tmp_path / "creator", tmp_path / "viewer"
+    for home in (creator, viewer):
+        Vault.create(home, PASS, generate_mnemonic(), CHEAP_KDF)
+    port, directory = free_port(), tmp_path / "devnet"
+    chain = ["--chain-rpc", f"http://127.0.0.1:{port}", "--chain-deployment", str(directory / "devnet.json")]
+    devnet, _ = start(creator, "devnet", "--port", str(port), "--dir", str(directory), ready="nodes use it with")
+    server = None
+    try:
+        movie = tmp_path / "movie.bin"
+        movie.write_bytes(os.urandom(700_000))
+        published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", "1000000000000",
+                            "--seeder-share", "2000"))
+        cid = re.search(r"content id\s+([0-9a-f]{64})", published)[1]
+        ok(veil(creator, "wallet", "faucet", "1", *chain))
+        ok(veil(viewer, "wallet", "faucet", "1", *chain))
+        ok(veil(viewer, "wallet", "deposit", "0.1", *chain))
+
+        server, banner = start(creator, "serve", cid, "--keys", *chain, ready="magnet ")
+        address = re.search(r"serving [0-9a-f]{64} on ([\d.]+:\d+)", banner)[1]
+        magnet = re.search(r"magnet (\S+)", banner)[1]
+
+        out = tmp_path / "played.bin"
+        played = veil(viewer, "play", magnet, "--peer", address, "--out", str(out), *chain)
+        ok(played)
+        assert out.read_bytes() == movie.read_bytes()
+        slices = -(-700_000 // (64 * 1024 - 16))
+        assert re.search(rf"{slices} slices verified and decrypted", played.stderr)
+        assert "0.000011 ETH in cheques" in played.stderr  # 11 slices × 10¹² wei
+
+        bad = veil(viewer, "play", cid, "--out", str(tmp_path / "x"), *chain)
+        assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--peer" in bad.stderr
+
+        stopped = stop(server)
+        server = None
+        assert "cashed and claimed 0.000011 ETH" in stopped  # the creator served alone: all of it
+        earned = ok(veil(creator, "earnings", *chain))
+        assert re.search(r"0\.000011 ETH\s+│?\s*0\.000011 ETH", earned) or earned.count("0.000011 ETH") >= 2
+    finally:
+        if server is not None:
+            server.kill()
+        stop(devnet)
