@@ -97,7 +97,7 @@ async def paid_run(done, work: Path, chain: ChainClient) -> tuple[float, float, 
     for node in nodes:
         await node.__aenter__()
     try:
-        agent = KeyAgent(chain.cheque_domain, AuditLog(work / "audit.log"))
+        agent = KeyAgent(chain.cheque_domain, AuditLog(work / "audit.log"), signing_key=CREATOR.wallet_key)
         agent.offer(torrent, done.keys)
         services = [MarketService(nodes[0].seed(PieceStore.for_seeding(torrent, done.ciphertext_path)),
                                   payee=CREATOR.wallet_address, domain=chain.cheque_domain, key_agent=agent)]

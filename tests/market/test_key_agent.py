@@ -16,6 +16,7 @@ from veilstream.market.key_session import ViewerKeySession
 from veilstream.market.payer import BudgetExceeded, Payer
 
 PRICE = 10**12
+AGENT_KEY = bytes(range(1, 33))
 NOW = 1_700_000_000
 
 
@@ -31,7 +32,7 @@ def published(tmp_path_factory):
 @pytest.fixture
 def agent(published, domain, tmp_path):
     done, _ = published
-    agent = KeyAgent(domain, AuditLog(tmp_path / "audit.log"), clock=lambda: NOW)
+    agent = KeyAgent(domain, AuditLog(tmp_path / "audit.log"), clock=lambda: NOW, signing_key=AGENT_KEY)
     agent.offer(done.torrent, done.keys)
     return agent
 

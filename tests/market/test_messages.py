@@ -21,7 +21,7 @@ def examples(sign):
         m.ChequeMessage(sign(Account.create().address, 12345)),
         m.SessionMessage(offer),
         m.KeyRequest(3, 9),
-        m.SealedKeys(0, 1, os.urandom(500)),
+        m.SealedKeys(0, 1, os.urandom(500), os.urandom(65)),
         m.MarketRefusal(m.RefusalCode.PAYMENT_NEEDED, "pay for slice 4 first"),
     ]
 

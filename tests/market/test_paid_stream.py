@@ -8,7 +8,7 @@ import shutil
 import pytest
 from eth_account import Account
 
-from veilstream.content import PublishOptions, Terms, publish_file
+from veilstream.content import PublishOptions, Terms, WrongKeyError, publish_file
 from veilstream.identity import Identity, generate_mnemonic
 from veilstream.market import messages
 from veilstream.market.audit import AuditLog
@@ -58,7 +58,7 @@ class Network:
         for node in self.nodes:
             await node.__aenter__()
         creator_node, seeder_node, self.viewer_node = self.nodes
-        agent = self.key_agent_class(self.domain, AuditLog(self.tmp_path / "audit.log"))
+        agent = self.key_agent_class(self.domain, AuditLog(self.tmp_path / "audit.log"), signing_key=self.creator.wallet_key)
         agent.offer(torrent, self.done.keys)
         creator_content = creator_node.seed(PieceStore.for_seeding(torrent, self.done.ciphertext_path))
         self.creator_service = MarketService(creator_content, payee=self.creator.wallet_address, domain=self.domain, key_agent=agent)
@@ -171,6 +171,19 @@ def test_wrong_keys_are_caught_and_kept_as_evidence(published, domain, tmp_path)
                 await play(stream)
             assert stream.evidence and "commitments" in stream.evidence[0].reason
             assert stream.stats.key_deliveries == 0
+            # the evidence convinces a third party that has only public data and the evidence
+            from nacl.public import PrivateKey, SealedBox
+
+            from veilstream.content.keytree import TreeNode
+            from veilstream.content.unseal import verify_range_keys
+            from veilstream.market.key_session import delivery_signer
+
+            proof = stream.evidence[0]
+            assert delivery_signer(proof.content_id, proof.first, proof.end, proof.sealed, proof.signature) == \
+                net.creator.wallet_address == proof.agent
+            opened = messages.decode_delivery(SealedBox(PrivateKey(proof.session_secret)).decrypt(proof.sealed))
+            with pytest.raises(WrongKeyError):
+                verify_range_keys(net.done.torrent, [TreeNode(h, j, k) for h, j, k in opened.nodes], list(opened.proof))
     asyncio.run(scenario())
 
 

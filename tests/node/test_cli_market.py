@@ -97,6 +97,7 @@ def test_serve_play_earn_across_processes(tmp_path):
         stopped = stop(server)
         server = None
         assert "cashed and claimed 0.000011 ETH" in stopped  # the creator served alone: all of it
+        assert "1 audit anchors" in stopped  # the audit head went on chain at exit
         earned = ok(veil(creator, "earnings", *chain))
         assert re.search(r"0\.000011 ETH\s+│?\s*0\.000011 ETH", earned) or earned.count("0.000011 ETH") >= 2
     finally:

@@ -20,7 +20,7 @@ from veilstream.market import messages
 from veilstream.market.audit import AuditLog
 from veilstream.market.credit import KeyAgentAccount
 from veilstream.market.errors import PaymentRefused
-from veilstream.market.key_session import KeyDelivery, SessionOffer, seal_to_session
+from veilstream.market.key_session import KeyDelivery, SessionOffer, seal_to_session, sign_delivery
 from veilstream.market.settings import MarketSettings
 
 
@@ -38,9 +38,13 @@ class KeyAgent:
         audit: AuditLog,
         settings: MarketSettings = MarketSettings(),
         clock: Callable[[], float] | None = None,
+        *,
+        signing_key: bytes,
     ) -> None:
         import time
 
+        self._signing_key = signing_key  # the agent's wallet key: it signs every delivery
+        self.on_release: Callable[[bytes], None] | None = None  # called with the audit head
         self.domain = domain
         self.audit = audit
         self.settings = settings
@@ -98,10 +102,14 @@ class KeyAgent:
             account.record_release(slices)  # raises PaymentRefused when not covered
         except PaymentRefused as exc:
             return messages.MarketRefusal(messages.RefusalCode.PAYMENT_NEEDED, str(exc))
-        self.audit.append(viewer, content_id.hex(), first, end, account.paid_wei)
+        head = self.audit.append(viewer, content_id.hex(), first, end, account.paid_wei)
+        if self.on_release is not None:
+            self.on_release(head)
         nodes = nodes_for_range(offering.keys.tree_root, first, end)
         delivery = KeyDelivery(
             first, end, tuple((n.height, n.index, n.key) for n in nodes),
             tuple(merkle.range_proof(offering.commitments, first, end)), offering.keys.metadata_key,
         )
-        return messages.SealedKeys(first, end, seal_to_session(session, messages.encode_delivery(delivery)))
+        sealed = seal_to_session(session, messages.encode_delivery(delivery))
+        signature = sign_delivery(self._signing_key, content_id, first, end, sealed)
+        return messages.SealedKeys(first, end, sealed, signature)

@@ -81,6 +81,13 @@ class ViewerKeySession:
         """Forget the session's private key."""
         self._private = None
 
+    def disclose(self) -> bytes:
+        """The session's private key, for evidence against a cheating agent: it opens this
+        session's deliveries and nothing else."""
+        if self._private is None:
+            raise MarketError("this key session is closed; its key is gone")
+        return bytes(self._private)
+
     @property
     def closed(self) -> bool:
         return self._private is None
@@ -89,6 +96,29 @@ class ViewerKeySession:
 def seal_to_session(offer: SessionOffer, payload: bytes) -> bytes:
     return SealedBox(PublicKey(offer.session_key)).encrypt(payload)
 
+
+DELIVERY_DOMAIN = b"veilstream key delivery v1"
+
+
+def delivery_digest(content_id: bytes, first: int, end: int, sealed: bytes) -> bytes:
+    return keccak(DELIVERY_DOMAIN + content_id + struct.pack(">QQ", first, end) + keccak(sealed))
+
+
+def sign_delivery(agent_key: bytes, content_id: bytes, first: int, end: int, sealed: bytes) -> bytes:
+    """The key agent's signature over what it sent: with the session key disclosed, anyone
+    can open the delivery, see the keys and check them against the public commitments."""
+    return coincurve.PrivateKey(agent_key).sign_recoverable(delivery_digest(content_id, first, end, sealed), hasher=None)
+
+
+def delivery_signer(content_id: bytes, first: int, end: int, sealed: bytes, signature: bytes) -> str:
+    if len(signature) != SIGNATURE_BYTES:
+        raise PaymentRefused("key delivery signature is malformed")
+    try:
+        public = coincurve.PublicKey.from_signature_and_message(
+            signature, delivery_digest(content_id, first, end, sealed), hasher=None)
+    except Exception:  # noqa: BLE001 - coincurve raises plain Exception on a bad signature
+        raise PaymentRefused("key delivery signature does not verify") from None
+    return evm_address(public.format(compressed=False)[1:])
 
 @dataclass(frozen=True)
 class KeyDelivery:

@@ -57,6 +57,7 @@ class SealedKeys:
     first: int
     end: int
     sealed: bytes
+    signature: bytes = b""  # the key agent's, over (content, first, end, sealed)
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ def encode(message: Message) -> bytes:
         case KeyRequest():
             body |= {b"t": b"key_request", b"first": message.first, b"end": message.end}
         case SealedKeys():
-            body |= {b"t": b"keys", b"first": message.first, b"end": message.end, b"sealed": message.sealed}
+            body |= {b"t": b"keys", b"first": message.first, b"end": message.end, b"sealed": message.sealed,
+                     b"sig": message.signature}
         case MarketRefusal():
             body |= {b"t": b"refusal", b"code": message.code, b"text": message.text.encode()[:MAX_ERROR_TEXT_BYTES]}
         case _:
@@ -142,9 +144,10 @@ def decode(payload: bytes) -> Message:
     if kind == b"keys":
         first, end = fields.int(b"first", MAX_SLICE_INDEX), fields.int(b"end", MAX_SLICE_INDEX)
         sealed = fields.bytes(b"sealed", MAX_SEALED_BYTES)
+        signature = fields.raw(b"sig", SIGNATURE_BYTES)
         if end <= first:
             raise MarketProtocolError("key delivery for an empty range")
-        return SealedKeys(first, end, sealed)
+        return SealedKeys(first, end, sealed, signature)
     if kind == b"refusal":
         return MarketRefusal(fields.int(b"code", 255), fields.bytes(b"text", MAX_ERROR_TEXT_BYTES).decode(errors="replace"))
     raise MarketProtocolError(f"unknown market message type {kind!r}")

@@ -27,7 +27,7 @@ from veilstream.content.keytree import TreeNode
 from veilstream.content.unseal import verify_range_keys
 from veilstream.market import messages
 from veilstream.market.errors import MarketError, MarketProtocolError, PaymentRefused
-from veilstream.market.key_session import ViewerKeySession
+from veilstream.market.key_session import ViewerKeySession, delivery_signer
 from veilstream.market.payer import Payer
 from veilstream.market.settings import MarketSettings
 from veilstream.content.merkle import BLOCK_SIZE
@@ -71,13 +71,18 @@ class StreamStats:
 
 @dataclass(frozen=True)
 class Evidence:
-    """A key delivery that did not match the commitments: what the agent sent, opened."""
+    """A signed key delivery whose keys fail the commitments: a portable proof. With the
+    disclosed session key anyone can open `sealed`, check `signature` names `agent`, and
+    check the keys against the manifest's public key-commitment root."""
 
-    conn: int
+    agent: str
     address: tuple[str, int]
+    content_id: bytes
     first: int
     end: int
     sealed: bytes
+    signature: bytes
+    session_secret: bytes
     reason: str
 
 
@@ -205,6 +210,13 @@ class PaidStream:
             return  # unasked: ignore
         self._key_request = None
         try:
+            agent = delivery_signer(self.torrent.info_hash, message.first, message.end, message.sealed, message.signature)
+        except PaymentRefused as exc:
+            log.warning("key agent %s sent an unsigned or badly signed delivery: %s", conn, exc)
+            self._distrusted.add(conn)
+            self._want_keys()
+            return
+        try:
             delivery = messages.decode_delivery(self.session.open(message.sealed))
             nodes = [TreeNode(h, j, k) for h, j, k in delivery.nodes]
             keys = verify_range_keys(self.torrent, nodes, list(delivery.proof))
@@ -213,8 +225,9 @@ class PaidStream:
         except (WrongKeyError, PaymentRefused, MarketProtocolError) as exc:
             self.stats.bad_key_deliveries += 1
             source = self._sources.get(conn)
-            self.evidence.append(Evidence(conn, source.address if source else ("?", 0), message.first, message.end,
-                                          message.sealed, str(exc)))
+            self.evidence.append(Evidence(agent, source.address if source else ("?", 0), self.torrent.info_hash,
+                                          message.first, message.end, message.sealed, message.signature,
+                                          self.session.disclose(), str(exc)))
             self._distrusted.add(conn)
             log.warning("key agent %s sent bad keys (%s); asking another", conn, exc)
             if not self._key_agents():

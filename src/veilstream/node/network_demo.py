@@ -176,7 +176,7 @@ async def run_network_demo(root: Path, seconds: float = 30.0, log: Callable[[str
         for node in nodes:
             await node.__aenter__()
         creator_node, seeder_nodes, viewer_node = nodes[0], nodes[1:3], nodes[3]
-        agent = KeyAgent(chain.cheque_domain, AuditLog(root / "creator-audit.log"))
+        agent = KeyAgent(chain.cheque_domain, AuditLog(root / "creator-audit.log"), signing_key=creator.wallet_key)
         agent.offer(torrent, done.keys)
         creator_content = creator_node.seed(PieceStore.for_seeding(torrent, done.ciphertext_path))
         creator_service = MarketService(creator_content, payee=creator.wallet_address, domain=chain.cheque_domain,

@@ -25,6 +25,7 @@ from veilstream.content import ContentKeys, Torrent, parse_content_id
 from veilstream.errors import VeilError
 from veilstream.market import messages
 from veilstream.market.audit import AuditLog
+from veilstream.market.cashier import Cashier
 from veilstream.market.key_agent import KeyAgent
 from veilstream.market.service import MarketService
 from veilstream.market.settings import MarketSettings
@@ -82,7 +83,8 @@ def serve(
         root = next((n for n in ring.nodes if n.first_leaf == 0 and n.end_leaf >= torrent.piece_count), None)
         if root is None or ring.metadata_key is None:
             raise MarketCommandError("this vault holds only part of the keys: only the creator's node can sell them")
-        agent = KeyAgent(client.cheque_domain, AuditLog(Path(vault.home) / "audit" / f"{cid}.log"), settings)
+        agent = KeyAgent(client.cheque_domain, AuditLog(Path(vault.home) / "audit" / f"{cid}.log"), settings,
+                         signing_key=identity.wallet_key)
         agent.offer(torrent, ContentKeys(root, ring.metadata_key))
         record = client.content(torrent.info_hash)
         terms = torrent.manifest.terms
@@ -101,7 +103,9 @@ def serve(
             content = node.seed(store)
             service = MarketService(content, payee=identity.wallet_address, domain=client.cheque_domain,
                                     settings=settings, key_agent=agent)
-            service.on_cheque_accepted = lambda signed: ledger.record(client.cheque_domain, signed, Direction.RECEIVED)
+            service.on_cheque_accepted = cashier.on_cheque
+            if agent is not None:
+                agent.on_release = lambda head: cashier.on_audit_head(head, agent.audit.count)
             for url in tracker:
                 node.announce_to(content, url)
             host, port = node.listen_address
@@ -119,10 +123,13 @@ def serve(
                     except TimeoutError:
                         pass
 
+    cashier = Cashier(client, ledger, settings)
     try:
         run(main())
-        claimed = _cash_pending(client, ledger)
-        console.print(f"stopped; cashed and claimed {format_ether(claimed)}")
+        claimed = cashier.close(agent.audit.head if agent is not None and agent.audit.count else None)
+        claimed += _cash_pending(client, ledger)  # cheques kept by an earlier run that stopped hard
+        console.print(f"stopped; cashed and claimed {format_ether(claimed)} "
+                      f"({cashier.batches_cashed} cash batches, {cashier.anchors_posted} audit anchors)")
     finally:
         client.close()
 

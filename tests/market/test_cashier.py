@@ -1,0 +1,48 @@
+"""The cashier on the embedded chain: batches once the threshold is passed, anchors the
+audit head, settles the rest on close; every wei signed ends up cashed and split."""
+
+from dataclasses import replace
+
+import pytest
+from eth_account import Account
+
+from veilstream.chain.client import AnchorKind, ChainClient
+from veilstream.chain.ledger import ChequeLedger
+from veilstream.market.cashier import Cashier
+from veilstream.market.settings import MarketSettings
+
+ETHER = 10**18
+PRICE = 10**15
+
+
+@pytest.fixture(scope="module")
+def chain():
+    client = ChainClient.embedded(None)
+    yield client
+    client.close()
+
+
+def test_threshold_batches_anchor_and_close(chain, tmp_path):
+    creator, seeder, viewer = Account.create(), Account.create(), Account.create()
+    for who in (creator, seeder, viewer):
+        chain.dev.fund(who.address, ETHER)
+    content = bytes(range(32))
+    chain.with_account(creator).register(content, price_per_slice=PRICE, seeder_share_bps=2_500, slice_count=100)
+    chain.with_account(viewer).deposit(ETHER // 10)
+    settings = replace(MarketSettings(), cash_threshold_wei=5 * PRICE, audit_anchor_every_entries=2)
+    cashier = Cashier(chain.with_account(seeder), ChequeLedger(tmp_path / "cheques.sqlite"), settings)
+    viewer_chain = chain.with_account(viewer)
+    for n in range(1, 13):
+        cashier.on_cheque(viewer_chain.sign_cheque(content, seeder.address, n * PRICE))
+        if n == 5:
+            cashier._worker.submit(lambda: None).result()  # let the first batch land
+            assert cashier.batches_cashed == 1
+            assert chain.cashed(viewer.address, content, seeder.address) == 5 * PRICE
+    cashier.on_audit_head(b"\x01" * 32, entries=1)
+    cashier.on_audit_head(b"\x02" * 32, entries=2)  # every 2nd entry is anchored
+    claimed = cashier.close()
+    assert chain.cashed(viewer.address, content, seeder.address) == 12 * PRICE
+    assert claimed == 12 * PRICE * 2_500 // 10_000  # the seeder's share; the rest is the creator's
+    assert chain.earnings(creator.address) == 12 * PRICE - claimed
+    assert chain.latest_anchor(seeder.address, AnchorKind.AUDIT_LOG)[0] == b"\x02" * 32
+    assert cashier.anchors_posted == 1 and not cashier.failures
