@@ -91,12 +91,23 @@ def test_serve_play_earn_across_processes(tmp_path):
         assert re.search(rf"{slices} slices verified and decrypted", played.stderr)
         assert "0.000011 ETH in cheques" in played.stderr  # 11 slices × 10¹² wei
 
+        # a second viewer buys a range on chain instead; the serving key agent answers
+        buyer = tmp_path / "buyer"
+        Vault.create(buyer, PASS, generate_mnemonic(), CHEAP_KDF)
+        ok(veil(buyer, "wallet", "faucet", "1", *chain))
+        ok(veil(buyer, "fetch", magnet, "--peer", address))  # the ciphertext and torrent, into the vault
+        bought = ok(veil(buyer, "buy", cid, "--first", "2", "--count", "3", *chain))
+        assert "grant" in bought and "checked against the commitments" in bought
+        ring = Vault.open(buyer).unlock(PASS).keyring(cid)
+        assert sorted(leaf for n in ring.nodes for leaf in range(n.first_leaf, n.end_leaf)) == [2, 3, 4]
+
         bad = veil(viewer, "play", cid, "--out", str(tmp_path / "x"), *chain)
         assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--peer" in bad.stderr
 
         stopped = stop(server)
         server = None
-        assert "cashed and claimed 0.000011 ETH" in stopped  # the creator served alone: all of it
+        # cheques: 11 slices, all to the creator; the sale: 3 × 10¹² × 80% to the creator
+        assert "cashed and claimed 0.0000134 ETH" in stopped
         assert "1 audit anchors" in stopped  # the audit head went on chain at exit
         earned = ok(veil(creator, "earnings", *chain))
         assert re.search(r"0\.000011 ETH\s+│?\s*0\.000011 ETH", earned) or earned.count("0.000011 ETH") >= 2

@@ -52,6 +52,17 @@ class Cashier:
         if entries % self.settings.audit_anchor_every_entries == 0:
             self._pending.append(self._worker.submit(self._anchor, head))
 
+    def run_later(self, work) -> None:
+        """Any other chain work of this account (answering grants, say), in order with the
+        rest: one thread sends this account's transactions, so nonces never race."""
+        self._reap()
+        self._pending.append(self._worker.submit(work))
+
+    @property
+    def idle(self) -> bool:
+        self._reap()
+        return not self._pending
+
     def close(self, final_audit_head: bytes | None = None) -> int:
         """Wait for work in flight, cash what is left, anchor the last head, claim."""
         self._submit_batch()

@@ -76,6 +76,25 @@ class KeyAgent:
             raise PaymentRefused("this key agent does not sell keys for that content")
         return offering
 
+    def offers(self, content_id: bytes) -> bool:
+        return content_id in self._offerings
+
+    def delivery(self, content_id: bytes, first: int, end: int) -> KeyDelivery:
+        """The node keys opening slices [first, end), their commitment proof, the metadata key."""
+        offering = self._offering(content_id)
+        nodes = nodes_for_range(offering.keys.tree_root, first, end)
+        return KeyDelivery(
+            first, end, tuple((n.height, n.index, n.key) for n in nodes),
+            tuple(merkle.range_proof(offering.commitments, first, end)), offering.keys.metadata_key,
+        )
+
+    def record_release(self, buyer: str, content_id: bytes, first: int, end: int, paid_wei: int) -> bytes:
+        """Append a release to the audit log (before the keys leave); returns the new head."""
+        head = self.audit.append(buyer, content_id.hex(), first, end, paid_wei)
+        if self.on_release is not None:
+            self.on_release(head)
+        return head
+
     # -- messages ----------------------------------------------------------------
     def on_session(self, offer: SessionOffer) -> str:
         """Register a viewer's session key; returns the viewer's address."""
@@ -102,14 +121,7 @@ class KeyAgent:
             account.record_release(slices)  # raises PaymentRefused when not covered
         except PaymentRefused as exc:
             return messages.MarketRefusal(messages.RefusalCode.PAYMENT_NEEDED, str(exc))
-        head = self.audit.append(viewer, content_id.hex(), first, end, account.paid_wei)
-        if self.on_release is not None:
-            self.on_release(head)
-        nodes = nodes_for_range(offering.keys.tree_root, first, end)
-        delivery = KeyDelivery(
-            first, end, tuple((n.height, n.index, n.key) for n in nodes),
-            tuple(merkle.range_proof(offering.commitments, first, end)), offering.keys.metadata_key,
-        )
-        sealed = seal_to_session(session, messages.encode_delivery(delivery))
+        self.record_release(viewer, content_id, first, end, account.paid_wei)
+        sealed = seal_to_session(session, messages.encode_delivery(self.delivery(content_id, first, end)))
         signature = sign_delivery(self._signing_key, content_id, first, end, sealed)
         return messages.SealedKeys(first, end, sealed, signature)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
-from contextlib import nullcontext
 import sys
+import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import typer
@@ -24,6 +25,7 @@ from veilstream.chain.ledger import Direction
 from veilstream.content import ContentKeys, Torrent, parse_content_id
 from veilstream.errors import VeilError
 from veilstream.market import messages
+from veilstream.market.access import GrantResponder, issued_keys
 from veilstream.market.audit import AuditLog
 from veilstream.market.cashier import Cashier
 from veilstream.market.key_agent import KeyAgent
@@ -39,6 +41,8 @@ from veilstream.swarm.storage import PieceStore
 from veilstream.vault import atomic_writer
 
 MAX_CHEQUES_PER_BATCH = 256  # Wallet.vy's batch limit
+GRANT_POLL_INTERVAL_S = 2.0  # how often a key agent looks for new on-chain purchases
+BUY_WAIT_S = 120.0  # how long `veil buy` waits for the key agent's answer
 
 
 class MarketCommandError(VeilError):
@@ -112,11 +116,18 @@ def serve(
             console.print(f"serving {cid} on {host}:{port}{' and selling keys' if agent else ''}")
             console.print(f"magnet {torrent.magnet}&x.pe={host}:{port}", soft_wrap=True)
             sys.stdout.flush()
+            responder = GrantResponder(client, agent) if agent is not None else None
+            polled_at = 0.0
             with Live(console=err_console, refresh_per_second=4, transient=True) as live:
                 while not stop.is_set():
+                    now = loop.time()
+                    if responder is not None and now - polled_at >= GRANT_POLL_INTERVAL_S and cashier.idle:
+                        polled_at = now
+                        cashier.run_later(responder.poll)  # on-chain purchases get their keys
                     live.update(f"{content.peers} peers · {service.stats.bytes_served / 2**20:.1f} MiB served · "
                                 f"{service.stats.cheques_accepted} cheques · earned {format_ether(service.earned_wei)}"
-                                + (f" · {service.stats.keys_released} keys released" if agent else ""))
+                                + (f" · {service.stats.keys_released} keys released" if agent else "")
+                                + (f" · {len(responder.issued)} grants answered" if responder else ""))
                     try:
                         async with asyncio.timeout(0.25):
                             await stop.wait()
@@ -233,6 +244,40 @@ def earnings(rpc: ChainRpc = None, deployment: ChainDeployment = None) -> None:
         client.close()
 
 
+def buy(
+    content_id: str = typer.Argument(..., help="Content id held in the vault (fetch its torrent first)."),
+    first: int = typer.Option(0, "--first", min=0, help="First slice to buy."),
+    count: int = typer.Option(None, "--count", min=1, help="How many slices (default: to the end)."),
+    rpc: ChainRpc = None,
+    deployment: ChainDeployment = None,
+) -> None:
+    """Buy slices on chain in one transaction; wait for the key agent's sealed keys; keep them."""
+    cid = parse_content_id(content_id)
+    vault, identity = unlock_identity()
+    torrent = vault.torrent(cid)
+    count = count or torrent.piece_count - first
+    if first + count > torrent.piece_count:
+        raise MarketCommandError(f"the content has {torrent.piece_count} slices; [{first}, {first + count}) is past its end")
+    client = open_chain(Path(vault.home) / "chain", identity.wallet, rpc_url=rpc, deployment_path=deployment)
+    try:
+        price = client.quote(torrent.info_hash, first, count)
+        grant_id = client.buy(torrent.info_hash, first, count, value=price)
+        console.print(f"bought slices [{first}, {first + count}) for {format_ether(price)}: grant {grant_id}")
+        with err_console.status("waiting for the key agent to post the keys on chain"):
+            ring = None
+            deadline = time.monotonic() + BUY_WAIT_S
+            while ring is None and time.monotonic() < deadline:
+                ring = issued_keys(client, identity.wallet_key, grant_id, torrent)
+                if ring is None:
+                    time.sleep(1.0)
+        if ring is None:
+            raise MarketCommandError(f"no keys for grant {grant_id} yet; after its deadline `veil wallet` can refund it")
+        vault.store_keyring(cid, ring)
+        console.print(f"[green]✓[/] keys for {count} slices checked against the commitments and kept in the vault")
+    finally:
+        client.close()
+
+
 def _known_torrent(vault, cid: str) -> Torrent | None:
     try:
         return vault.torrent(cid)
@@ -258,3 +303,4 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("play")(play)
     app.command("earnings")(earnings)
+    app.command("buy")(buy)

@@ -1,0 +1,71 @@
+"""Access sales on the embedded chain: buy a range in one transaction, the key agent posts
+the keys sealed to the buyer, the buyer opens and checks them; nobody else can."""
+
+import os
+
+import pytest
+from eth_account import Account
+
+from veilstream.chain.client import ChainClient, GrantState
+from veilstream.content import PublishOptions, Terms, publish_file
+from veilstream.content.unseal import open_verified_slice
+from veilstream.identity import Identity, generate_mnemonic
+from veilstream.market.access import AccessError, GrantResponder, issued_keys, open_with_wallet, seal_to_wallet
+from veilstream.market.audit import AuditLog
+from veilstream.market.key_agent import KeyAgent
+
+ETHER = 10**18
+PRICE = 10**14
+
+
+def test_seal_to_wallet_round_trip():
+    wallet = Account.create()
+    import coincurve
+
+    public = coincurve.PrivateKey(bytes(wallet.key)).public_key.format(compressed=False)[1:]
+    sealed = seal_to_wallet(public, b"range keys")
+    assert open_with_wallet(bytes(wallet.key), sealed) == b"range keys"
+    with pytest.raises(AccessError):
+        open_with_wallet(bytes(Account.create().key), sealed)
+
+
+def test_a_bought_range_is_answered_on_chain_and_opens(tmp_path):
+    chain = ChainClient.embedded(None)
+    try:
+        creator, buyer = Identity.from_mnemonic(generate_mnemonic()), Account.create()
+        for who in (creator.wallet_address, buyer.address):
+            chain.dev.fund(who, ETHER)
+        (tmp_path / "in.bin").write_bytes(os.urandom(300_000))
+        (tmp_path / "out").mkdir()
+        done = publish_file(tmp_path / "in.bin", tmp_path / "out", creator,
+                            PublishOptions(16 * 1024, terms=Terms(PRICE, 2_000)))
+        torrent = done.torrent
+        creator_chain = chain.with_account(creator.wallet)
+        creator_chain.register(torrent.info_hash, price_per_slice=PRICE, seeder_share_bps=2_000, slice_count=torrent.piece_count)
+        agent = KeyAgent(chain.cheque_domain, AuditLog(tmp_path / "audit.log"), signing_key=creator.wallet_key)
+        agent.offer(torrent, done.keys)
+        responder = GrantResponder(creator_chain, agent)
+
+        buyer_chain = chain.with_account(buyer)
+        grant_id = buyer_chain.buy(torrent.info_hash, 3, 9)
+        assert issued_keys(chain, bytes(buyer.key), grant_id, torrent) is None  # nothing posted yet
+        assert responder.poll() == [grant_id]
+        assert responder.poll() == []  # answered once
+        assert chain.grant(grant_id).state is GrantState.ISSUED
+
+        ring = issued_keys(chain, bytes(buyer.key), grant_id, torrent)
+        assert ring.metadata_key == done.keys.metadata_key
+        with open(done.ciphertext_path, "rb") as f:
+            for i in range(3, 12):
+                offset, length = torrent.manifest.slice_range(i)
+                f.seek(offset)
+                open_verified_slice(torrent, i, f.read(length), ring.slice_key(i))
+        with pytest.raises(Exception):
+            ring.slice_key(12)  # only what was bought
+        with pytest.raises(AccessError):  # a stranger reading the chain learns nothing
+            issued_keys(chain, bytes(Account.create().key), grant_id, torrent)
+        assert agent.audit.count == 1
+        # price × slices × (1 − seeder share), to the creator: seeders are paid by the holder later
+        assert creator_chain.claim() == PRICE * 9 * (10_000 - 2_000) // 10_000
+    finally:
+        chain.close()
