@@ -34,6 +34,10 @@ class Cashier:
         self.batches_cashed = 0
         self.anchors_posted = 0
         self.failures: list[str] = []
+        for held in ledger.pending(client):  # what an earlier run kept but never cashed
+            key = held.signed.cheque.key
+            self._latest[key] = held.signed
+            self._submitted[key] = held.signed.cheque.cumulative_amount - held.uncashed
 
     @property
     def uncashed_wei(self) -> int:

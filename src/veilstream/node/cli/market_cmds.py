@@ -20,7 +20,6 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from veilstream.chain import ChequeLedger, open_chain
 from veilstream.chain.ledger import Direction
 from veilstream.content import ContentKeys, Torrent, parse_content_id
 from veilstream.errors import VeilError
@@ -32,15 +31,14 @@ from veilstream.market.key_agent import KeyAgent
 from veilstream.market.service import MarketService
 from veilstream.market.settings import MarketSettings
 from veilstream.market.stream import PaidStream, viewer_swarm_settings
-from veilstream.node.cli.chain_cmds import ChainDeployment, ChainRpc, format_ether, parse_amount
-from veilstream.node.cli.common import console, err_console, unlock_identity
+from veilstream.node.cli.chain_cmds import ChainDeployment, ChainRpc, _client, _ledger, format_ether, parse_amount
+from veilstream.node.cli.common import console, err_console
 from veilstream.node.cli.swarm_cmds import _settings, parse_host_port
 from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
 from veilstream.swarm.node import SwarmNode, run
 from veilstream.swarm.storage import PieceStore
 from veilstream.vault import atomic_writer
 
-MAX_CHEQUES_PER_BATCH = 256  # Wallet.vy's batch limit
 GRANT_POLL_INTERVAL_S = 2.0  # how often a key agent looks for new on-chain purchases
 BUY_WAIT_S = 120.0  # how long `veil buy` waits for the key agent's answer
 
@@ -53,18 +51,6 @@ def _registry() -> ExtensionRegistry:
     return ExtensionRegistry((UT_METADATA, messages.MARKET_EXTENSION))
 
 
-def _ledger(vault) -> ChequeLedger:
-    return ChequeLedger(Path(vault.home) / "chain" / "cheques.sqlite")
-
-
-def _cash_pending(client, ledger: ChequeLedger) -> int:
-    """Cash every received cheque worth more than what was cashed; claim; return wei claimed."""
-    pending = [p.signed for p in ledger.pending(client)]
-    for start in range(0, len(pending), MAX_CHEQUES_PER_BATCH):
-        client.cash(pending[start : start + MAX_CHEQUES_PER_BATCH])
-    return client.claim() if client.earnings() else 0
-
-
 def serve(
     content_id: str = typer.Argument(..., help="Content id (or magnet) held in the vault."),
     keys: bool = typer.Option(False, "--keys", help="Also sell the slice keys (the creator's node: the vault holds them)."),
@@ -75,10 +61,13 @@ def serve(
 ) -> None:
     """Serve a content for cheques (and, with --keys, sell its keys) until interrupted; cash on exit."""
     cid = parse_content_id(content_id)
-    vault, identity = unlock_identity()
+    with _client(rpc, deployment) as (vault, client):
+        _serve(cid, vault, vault.identity(), client, keys, listen, tracker)
+
+
+def _serve(cid: str, vault, identity, client, keys: bool, listen: str, tracker: list[str]) -> None:
     torrent = vault.torrent(cid)
     store = PieceStore.for_seeding(torrent, vault.ciphertext_path(cid))
-    client = open_chain(Path(vault.home) / "chain", identity.wallet, rpc_url=rpc, deployment_path=deployment)
     ledger = _ledger(vault)
     settings = MarketSettings()
     agent = None
@@ -134,15 +123,11 @@ def serve(
                     except TimeoutError:
                         pass
 
-    cashier = Cashier(client, ledger, settings)
-    try:
-        run(main())
-        claimed = cashier.close(agent.audit.head if agent is not None and agent.audit.count else None)
-        claimed += _cash_pending(client, ledger)  # cheques kept by an earlier run that stopped hard
-        console.print(f"stopped; cashed and claimed {format_ether(claimed)} "
-                      f"({cashier.batches_cashed} cash batches, {cashier.anchors_posted} audit anchors)")
-    finally:
-        client.close()
+    cashier = Cashier(client, ledger, settings)  # also cashes what an earlier run left uncashed
+    run(main())
+    claimed = cashier.close(agent.audit.head if agent is not None and agent.audit.count else None)
+    console.print(f"stopped; cashed and claimed {format_ether(claimed)} "
+                  f"({cashier.batches_cashed} cash batches, {cashier.anchors_posted} audit anchors)")
 
 
 def play(
@@ -159,8 +144,11 @@ def play(
     peers = [parse_host_port(p, what="--peer") for p in peer]
     if not peers and not tracker:
         raise MarketCommandError("give at least one --peer HOST:PORT or --tracker URL to find the content")
-    vault, identity = unlock_identity()
-    client = open_chain(Path(vault.home) / "chain", identity.wallet, rpc_url=rpc, deployment_path=deployment)
+    with _client(rpc, deployment) as (vault, client):
+        _play(cid, vault, vault.identity(), client, out, peers, tracker, budget)
+
+
+def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str], budget: str | None) -> None:
     ledger = _ledger(vault)
 
     async def main() -> int:
@@ -219,17 +207,12 @@ def play(
         err_console.print(table)
         return 0
 
-    try:
-        run(main())
-    finally:
-        client.close()
+    run(main())
 
 
 def earnings(rpc: ChainRpc = None, deployment: ChainDeployment = None) -> None:
     """What this node is owed in cheques, what was cashed on chain, and what waits to be claimed."""
-    vault, identity = unlock_identity()
-    client = open_chain(Path(vault.home) / "chain", identity.wallet, rpc_url=rpc, deployment_path=deployment)
-    try:
+    with _client(rpc, deployment) as (vault, client):
         ledger = _ledger(vault)
         table = Table("content", "viewer", "payee", "signed", "cashed on chain", title="cheques received", title_justify="left")
         for signed in ledger.latest(client.cheque_domain, Direction.RECEIVED):
@@ -240,8 +223,6 @@ def earnings(rpc: ChainRpc = None, deployment: ChainDeployment = None) -> None:
         console.print(table)
         console.print(f"credited, waiting to be claimed: {format_ether(client.earnings())} "
                       f"(`veil wallet claim`); wallet balance {format_ether(client.balance())}")
-    finally:
-        client.close()
 
 
 def buy(
@@ -253,29 +234,26 @@ def buy(
 ) -> None:
     """Buy slices on chain in one transaction; wait for the key agent's sealed keys; keep them."""
     cid = parse_content_id(content_id)
-    vault, identity = unlock_identity()
-    torrent = vault.torrent(cid)
-    count = count or torrent.piece_count - first
-    if first + count > torrent.piece_count:
-        raise MarketCommandError(f"the content has {torrent.piece_count} slices; [{first}, {first + count}) is past its end")
-    client = open_chain(Path(vault.home) / "chain", identity.wallet, rpc_url=rpc, deployment_path=deployment)
-    try:
+    with _client(rpc, deployment) as (vault, client):
+        torrent = vault.torrent(cid)
+        count = count or torrent.piece_count - first
+        if first + count > torrent.piece_count:
+            raise MarketCommandError(f"the content has {torrent.piece_count} slices; [{first}, {first + count}) is past its end")
         price = client.quote(torrent.info_hash, first, count)
         grant_id = client.buy(torrent.info_hash, first, count, value=price)
         console.print(f"bought slices [{first}, {first + count}) for {format_ether(price)}: grant {grant_id}")
+        wallet_key = vault.identity().wallet_key
         with err_console.status("waiting for the key agent to post the keys on chain"):
             ring = None
             deadline = time.monotonic() + BUY_WAIT_S
             while ring is None and time.monotonic() < deadline:
-                ring = issued_keys(client, identity.wallet_key, grant_id, torrent)
+                ring = issued_keys(client, wallet_key, grant_id, torrent)
                 if ring is None:
                     time.sleep(1.0)
         if ring is None:
             raise MarketCommandError(f"no keys for grant {grant_id} yet; after its deadline `veil wallet` can refund it")
         vault.store_keyring(cid, ring)
         console.print(f"[green]✓[/] keys for {count} slices checked against the commitments and kept in the vault")
-    finally:
-        client.close()
 
 
 def _known_torrent(vault, cid: str) -> Torrent | None:
