@@ -11,6 +11,7 @@ in the cheque ledger and cashed in batches once they pass the threshold.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -139,7 +140,7 @@ class MarketService:
             case messages.SessionMessage(offer=offer):
                 if offer.content_id != self.content_id:
                     raise PaymentRefused("session offer for another content")
-                viewer = offer.check(self.content_id, int(_now()))
+                viewer = offer.check(self.content_id, int(time.time()))
                 if state.viewer not in (None, viewer):
                     raise PaymentRefused("a connection cannot change viewer")
                 state.viewer = viewer
@@ -189,9 +190,3 @@ class MarketService:
         self.stats.refusals.append(text)
         log.info("refused peer %s: %s", conn, text)
         self._send(conn, messages.MarketRefusal(code, text))
-
-
-def _now() -> float:
-    import time
-
-    return time.time()

@@ -276,7 +276,7 @@ async def run_network_demo(root: Path, seconds: float = 30.0, log: Callable[[str
             report.transactions += len(block["transactions"])
         report.audit_entries = agent.audit.count
 
-        secrets = [done.keys.tree_root.key, done.keys.metadata_key] + [agent._offerings[torrent.info_hash].keys.tree_root.key]
+        secrets = [done.keys.tree_root.key, done.keys.metadata_key]
         report.plaintext_on_seeders = any(_holds_plaintext(folder, plaintext) for folder in seeder_dirs)
         report.keys_on_seeders = any(_holds_keys(folder, secrets) for folder in seeder_dirs) or any(
             s.key_agent is not None for s in seeder_services)
