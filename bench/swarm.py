@@ -1,6 +1,6 @@
 """Swarm benchmark: how fast ciphertext moves between peers over loopback.
 
-    .venv/bin/python bench/swarm.py [--size-mib 1024] [--swarm-size-mib 256] [--leechers 20]
+    .venv/bin/python bench/swarm.py [--size-mib 1024] [--swarm-size-mib 256] [--leechers 20] [--rounds 1]
 
 1. veil → veil: one `veil` seeder process, one leecher process, a SIZE ciphertext;
    timed from the leecher's connect to its last verified piece.
@@ -10,8 +10,10 @@
 4. one veil seeder → N veil leechers (two processes of N/2 nodes each) on a smaller
    content: aggregate MiB/s from the start signal to the last leecher finishing.
 
-Contents are published once into bench/out/swarm/ and reused. The last line printed is
-one JSON object (the figures above).
+Contents are published once into bench/out/swarm/ and reused. With `--rounds N`, 1–3 run
+N times, veil and libtorrent back to back in each round, and the figures are medians (the
+ratio is the median of the rounds' ratios: each compares two runs under the same load).
+The last line printed is one JSON object (the figures above).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -187,18 +190,24 @@ def main() -> None:
     parser.add_argument("--swarm-size-mib", type=int, default=256)
     parser.add_argument("--leechers", type=int, default=20)
     parser.add_argument("--skip-libtorrent", action="store_true")
+    parser.add_argument("--rounds", type=int, default=1, help="veil/libtorrent rounds; medians are reported")
     args = parser.parse_args()
 
     torrent, ciphertext = published(args.size_mib)
     size = Torrent.load(torrent).length / MIB
-    veil_s, first_ms = veil_round(torrent, ciphertext, 1, 1, "veil")
-    veil_rate = size / veil_s
-    print(f"veil → veil          {size:7.0f} MiB in {veil_s:6.2f} s = {veil_rate:7.1f} MiB/s; first piece {first_ms:.1f} ms")
-    lt_rate = None
-    if not args.skip_libtorrent:
-        lt_s = libtorrent_round(torrent, ciphertext)
-        lt_rate = size / lt_s
-        print(f"libtorrent → lt      {size:7.0f} MiB in {lt_s:6.2f} s = {lt_rate:7.1f} MiB/s")
+    veil_rates, firsts, lt_rates, ratios = [], [], [], []
+    for _ in range(max(1, args.rounds)):
+        veil_s, first_ms = veil_round(torrent, ciphertext, 1, 1, "veil")
+        veil_rates.append(size / veil_s)
+        firsts.append(first_ms)
+        print(f"veil → veil          {size:7.0f} MiB in {veil_s:6.2f} s = {size / veil_s:7.1f} MiB/s; first piece {first_ms:.1f} ms")
+        if not args.skip_libtorrent:
+            lt_s = libtorrent_round(torrent, ciphertext)
+            lt_rates.append(size / lt_s)
+            ratios.append(lt_s / veil_s)
+            print(f"libtorrent → lt      {size:7.0f} MiB in {lt_s:6.2f} s = {size / lt_s:7.1f} MiB/s")
+    veil_rate, first_ms = statistics.median(veil_rates), statistics.median(firsts)
+    lt_rate = statistics.median(lt_rates) if lt_rates else None
     s_torrent, s_ciphertext = published(args.swarm_size_mib)
     s_size = Torrent.load(s_torrent).length / MIB
     processes = 2 if args.leechers > 1 else 1
@@ -209,7 +218,7 @@ def main() -> None:
         "bench": "swarm",
         "veil_mib_s": round(veil_rate, 1),
         "libtorrent_mib_s": round(lt_rate, 1) if lt_rate else None,
-        "ratio": round(veil_rate / lt_rate, 3) if lt_rate else None,
+        "ratio": round(statistics.median(ratios), 3) if ratios else None,
         "first_piece_ms": round(first_ms, 1),
         "swarm20_mib_s": round(swarm_rate, 1),
     }))

@@ -19,10 +19,14 @@ def seed_store(published):
     return PieceStore.for_seeding(published.torrent, published.ciphertext_path)
 
 
+@pytest.mark.parametrize("hash_threads", [0, 2])
 @pytest.mark.parametrize("by_magnet", [False, True])
-def test_veil_to_veil_over_loopback(content, tmp_path, by_magnet):
+def test_veil_to_veil_over_loopback(content, tmp_path, by_magnet, hash_threads):
+    # a one-piece streaming window: the other pieces are bulk, hashed on threads if asked
+    settings = SwarmSettings(hash_threads=hash_threads, stream_window_bytes=content.torrent.piece_length)
+
     async def main():
-        async with SwarmNode() as seeder, SwarmNode() as leecher:
+        async with SwarmNode() as seeder, SwarmNode(settings) as leecher:
             seeder.seed(seed_store(content))
             target = content.torrent.info_hash if by_magnet else content.torrent
             fetch = leecher.fetch(target, tmp_path)

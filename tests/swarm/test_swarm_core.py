@@ -3,6 +3,7 @@ in memory. Whole transfers by torrent and by magnet, and every kind of bad peer:
 costs the peer its connection (and a ban where it lied about data), never the node, and
 no unverified byte is stored."""
 
+from veilstream.content.merkle import block_hashes
 from veilstream.swarm import wire
 from veilstream.swarm.connection import PeerConnection
 from veilstream.swarm.extensions import ExtensionHandshake, ExtensionRegistry, MetadataMessage
@@ -131,6 +132,52 @@ def test_a_peer_sending_a_bad_block_is_banned_and_nothing_is_stored(content, tmp
     seeder = seeder_core(content)
     connect(leecher, seeder, conn_a=9).pump()
     assert leecher.finished
+
+
+def deliver_hashes(core, queued):
+    """What a transport with `hash_offload` does once a thread has hashed the pieces."""
+    while queued:
+        index, buffer = queued.pop(0)
+        core.piece_hashed(index, block_hashes(buffer), 0.0)
+
+
+def test_pieces_hashed_off_the_event_loop_count_exactly_as_inline_ones(content, tmp_path):
+    settings = SwarmSettings(stream_window_bytes=content.torrent.piece_length)  # the rest is bulk
+    seeder, leecher = seeder_core(content), leecher_core(content, tmp_path, settings=settings)
+    queued = []
+    leecher.hash_offload = lambda index, buffer: queued.append((index, buffer))
+    link = connect(leecher, seeder)
+    link.pump()
+    assert queued and not leecher.finished  # waiting on the hashes
+    while queued:
+        deliver_hashes(leecher, queued)
+        link.pump()
+    assert leecher.finished
+    assert leecher.store.finish().read_bytes() == content.ciphertext_path.read_bytes()
+
+
+def test_a_bad_block_hashed_off_the_event_loop_still_bans_its_sender(content, tmp_path):
+    settings = SwarmSettings(stream_window_bytes=content.torrent.piece_length)
+    leecher = leecher_core(content, tmp_path, settings=settings)
+    queued = []
+    leecher.hash_offload = lambda index, buffer: queued.append((index, buffer))
+    liar = Scripted(leecher).send(wire.Bitfield(full_bitfield(content.torrent)), wire.Unchoke())
+    target = 5  # outside the streaming window: hashed elsewhere
+    requests = [r for r in liar.of(wire.Request) if r.index == target]
+    assert requests
+    data = content.ciphertext_path.read_bytes()
+    pl = content.torrent.piece_length
+    for r in requests:
+        block = bytearray(data[r.index * pl + r.begin : r.index * pl + r.begin + r.length])
+        if r.begin == 0:
+            block[0] ^= 0xFF
+        liar.send(wire.Piece(r.index, r.begin, bytes(block)))
+    assert [index for index, _ in queued] == [target] and not liar.dropped
+    deliver_hashes(leecher, queued)
+    assert liar.dropped
+    dropped = events_of(leecher, PeerDropped)
+    assert dropped and dropped[0].banned and "bad block" in dropped[0].reason
+    assert leecher.store.have_count == 0
 
 
 def test_out_of_range_and_oversized_requests_drop_the_peer(content):

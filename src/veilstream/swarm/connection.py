@@ -79,7 +79,7 @@ class PeerConnection:
         self._sent_handshake = True
 
     # -- receiving ------------------------------------------------------------------
-    def receive_data(self, data: bytes) -> list[wire.Handshake | wire.Message]:
+    def receive_data(self, data: bytes | memoryview) -> list[wire.Handshake | wire.Message]:
         if self.phase is Phase.CLOSED:
             return []
         events: list[wire.Handshake | wire.Message] = []
@@ -102,6 +102,9 @@ class PeerConnection:
         messages = self._parser.feed(data)
         for message in messages:
             kind = type(message)
+            if kind is wire.Piece:  # the bulk of all traffic
+                self._bitfield_allowed = False
+                continue
             update = _FLAG_UPDATES.get(kind)
             if update is not None:
                 setattr(self, update[0], update[1])
@@ -111,6 +114,8 @@ class PeerConnection:
                 self._bitfield_allowed = False
             elif kind not in _NEUTRAL:
                 self._bitfield_allowed = False
+        if not events:
+            return messages
         events.extend(messages)
         return events
 

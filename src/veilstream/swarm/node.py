@@ -47,7 +47,7 @@ log = logging.getLogger("veilstream.swarm")
 PEER_ID_PREFIX = b"-VS0100-"  # Azureus-style client id: Veilstream 0.1.0.0
 ROUTING_PREFIX_BYTES = 48  # handshake bytes needed to read the info-hash and route a connection
 MAX_UNROUTED_CONNECTIONS = 256  # inbound connections still in their handshake; more are refused
-HASH_THREADS = 2  # piece hashing threads per node: one per core of a small machine
+RECEIVE_BUFFER_BYTES = 1024 * 1024  # one socket read at most; uvloop's own buffer is 256 KiB
 
 
 def new_peer_id() -> bytes:
@@ -216,8 +216,13 @@ class Content:
         self._notify()
 
 
-class _PeerWire(asyncio.Protocol):
-    """Moves bytes between one socket and a `Swarm`."""
+class _PeerWire(asyncio.BufferedProtocol):
+    """Moves bytes between one socket and a `Swarm`.
+
+    Sockets are read straight into the node's receive buffer (no bytes object per read);
+    the core consumes every byte of it before `buffer_updated` returns (a message split
+    across reads is kept by the core), so one buffer serves every connection of the node.
+    """
 
     def __init__(self, node: SwarmNode, content: Content | None, address: tuple[str, int] | None) -> None:
         self.node = node
@@ -250,7 +255,13 @@ class _PeerWire(asyncio.Protocol):
         else:
             self.node._unrouted += 1
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.node._receive_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.node._receive_buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         content = self.content
         if content is None:
             self._prefix += data
@@ -308,15 +319,17 @@ class SwarmNode:
         self._ticker: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         self._hash_pool: ThreadPoolExecutor | None = None
+        self._receive_buffer = memoryview(bytearray(RECEIVE_BUFFER_BYTES))
         self._closed = False
         self.dht = None
 
     # -- lifecycle --------------------------------------------------------------------------
     async def __aenter__(self) -> SwarmNode:
         loop = asyncio.get_running_loop()
-        self._hash_pool = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="veil-hash")
-        for _ in range(HASH_THREADS):  # start the threads now, not on the first piece
-            self._hash_pool.submit(int)
+        if self.settings.hash_threads > 0:
+            self._hash_pool = ThreadPoolExecutor(max_workers=self.settings.hash_threads, thread_name_prefix="veil-hash")
+            for _ in range(self.settings.hash_threads):  # start the threads now, not on the first piece
+                self._hash_pool.submit(int)
         self._group = asyncio.TaskGroup()
         await self._group.__aenter__()
         try:
@@ -426,7 +439,8 @@ class SwarmNode:
         if swarm.wire_hash in self.contents:
             raise LocalProtocolError("this node already has that content")
         content = Content(self, swarm)
-        swarm.hash_offload = lambda index, buffer: self._offload_hash(content, index, buffer)
+        if self._hash_pool is not None:
+            swarm.hash_offload = lambda index, buffer: self._offload_hash(content, index, buffer)
         self.contents[swarm.wire_hash] = content
         return content
 
@@ -488,8 +502,9 @@ class SwarmNode:
                     continue
                 chunks = swarm.output_for(conn, high - wire_.transport.get_write_buffer_size())
                 if chunks:
-                    # one write per flush: uvloop's writelines makes a send() per chunk
-                    wire_.transport.write(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+                    # one writev per flush, blocks not copied (uvloop's writelines buffers
+                    # every chunk, then makes one uv_try_write of them all)
+                    wire_.transport.writelines(chunks)
         for conn, reason in swarm.take_closing():
             wire_ = self._wires.get(conn)
             if wire_ is not None and wire_.transport is not None:

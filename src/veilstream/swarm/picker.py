@@ -221,6 +221,9 @@ class PiecePicker:
             progress.unrequested -= 1  # arrived after an abort
         progress.received[block] = 1
         progress.received_count += 1
+        if len(asked) == 1 and asked[0] == peer:  # the usual case: nobody else was asked
+            asked.clear()
+            return True, ()
         others = [p for p in asked if p != peer]
         asked.clear()
         return True, others

@@ -234,16 +234,22 @@ class Swarm:
         if peer.wire.has_output:
             self.dirty.add(conn)
 
-    def data_received(self, conn: int, data: bytes, now: float) -> None:
+    def data_received(self, conn: int, data: bytes | memoryview, now: float) -> None:
+        """Bytes from `conn`. They may be a view into the transport's receive buffer:
+        nothing here keeps a reference to them once this returns."""
         peer = self.peers.get(conn)
         if peer is None:
             return
         self._now_hint = now
         peer.last_received = now
         try:
-            for message in peer.wire.receive_data(data):
-                self._handle(peer, message, now)
-                if peer.wire.phase is Phase.CLOSED:
+            on_block, handle, piece_kind, wire_ = self._on_block, self._handle, wire.Piece, peer.wire
+            for message in wire_.receive_data(data):
+                if type(message) is piece_kind:  # the bulk of all traffic: skip the dispatch
+                    on_block(peer, message, now)
+                else:
+                    handle(peer, message, now)
+                if wire_.phase is Phase.CLOSED:
                     return
             if self.picker is not None and not self.finished:
                 self._fill_requests(peer, now)

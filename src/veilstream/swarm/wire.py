@@ -229,8 +229,10 @@ def parse_handshake(raw: bytes) -> Handshake:
 class MessageParser:
     """Length-prefixed messages out of a byte stream (after the handshake).
 
-    Blocks are not copied: a `Piece` holds a memoryview into the (immutable) chunk it
-    arrived in; only a message split across two chunks is copied, to join it."""
+    Blocks are not copied: a `Piece` holds a memoryview into the chunk it arrived in, so
+    a caller that reuses its receive buffer must be done with the messages first (every
+    other message owns its bytes); only a message split across two chunks is copied, to
+    join it."""
 
     __slots__ = ("_buffer",)
 
@@ -241,9 +243,9 @@ class MessageParser:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[Message]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         out: list[Message] = []
-        view = memoryview(bytes(data) if not isinstance(data, bytes) else data)
+        view = memoryview(data)
         buf = self._buffer
         if buf:  # finish the message that straddles the previous chunk
             if len(buf) < 4:
