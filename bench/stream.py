@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from eth_account import Account
@@ -32,6 +33,7 @@ from veilstream.market import messages
 from veilstream.market.audit import AuditLog
 from veilstream.market.key_agent import KeyAgent
 from veilstream.market.service import MarketService
+from veilstream.market.settings import MarketSettings
 from veilstream.market.stream import PaidStream, viewer_swarm_settings
 from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
 from veilstream.swarm.node import SwarmNode, run
@@ -82,7 +84,7 @@ async def reference_run(done, work: Path) -> float:
             await node.__aexit__(None, None, None)
 
 
-async def paid_run(done, work: Path, chain: ChainClient) -> tuple[float, float, int, int]:
+async def paid_run(done, work: Path, chain: ChainClient, market: MarketSettings = MarketSettings()) -> tuple[float, float, int, int]:
     torrent = done.torrent
     seeder_wallets = [Account.create() for _ in range(2)]
     viewer = Account.create()
@@ -93,19 +95,21 @@ async def paid_run(done, work: Path, chain: ChainClient) -> tuple[float, float, 
         creator_chain.register(torrent.info_hash, price_per_slice=PRICE, seeder_share_bps=2_000, slice_count=torrent.piece_count)
     first_block = chain.block_number() + 1
     chain.with_account(viewer).deposit(ETHER // 10)
-    nodes = [market_node() for _ in range(3)] + [market_node(viewer_swarm_settings(SLICE))]
+    nodes = [market_node() for _ in range(3)] + [market_node(viewer_swarm_settings(SLICE, market))]
     for node in nodes:
         await node.__aenter__()
     try:
-        agent = KeyAgent(chain.cheque_domain, AuditLog(work / "audit.log"), signing_key=CREATOR.wallet_key)
+        agent = KeyAgent(chain.cheque_domain, AuditLog(work / "audit.log"), market, signing_key=CREATOR.wallet_key)
         agent.offer(torrent, done.keys)
         services = [MarketService(nodes[0].seed(PieceStore.for_seeding(torrent, done.ciphertext_path)),
-                                  payee=CREATOR.wallet_address, domain=chain.cheque_domain, key_agent=agent)]
+                                  payee=CREATOR.wallet_address, domain=chain.cheque_domain, settings=market,
+                                  key_agent=agent)]
         for node, wallet in zip(nodes[1:3], seeder_wallets):
             services.append(MarketService(node.seed(PieceStore.for_seeding(torrent, done.ciphertext_path)),
-                                          payee=wallet.address, domain=chain.cheque_domain))
+                                          payee=wallet.address, domain=chain.cheque_domain, settings=market))
         content = nodes[3].fetch(torrent, work / "viewer")
-        stream = PaidStream(content, torrent, wallet=viewer, domain=chain.cheque_domain, budget_wei=ETHER // 10)
+        stream = PaidStream(content, torrent, wallet=viewer, domain=chain.cheque_domain, budget_wei=ETHER // 10,
+                            settings=market)
         for node in nodes[:3]:
             content.add_peer("127.0.0.1", node.listen_port)
         started = time.perf_counter()
@@ -133,7 +137,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--credit-window", type=int, default=MarketSettings().credit_window_slices,
+                        help="slices a seeder or key agent lets a viewer owe (the risk per relationship)")
     args = parser.parse_args()
+    market = replace(MarketSettings(), credit_window_slices=args.credit_window)
     folder = Path(__file__).resolve().parent / "out" / "stream"
     done = prepare(folder, args.size_mib << 20)
     chain = ChainClient.embedded(None)
@@ -143,7 +150,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory(dir=folder) as work:
                 reference.append(run(reference_run(done, Path(work))))
             with tempfile.TemporaryDirectory(dir=folder) as work:
-                elapsed, first_ms, session_txs, payees = run(paid_run(done, Path(work), chain))
+                elapsed, first_ms, session_txs, payees = run(paid_run(done, Path(work), chain, market))
             paid.append(elapsed)
             first_bytes.append(first_ms)
             txs.append(session_txs)
@@ -157,6 +164,7 @@ def main() -> None:
         done.torrent_path.parent.rmdir()
     ref, pay = statistics.median(reference), statistics.median(paid)
     print(json.dumps({"bench": "stream", "size_mib": args.size_mib, "slices": done.torrent.piece_count,
+                      "credit_window_slices": args.credit_window,
                       "reference_s": round(ref, 3), "paid_s": round(pay, 3), "time_ratio": round(pay / ref, 3),
                       "first_byte_ms": round(statistics.median(first_bytes), 1), "onchain_txs": max(txs)}))
 

@@ -14,7 +14,7 @@ the contract accepts (v of 27 or 28, low s), no more.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import coincurve
 from eth_account import Account
@@ -202,6 +202,13 @@ class SignedCheque:
         return (c.viewer, c.content_id, c.seeder, c.cumulative_amount, self.v, self.r, self.s)
 
 
+@lru_cache(maxsize=16)
+def _signing_key(secret: bytes) -> coincurve.PrivateKey:
+    """A viewer signs a cheque per slice with the same key: build it (and its public key)
+    once, not per cheque."""
+    return coincurve.PrivateKey(secret)
+
+
 @dataclass(frozen=True)
 class ChequeDomain:
     """The EIP-712 domain of one Wallet deployment. Read `chain_id` from the chain."""
@@ -244,7 +251,7 @@ class ChequeDomain:
         tests check the result equals eth-account's `sign_typed_data`."""
         if account.address != cheque.viewer:
             raise ChequeError("only the viewer named in a cheque may sign it")
-        recoverable = coincurve.PrivateKey(bytes(account.key)).sign_recoverable(self.digest(cheque), hasher=None)
+        recoverable = _signing_key(bytes(account.key)).sign_recoverable(self.digest(cheque), hasher=None)
         return SignedCheque(cheque, recoverable[:64] + bytes([27 + recoverable[64]]))
 
     def sign_with_eth_account(self, account: LocalAccount, cheque: Cheque) -> SignedCheque:

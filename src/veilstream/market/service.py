@@ -66,6 +66,8 @@ class MarketService:
         self.accounts: dict[str, SeederAccount] = {}  # by viewer address
         self.on_cheque_accepted: Callable[[SignedCheque], None] | None = None  # e.g. keep it for cashing
         self._peers: dict[int, _PeerState] = {}
+        self._block_values: dict[tuple[int, int], Fraction] = {}
+        self._last_piece_size = content.torrent.manifest.slice_range(content.torrent.piece_count - 1)[1]
         torrent = content.torrent
         self.content_id = torrent.info_hash
         self.manifest = torrent.manifest
@@ -113,8 +115,10 @@ class MarketService:
         if state.viewer is None:
             return False  # wait for the signed session offer that says who pays
         account = self.account(state.viewer)
-        _, piece_size = self.manifest.slice_range(piece)
-        value = Fraction(self.terms.price_per_slice_wei * length, piece_size)
+        piece_size = self._last_piece_size if piece == self.manifest.slice_count - 1 else self.manifest.piece_length
+        value = self._block_values.get((piece_size, length))
+        if value is None:  # one value per (piece size, block length): a handful in all
+            value = self._block_values[(piece_size, length)] = Fraction(self.terms.price_per_slice_wei * length, piece_size)
         if not account.may_serve(value):
             self.stats.blocks_refused += 1
             return False
