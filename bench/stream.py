@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/stream.py [--size-mib 512] [--runs 3]
 
-Three seeders on loopback hold the ciphertext of one content. The reference viewer reads
+Three seeders on loopback, each in its own process as in a real deployment, hold the
+ciphertext of one content. The reference viewer reads
 every slice in order straight from the swarm (verified ciphertext, no payment, no keys).
 The paid viewer streams the same slices in order through the market: it pays each slice
 with a cheque, buys keys ahead of the playhead from the creator's key agent, checks them
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from eth_account import Account
 
+from veilstream.chain.cheque import ChequeDomain, SignedCheque
 from veilstream.chain.client import ChainClient
 from veilstream.content import PublishOptions, Terms, publish_file
 from veilstream.identity import Identity
@@ -62,26 +65,83 @@ def prepare(folder: Path, size: int):
     return publish_file(source, out, CREATOR, PublishOptions(SLICE, terms=Terms(PRICE, 2_000)))
 
 
+def seeder_process(conn, torrent_path: str, ciphertext: str, market_args: dict | None) -> None:
+    """One seeder in its own process, as in any real deployment: seeds, reports its port,
+    serves until told to stop, then hands back the cheques it was paid with."""
+    from veilstream.content import ContentKeys, Torrent
+    from veilstream.content.keytree import TreeNode
+
+    async def serve() -> None:
+        torrent = Torrent.load(Path(torrent_path))
+        node = market_node() if market_args else SwarmNode()
+        async with node:
+            content = node.seed(PieceStore.for_seeding(torrent, Path(ciphertext)))
+            service = None
+            if market_args:
+                domain = ChequeDomain(market_args["chain_id"], market_args["wallet"])
+                agent = None
+                if market_args.get("tree_root"):
+                    agent = KeyAgent(domain, AuditLog(Path(market_args["audit"])), market_args["settings"],
+                                     signing_key=market_args["signing_key"])
+                    depth, root, meta = market_args["tree_root"]
+                    agent.offer(torrent, ContentKeys(TreeNode(depth, 0, root), meta))
+                service = MarketService(content, payee=market_args["payee"], domain=domain,
+                                        settings=market_args["settings"], key_agent=agent)
+            conn.send(node.listen_port)
+            loop = asyncio.get_running_loop()
+            while not await loop.run_in_executor(None, conn.poll, 0.05):
+                pass
+            _, viewer, signed = conn.recv()  # stop: once the books show what the viewer signed us
+            if service is not None and viewer is not None:
+                async with asyncio.timeout(30):
+                    while service.account(viewer).paid_wei < signed:
+                        await asyncio.sleep(0.01)
+            owed = [c.to_bytes() for c in service.cheques_owed()] if service else []
+            conn.send((owed, {a: s.paid_wei for a, s in service.accounts.items()} if service else {}))
+
+    run(serve())
+
+
+class Seeders:
+    """Three seeder processes; `market` None for the plain reference swarm."""
+
+    def __init__(self, done, markets: list[dict] | None) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pipes, self.processes = [], []
+        for index in range(3):
+            ours, theirs = context.Pipe()
+            args = (theirs, str(done.torrent_path), str(done.ciphertext_path), markets[index] if markets else None)
+            process = context.Process(target=seeder_process, args=args, daemon=True)
+            process.start()
+            self.pipes.append(ours)
+            self.processes.append(process)
+        self.ports = [pipe.recv() for pipe in self.pipes]
+
+    def stop(self, viewer: str | None = None, signed: list[int] | None = None) -> list[tuple[list[bytes], dict]]:
+        for index, pipe in enumerate(self.pipes):
+            pipe.send(("stop", viewer, signed[index] if signed else 0))
+        results = [pipe.recv() for pipe in self.pipes]
+        for process in self.processes:
+            process.join(timeout=30)
+        return results
+
+
 async def reference_run(done, work: Path) -> float:
-    """Three seeders → one viewer reading every slice in order; no market at all."""
+    """Three seeder processes → one viewer reading every slice in order; no market at all."""
     torrent = done.torrent
-    nodes = [SwarmNode() for _ in range(4)]
-    for node in nodes:
-        await node.__aenter__()
+    seeders = Seeders(done, None)
     try:
-        for node in nodes[:3]:
-            node.seed(PieceStore.for_seeding(torrent, done.ciphertext_path))
-        content = nodes[3].fetch(torrent, work)
-        for node in nodes[:3]:
-            content.add_peer("127.0.0.1", node.listen_port)
-        started = time.perf_counter()
-        for index in range(torrent.piece_count):
-            offset, length = torrent.manifest.slice_range(index)
-            await content.read(offset, length)
-        return time.perf_counter() - started
+        async with SwarmNode() as node:
+            content = node.fetch(torrent, work)
+            for port in seeders.ports:
+                content.add_peer("127.0.0.1", port)
+            started = time.perf_counter()
+            for index in range(torrent.piece_count):
+                offset, length = torrent.manifest.slice_range(index)
+                await content.read(offset, length)
+            return time.perf_counter() - started
     finally:
-        for node in reversed(nodes):
-            await node.__aexit__(None, None, None)
+        seeders.stop()
 
 
 async def paid_run(done, work: Path, chain: ChainClient, market: MarketSettings = MarketSettings()) -> tuple[float, float, int, int]:
@@ -95,42 +155,42 @@ async def paid_run(done, work: Path, chain: ChainClient, market: MarketSettings 
         creator_chain.register(torrent.info_hash, price_per_slice=PRICE, seeder_share_bps=2_000, slice_count=torrent.piece_count)
     first_block = chain.block_number() + 1
     chain.with_account(viewer).deposit(ETHER // 10)
-    nodes = [market_node() for _ in range(3)] + [market_node(viewer_swarm_settings(SLICE, market))]
-    for node in nodes:
-        await node.__aenter__()
+    base = {"chain_id": chain.chain_id, "wallet": chain.cheque_domain.wallet, "settings": market}
+    payees = [CREATOR.wallet_address] + [w.address for w in seeder_wallets]
+    markets = [dict(base, payee=payees[0], signing_key=CREATOR.wallet_key, audit=str(work / "audit.log"),
+                    tree_root=(done.keys.tree_root.height, done.keys.tree_root.key, done.keys.metadata_key))]
+    markets += [dict(base, payee=p) for p in payees[1:]]
+    seeders = Seeders(done, markets)
+    results = None
     try:
-        agent = KeyAgent(chain.cheque_domain, AuditLog(work / "audit.log"), market, signing_key=CREATOR.wallet_key)
-        agent.offer(torrent, done.keys)
-        services = [MarketService(nodes[0].seed(PieceStore.for_seeding(torrent, done.ciphertext_path)),
-                                  payee=CREATOR.wallet_address, domain=chain.cheque_domain, settings=market,
-                                  key_agent=agent)]
-        for node, wallet in zip(nodes[1:3], seeder_wallets):
-            services.append(MarketService(node.seed(PieceStore.for_seeding(torrent, done.ciphertext_path)),
-                                          payee=wallet.address, domain=chain.cheque_domain, settings=market))
-        content = nodes[3].fetch(torrent, work / "viewer")
-        stream = PaidStream(content, torrent, wallet=viewer, domain=chain.cheque_domain, budget_wei=ETHER // 10,
-                            settings=market)
-        for node in nodes[:3]:
-            content.add_peer("127.0.0.1", node.listen_port)
-        started = time.perf_counter()
-        first_byte = None
-        async for _index, plaintext in stream.slices(0):
-            if first_byte is None:
-                first_byte = time.perf_counter() - started
-        elapsed = time.perf_counter() - started
-        async with asyncio.timeout(30):  # cheques in flight reach their payees
-            while any(s.account(viewer.address).paid_wei != stream.payer.owed.get(s.payee, 0) for s in services):
-                await asyncio.sleep(0.01)
-        stream.close()
-        for service, wallet in zip(services, [CREATOR.wallet, *seeder_wallets]):
-            if service.cheques_owed():
-                chain.with_account(wallet).cash(service.cheques_owed())
-                chain.with_account(wallet).claim()
-        txs = sum(len(chain.w3.eth.get_block(n)["transactions"]) for n in range(first_block, chain.block_number() + 1))
-        return elapsed, first_byte * 1000, txs, len(stream.payer.owed)
+        async with market_node(viewer_swarm_settings(SLICE, market)) as node:
+            content = node.fetch(torrent, work / "viewer")
+            stream = PaidStream(content, torrent, wallet=viewer, domain=chain.cheque_domain, budget_wei=ETHER // 10,
+                                settings=market)
+            for port in seeders.ports:
+                content.add_peer("127.0.0.1", port)
+            started = time.perf_counter()
+            first_byte = None
+            async for _index, _plaintext in stream.slices(0):
+                if first_byte is None:
+                    first_byte = time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            await node.drain()
+            owed = dict(stream.payer.owed)
+            stream.close()
+            results = seeders.stop(viewer.address, [owed.get(p, 0) for p in payees])
     finally:
-        for node in reversed(nodes):
-            await node.__aexit__(None, None, None)
+        if results is None:
+            results = seeders.stop()
+    for (cheques, paid_by_viewer), payee, wallet in zip(results, payees, [CREATOR.wallet, *seeder_wallets]):
+        signed = owed.get(payee, 0)
+        if paid_by_viewer.get(viewer.address, 0) != signed:
+            raise SystemExit(f"payee {payee} holds {paid_by_viewer} but was signed {signed}")
+        if cheques:
+            chain.with_account(wallet).cash([SignedCheque.from_bytes(c) for c in cheques])
+            chain.with_account(wallet).claim()
+    txs = sum(len(chain.w3.eth.get_block(n)["transactions"]) for n in range(first_block, chain.block_number() + 1))
+    return elapsed, first_byte * 1000, txs, len(owed)
 
 
 def main() -> None:
