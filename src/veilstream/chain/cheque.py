@@ -78,10 +78,16 @@ def checksum_address(value: str | bytes, what: str = "address") -> str:
     if isinstance(value, bytes | bytearray):
         if len(value) != 20:
             raise ChequeError(f"{what} must be 20 bytes")
-        return to_checksum_address(bytes(value))
-    if not isinstance(value, str) or not is_address(value):
+        return _checksummed(bytes(value))
+    if not isinstance(value, str) or not _is_address(value):
         raise ChequeError(f"{what} {value!r} is not an EVM address")
-    return to_checksum_address(value)
+    return _checksummed(value)
+
+
+# Every cheque names the same few addresses again and again (one cheque per slice), and
+# EIP-55 checksumming costs a keccak each time: remember the answers.
+_checksummed = lru_cache(maxsize=4096)(to_checksum_address)
+_is_address = lru_cache(maxsize=4096)(is_address)
 
 
 def _word(address: str) -> bytes:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from eth_account.signers.local import LocalAccount
 
-from veilstream.chain.cheque import ChequeDomain, SignedCheque
+from veilstream.chain.cheque import ChequeDomain, SignedCheque, checksum_address
 from veilstream.content import DecryptionError, Metadata, Torrent, WrongKeyError
 from veilstream.content.crypto import open_slice
 from veilstream.content.keytree import TreeNode
@@ -333,6 +333,4 @@ class PaidStream:
 
 
 def _checksum(address: bytes) -> str:
-    from eth_utils import to_checksum_address
-
-    return to_checksum_address(address)
+    return checksum_address(address)
