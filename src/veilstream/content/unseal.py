@@ -53,9 +53,7 @@ def verify_all_keys(torrent: Torrent, ring: KeyRing) -> None:
     root_nodes = [n for n in ring.nodes if n.first_leaf == 0 and n.end_leaf >= manifest.slice_count]
     if not root_nodes:
         raise DecryptionError("the keys held open only part of this content")
-    walker = SequentialLeafKeys(root_nodes[0])
-    commitments = [key_commitment(walker.key(i)) for i in range(manifest.slice_count)]
-    if merkle.root(commitments) != manifest.key_root:
+    if merkle.root(all_commitments(root_nodes[0], manifest.slice_count)) != manifest.key_root:
         raise WrongKeyError("the keys do not match the content's key commitments: wrong key")
 
 

@@ -25,6 +25,7 @@ class Payer:
         self.price_wei = price_wei
         self.budget_wei = budget_wei
         self.owed: dict[str, int] = {}  # seeder → cumulative amount signed
+        self._latest: dict[str, SignedCheque] = {}  # seeder → the cheque for that amount
 
     @property
     def spent_wei(self) -> int:
@@ -41,6 +42,7 @@ class Payer:
         amount = self.owed.get(seeder, 0) + amount_wei
         signed = self.domain.sign(self.account, Cheque(self.account.address, self.content_id, seeder, amount))
         self.owed[seeder] = amount
+        self._latest[seeder] = signed
         return signed
 
     def split_slice_price(self, shares: list[tuple[str, int]]) -> dict[str, int]:
@@ -55,7 +57,4 @@ class Payer:
         return parts
 
     def latest(self, seeder: str) -> SignedCheque | None:
-        amount = self.owed.get(seeder)
-        if amount is None:
-            return None
-        return self.domain.sign(self.account, Cheque(self.account.address, self.content_id, seeder, amount))
+        return self._latest.get(seeder)
