@@ -90,3 +90,30 @@ def test_peers_lacking_pieces_get_nothing_and_last_block_is_short():
     p = picker()
     assert p.pick("a", bytearray(20), 10) == []
     assert p.block_length(19, 3) == 16384 - 1000
+
+
+def test_whole_pieces_keep_a_started_piece_with_its_peer():
+    p = picker(window=4)
+    p.whole_pieces = True
+    assert p.pick("a", everything(), 2) == [(0, 0), (0, 1)]
+    assert [piece for piece, _ in p.pick("b", everything(), 4)] == [1] * 4  # not the rest of piece 0
+    assert p.pick("a", everything(), 2) == [(0, 2), (0, 3)]
+    p.whole_pieces = False
+    q = picker(window=4)
+    q.pick("a", everything(), 2)
+    assert q.pick("b", everything(), 2) == [(0, 2), (0, 3)]  # without it, b takes over half of piece 0
+
+
+def test_whole_pieces_go_to_another_peer_once_given_back_or_late():
+    p = picker(window=2)
+    p.whole_pieces = True
+    p.deadline_rerequest_s = 1.0
+    p.pick("a", everything(), 1, now=0.0)
+    p.abort(0, 0, "a")  # a gave its block back: the piece is anyone's
+    assert p.pick("b", everything(), 4, now=0.1)[:4] == [(0, b) for b in range(4)]
+    q = picker(window=2)
+    q.whole_pieces = True
+    q.deadline_rerequest_s = 1.0
+    q.pick("a", everything(), 1, now=0.0)
+    assert (0, 1) not in q.pick("b", everything(), 4, now=0.5)
+    assert (0, 1) in q.pick("c", everything(), 8, now=2.0)  # a is late with a window piece

@@ -50,15 +50,23 @@ class _Relationship:
 class SeederAccount(_Relationship):
     """A seeder's book on one viewer for one content. Value is counted per block served
     (a block is worth its share of its slice's price), so a slice whose blocks came from
-    several seeders is owed to each in proportion to what each sent."""
+    several seeders is owed to each in proportion to what each sent. Values are integers
+    in 1/`units_per_wei` wei, so those shares add up exactly (and cheaply: a seeder asks
+    this book before every block it sends)."""
 
     seeder: str = ""
-    served_wei: Fraction = Fraction(0)
+    units_per_wei: int = 1
+    served_units: int = 0
     latest: SignedCheque | None = None
+    _limit_units: int = -1  # (paid + window) in units; -1: not computed yet
 
     @property
     def paid_wei(self) -> int:
         return self.latest.cheque.cumulative_amount if self.latest else 0
+
+    @property
+    def served_wei(self) -> Fraction:
+        return Fraction(self.served_units, self.units_per_wei)
 
     @property
     def owed_wei(self) -> int:
@@ -68,8 +76,13 @@ class SeederAccount(_Relationship):
     def served_slices(self) -> Fraction:
         return self.served_wei / self.price_wei if self.price_wei else Fraction(0)
 
+    def _limit(self) -> int:
+        if self._limit_units < 0:
+            self._limit_units = (self.paid_wei + self.window_slices * self.price_wei) * self.units_per_wei
+        return self._limit_units
+
     def may_serve(self, value_wei: Fraction | int) -> bool:
-        return self.served_wei + value_wei <= self.paid_wei + self.window_slices * self.price_wei
+        return self.served_units + value_wei * self.units_per_wei <= self._limit()
 
     def may_serve_next(self) -> bool:
         """May a whole slice more go out?"""
@@ -77,9 +90,17 @@ class SeederAccount(_Relationship):
 
     def record_served(self, value_wei: Fraction | int | None = None) -> None:
         value = self.price_wei if value_wei is None else value_wei
-        if not self.may_serve(value):
+        units = value * self.units_per_wei
+        if units != int(units) or not self.serve_units(int(units)):
             raise PaymentRefused("serving more would exceed the viewer's credit window")
-        self.served_wei += value
+
+    def serve_units(self, units: int) -> bool:
+        """Charge `units` if the window allows it; False (and nothing charged) if not."""
+        served = self.served_units + units
+        if served > self._limit():
+            return False
+        self.served_units = served
+        return True
 
     def accept(self, signed: SignedCheque) -> bool:
         """Take a cheque; True if it raised what is paid, False for a harmless duplicate."""
@@ -92,6 +113,7 @@ class SeederAccount(_Relationship):
         if amount == self.paid_wei:
             return False
         self.latest = signed
+        self._limit_units = -1
         return True
 
 

@@ -11,10 +11,10 @@ in the cheque ledger and cashed in batches once they pass the threshold.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from fractions import Fraction
 
 from veilstream.chain.cheque import ChequeDomain, SignedCheque
 from veilstream.market import messages
@@ -66,8 +66,10 @@ class MarketService:
         self.accounts: dict[str, SeederAccount] = {}  # by viewer address
         self.on_cheque_accepted: Callable[[SignedCheque], None] | None = None  # e.g. keep it for cashing
         self._peers: dict[int, _PeerState] = {}
-        self._block_values: dict[tuple[int, int], Fraction] = {}
+        self._block_units: dict[tuple[int, int], int] = {}
         self._last_piece_size = content.torrent.manifest.slice_range(content.torrent.piece_count - 1)[1]
+        # value in 1/units_per_wei wei: every block's share of its slice's price is a whole number
+        self._units_per_wei = math.lcm(content.torrent.piece_length, self._last_piece_size)
         torrent = content.torrent
         self.content_id = torrent.info_hash
         self.manifest = torrent.manifest
@@ -81,7 +83,7 @@ class MarketService:
         if viewer not in self.accounts:
             self.accounts[viewer] = SeederAccount(
                 viewer, self.content_id, self.terms.price_per_slice_wei, self.settings.credit_window_slices,
-                self.domain.verify, seeder=self.payee,
+                self.domain.verify, seeder=self.payee, units_per_wei=self._units_per_wei,
             )
         return self.accounts[viewer]
 
@@ -116,13 +118,13 @@ class MarketService:
             return False  # wait for the signed session offer that says who pays
         account = self.account(state.viewer)
         piece_size = self._last_piece_size if piece == self.manifest.slice_count - 1 else self.manifest.piece_length
-        value = self._block_values.get((piece_size, length))
-        if value is None:  # one value per (piece size, block length): a handful in all
-            value = self._block_values[(piece_size, length)] = Fraction(self.terms.price_per_slice_wei * length, piece_size)
-        if not account.may_serve(value):
+        units = self._block_units.get((piece_size, length))
+        if units is None:  # one value per (piece size, block length): a handful in all
+            units = self._block_units[(piece_size, length)] = (
+                self.terms.price_per_slice_wei * length * self._units_per_wei // piece_size)
+        if not account.serve_units(units):
             self.stats.blocks_refused += 1
             return False
-        account.record_served(value)
         self.stats.bytes_served += length
         return True
 

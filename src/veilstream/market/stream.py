@@ -2,11 +2,11 @@
 the playhead, check them, decrypt, and hand out plaintext in order.
 
 Payment follows delivery: when a slice verifies, the peer that delivered most of it gets a
-cheque raised by one price (a plain BitTorrent peer's slices are paid to the creator), and
-every cheque is also shown to the key agent, whose books sum them over seeders. Keys come
-sealed to this stream's ephemeral session key and are checked against the manifest's key
-commitments before use; a wrong delivery is kept as evidence and the keys are asked of
-another agent. Closing the stream forgets the session key.
+cheque raised by one price (a plain BitTorrent peer's slices are paid to the creator); the
+key agent, whose books sum cheques over seeders, is shown the newest of them with each
+key request. Keys come sealed to this stream's ephemeral session key and are checked
+against the manifest's key commitments before use; a wrong delivery is kept as evidence
+and the keys are asked of another agent. Closing the stream forgets the session key.
 """
 
 from __future__ import annotations
@@ -42,10 +42,13 @@ def viewer_swarm_settings(piece_length: int, market: MarketSettings = MarketSett
                           base: SwarmSettings = SwarmSettings()) -> SwarmSettings:
     """Swarm settings for a paying viewer: a seeder serves at most its credit window ahead
     of payment, so asking one peer for more only parks requests there while other peers
-    idle. Ask each peer for about twice the window; the rest goes to the others."""
+    idle. Ask each peer for about twice the window; the rest goes to the others. And take
+    each piece whole from one peer: payment follows verified pieces, so pieces split across
+    seeders could leave each waiting for payment for pieces the others hold back."""
     blocks_per_slice = max(1, piece_length // BLOCK_SIZE)
     depth = max(blocks_per_slice, 2 * market.credit_window_slices * blocks_per_slice)
-    return replace(base, request_queue_depth_blocks=min(base.request_queue_depth_blocks, depth))
+    return replace(base, request_queue_depth_blocks=min(base.request_queue_depth_blocks, depth),
+                   whole_pieces_per_peer=True)
 
 
 class StreamError(MarketError):
@@ -112,6 +115,7 @@ class PaidStream:
         self._keys_changed = asyncio.Event()
         self._distrusted: set[int] = set()
         self._key_request: tuple[int, int, int] | None = None  # (conn, first, end) in flight
+        self._shown: dict[int, dict[str, int]] = {}  # conn → seeder → the newest amount it was sent
         self._playhead = 0
         self._failure: StreamError | None = None
         self._failed = asyncio.Event()
@@ -203,6 +207,7 @@ class PaidStream:
             return
         conn = agents[0]
         self._key_request = (conn, first, end)
+        self._show_cheques(conn)
         self._send(conn, messages.KeyRequest(first, end))
 
     def _on_keys(self, conn: int, message: messages.SealedKeys) -> None:
@@ -273,12 +278,21 @@ class PaidStream:
         self._want_keys()
 
     def _deliver_cheque(self, cheque: SignedCheque, seeder_conn: int | None) -> None:
-        message = messages.ChequeMessage(cheque)
-        targets = set(self._key_agents())
+        """To the seeder it pays, now; a key agent is shown the newest cheques just before
+        the next key request (its books only gate key releases)."""
         if seeder_conn is not None:
-            targets.add(seeder_conn)
-        for conn in targets:
-            self._send(conn, message)
+            self._send(seeder_conn, messages.ChequeMessage(cheque))
+            shown = self._shown.setdefault(seeder_conn, {})
+            shown[cheque.cheque.seeder] = cheque.cheque.cumulative_amount
+
+    def _show_cheques(self, conn: int) -> None:
+        """Send key agent `conn` every cheque newer than what it has seen."""
+        shown = self._shown.setdefault(conn, {})
+        for cheque in self._all_cheques():
+            seeder, amount = cheque.cheque.seeder, cheque.cheque.cumulative_amount
+            if shown.get(seeder, 0) < amount:
+                self._send(conn, messages.ChequeMessage(cheque))
+                shown[seeder] = amount
 
     # -- swarm callbacks ------------------------------------------------------------------
     def _on_peer_ready(self, event: PeerReady) -> None:
@@ -302,9 +316,6 @@ class PaidStream:
                     log.info("peer %s prices on another chain or wallet; treated as a plain peer", event.conn)
                     return
                 source.terms = message
-                if message.serves_keys:
-                    for cheque in self._all_cheques():
-                        self._send(event.conn, messages.ChequeMessage(cheque))
                 self._want_keys()
             case messages.SealedKeys():
                 self._on_keys(event.conn, message)

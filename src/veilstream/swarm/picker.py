@@ -8,6 +8,11 @@ first (ties broken at random, so leechers spread out). When every missing block 
 been asked for, endgame lets idle peers duplicate outstanding requests. `seek()` moves
 the window at once.
 
+With `whole_pieces` set, a piece's blocks go to the peer that started it (until that peer
+gives some back, or is late with a window block): a paying viewer pays per verified
+piece, and a seeder serves only a credit window ahead of payment, so pieces split across
+seeders could leave every seeder waiting for payment for pieces the others hold back.
+
 Peers are opaque keys; a peer's pieces are a bytearray of 0/1 per piece.
 """
 
@@ -24,7 +29,7 @@ class PieceProgress:
     """Blocks of one piece being downloaded."""
 
     __slots__ = ("piece", "block_count", "asked", "asked_at", "received", "received_count", "cursor", "unrequested",
-                 "started_at")
+                 "started_at", "owner")
 
     def __init__(self, piece: int, block_count: int) -> None:
         self.piece = piece
@@ -36,6 +41,7 @@ class PieceProgress:
         self.cursor = 0  # blocks before it were all asked for or received, unless aborted (cursor moves back)
         self.unrequested = block_count
         self.started_at: float | None = None  # when its first block was asked for
+        self.owner = None  # with `whole_pieces`: the peer the piece's blocks go to
 
 
 class PiecePicker:
@@ -52,6 +58,7 @@ class PiecePicker:
         self.position = 0  # first piece of the playback window
         self.deadline_rerequest_s = 2.0
         self.endgame_duplicates = 2
+        self.whole_pieces = False
         self._rng = rng or random.Random()
         self._order: list[int] = []
         self._order_cursor = 0
@@ -177,7 +184,12 @@ class PiecePicker:
             progress = self.downloading[piece] = PieceProgress(piece, self.block_count(piece))
         if progress.started_at is None:
             progress.started_at = now
-        if progress.unrequested:
+        takes_new = progress.unrequested > 0
+        if takes_new and self.whole_pieces:
+            if progress.owner is None or (late_after is not None and now - progress.started_at >= late_after):
+                progress.owner = peer  # first come, or taking over from an owner late with a window piece
+            takes_new = progress.owner == peer
+        if takes_new:
             block = progress.cursor
             asked, received = progress.asked, progress.received
             while block < progress.block_count and len(out) < count:
@@ -238,6 +250,8 @@ class PiecePicker:
         if progress is None or not 0 <= block < progress.block_count:
             return
         asked = progress.asked[block]
+        if progress.owner == peer:
+            progress.owner = None  # what it gives back may go to anyone
         if peer in asked:
             asked.remove(peer)
             if not asked and not progress.received[block]:

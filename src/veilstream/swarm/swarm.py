@@ -948,6 +948,7 @@ class Swarm:
                                       store.have, rng=self._rng)
             self.picker.deadline_rerequest_s = self.settings.deadline_rerequest_s
             self.picker.endgame_duplicates = self.settings.endgame_duplicate_requests
+            self.picker.whole_pieces = self.settings.whole_pieces_per_peer
             self.finished = store.complete
 
     # -- bookkeeping ----------------------------------------------------------------------------
