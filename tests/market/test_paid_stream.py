@@ -4,6 +4,7 @@ a seeder holding only ciphertext, and a viewer that pays per verified slice."""
 import asyncio
 import os
 import shutil
+from dataclasses import replace
 
 import pytest
 from eth_account import Account
@@ -15,18 +16,21 @@ from veilstream.market.audit import AuditLog
 from veilstream.market.key_agent import KeyAgent
 from veilstream.market.service import MarketService
 from veilstream.market.settings import MarketSettings
-from veilstream.market.stream import PaidStream, StreamError
+from veilstream.market.stream import PaidStream, StreamError, viewer_swarm_settings
+from veilstream.swarm.settings import SwarmSettings
 from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
 from veilstream.swarm.node import SwarmNode
 from veilstream.swarm.storage import PieceStore
 
 PRICE = 10**12
 SLICE = 16 * 1024
+BIG_SLICE = 16 * SLICE
 TIMEOUT_S = 60
 
 
-def market_node() -> SwarmNode:
-    return SwarmNode(registry=ExtensionRegistry((UT_METADATA, messages.MARKET_EXTENSION)))
+def market_node(settings=None) -> SwarmNode:
+    registry = ExtensionRegistry((UT_METADATA, messages.MARKET_EXTENSION))
+    return SwarmNode(settings, registry=registry) if settings else SwarmNode(registry=registry)
 
 
 @pytest.fixture(scope="module")
@@ -46,33 +50,40 @@ def published(tmp_path_factory):
 class Network:
     """Creator (seeds, sells keys), one key-less seeder, and the viewer's node."""
 
-    def __init__(self, published, domain, tmp_path, *, key_agent_class=KeyAgent, seeder_serves=True):
+    def __init__(self, published, domain, tmp_path, *, key_agent_class=KeyAgent, seeder_serves=True,
+                 market=MarketSettings(), viewer_settings=None):
         self.done, self.creator, self.plaintext, self.tmp = published
         self.domain, self.tmp_path = domain, tmp_path
+        self.market = market
         self.key_agent_class, self.seeder_serves = key_agent_class, seeder_serves
+        self.viewer_settings = viewer_settings
         self.seeder_wallet = Account.create()
 
     async def __aenter__(self):
         torrent = self.done.torrent
-        self.nodes = [market_node(), market_node(), market_node()]
+        self.nodes = [market_node(), market_node(), market_node(self.viewer_settings)]
         for node in self.nodes:
             await node.__aenter__()
         creator_node, seeder_node, self.viewer_node = self.nodes
-        agent = self.key_agent_class(self.domain, AuditLog(self.tmp_path / "audit.log"), signing_key=self.creator.wallet_key)
+        agent = self.key_agent_class(self.domain, AuditLog(self.tmp_path / "audit.log"), self.market,
+                                     signing_key=self.creator.wallet_key)
         agent.offer(torrent, self.done.keys)
         creator_content = creator_node.seed(PieceStore.for_seeding(torrent, self.done.ciphertext_path))
-        self.creator_service = MarketService(creator_content, payee=self.creator.wallet_address, domain=self.domain, key_agent=agent)
+        self.creator_service = MarketService(creator_content, payee=self.creator.wallet_address, domain=self.domain,
+                                             settings=self.market, key_agent=agent)
         self.agent = agent
         self.seeders = [creator_node]
         if self.seeder_serves:
             seeder_content = seeder_node.seed(PieceStore.for_seeding(torrent, self.tmp / "seeder" / torrent.name))
-            self.seeder_service = MarketService(seeder_content, payee=self.seeder_wallet.address, domain=self.domain)
+            self.seeder_service = MarketService(seeder_content, payee=self.seeder_wallet.address, domain=self.domain,
+                                                settings=self.market)
             self.seeders.append(seeder_node)
         return self
 
     def viewer(self, wallet, budget=10**18, stream_class=PaidStream):
         content = self.viewer_node.fetch(self.done.torrent, self.tmp_path / "viewer")
-        stream = stream_class(content, self.done.torrent, wallet=wallet, domain=self.domain, budget_wei=budget)
+        stream = stream_class(content, self.done.torrent, wallet=wallet, domain=self.domain, budget_wei=budget,
+                              settings=self.market)
         for node in self.seeders:
             content.add_peer("127.0.0.1", node.listen_port)
         return stream
@@ -109,6 +120,47 @@ def test_honest_stream_pays_each_slice_once_and_decrypts(published, domain, tmp_
                     assert account.owed_wei <= 2 * PRICE
             stream.close()
             assert stream.session.closed
+    asyncio.run(scenario())
+
+
+@pytest.fixture(scope="module")
+def published_in_big_slices(tmp_path_factory):
+    """Slices of 16 blocks, so one slice could come from several seeders."""
+    tmp = tmp_path_factory.mktemp("paid-big")
+    plaintext = os.urandom(48 * (BIG_SLICE - 16) + 1234)
+    (tmp / "movie.bin").write_bytes(plaintext)
+    (tmp / "creator").mkdir()
+    creator = Identity.from_mnemonic(generate_mnemonic())
+    done = publish_file(tmp / "movie.bin", tmp / "creator", creator, PublishOptions(BIG_SLICE, terms=Terms(PRICE, 2_500)))
+    (tmp / "seeder").mkdir()
+    shutil.copy(done.ciphertext_path, tmp / "seeder" / done.torrent.name)
+    return done, creator, plaintext, tmp
+
+
+def test_gated_seeders_never_wait_on_each_other(published_in_big_slices, domain, tmp_path):
+    """With a one-slice window a seeder holds back everything past one unpaid slice. Were a
+    slice's blocks split across seeders, each could sit on blocks of the other's slices
+    while waiting for payment for its own: no slice would verify and nobody would be paid.
+    The viewer takes each slice whole from one seeder, so the stream never needs the
+    timeouts (set out of reach here) to get going again."""
+    market = MarketSettings(credit_window_slices=1)
+    patient = replace(SwarmSettings(), request_timeout_s=3600.0, deadline_rerequest_s=3600.0)
+
+    async def scenario():
+        async with Network(published_in_big_slices, domain, tmp_path, market=market,
+                           viewer_settings=viewer_swarm_settings(BIG_SLICE, market, patient)) as net:
+            stream = net.viewer(Account.create())
+            senders = []
+            pay = stream._on_piece_verified
+            stream.content.on_piece_verified = lambda event: (senders.append(len(event.bytes_by_sender)), pay(event))
+            got = await play(stream)
+            n = net.done.torrent.piece_count
+            assert b"".join(got[i] for i in range(n)) == net.plaintext
+            assert senders == [1] * n
+            assert set(stream.stats.paid_by_payee) == {net.creator.wallet_address, net.seeder_wallet.address}
+            for service in (net.creator_service, net.seeder_service):
+                for account in service.accounts.values():
+                    assert account.owed_wei <= PRICE
     asyncio.run(scenario())
 
 
