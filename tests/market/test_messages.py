@@ -22,6 +22,8 @@ def examples(sign):
         m.SessionMessage(offer),
         m.KeyRequest(3, 9),
         m.SealedKeys(0, 1, os.urandom(500), os.urandom(65)),
+        m.GrantClaim((0,)),
+        m.GrantClaim(tuple(range(1, 65))),
         m.MarketRefusal(m.RefusalCode.PAYMENT_NEEDED, "pay for slice 4 first"),
     ]
 
@@ -44,6 +46,11 @@ def test_delivery_round_trip():
     {b"v": 1, b"t": b"cheque", b"c": b"short"},
     {b"v": 1, b"t": b"session", b"content": b"x" * 32, b"key": b"k" * 31, b"exp": 1, b"sig": b"s" * 65},
     {b"v": 1, b"t": b"keys", b"first": 0, b"end": 1, b"sealed": b"x" * (m.MAX_SEALED_BYTES + 1)},
+    {b"v": 1, b"t": b"grants", b"ids": []},
+    {b"v": 1, b"t": b"grants", b"ids": list(range(65))},
+    {b"v": 1, b"t": b"grants", b"ids": [-1]},
+    {b"v": 1, b"t": b"grants", b"ids": [b"1"]},
+    {b"v": 1, b"t": b"grants"},
 ])
 def test_malformed_messages_are_protocol_errors(body):
     with pytest.raises(MarketProtocolError):

@@ -51,17 +51,19 @@ class Network:
     """Creator (seeds, sells keys), one key-less seeder, and the viewer's node."""
 
     def __init__(self, published, domain, tmp_path, *, key_agent_class=KeyAgent, seeder_serves=True,
-                 market=MarketSettings(), viewer_settings=None):
+                 market=MarketSettings(), viewer_settings=None, paid_before=None, seeder_wallet=None):
         self.done, self.creator, self.plaintext, self.tmp = published
         self.domain, self.tmp_path = domain, tmp_path
         self.market = market
         self.key_agent_class, self.seeder_serves = key_agent_class, seeder_serves
         self.viewer_settings = viewer_settings
-        self.seeder_wallet = Account.create()
+        self.paid_before = paid_before or {}  # payee → what each viewer paid it in earlier sessions
+        self.seeder_wallet = seeder_wallet or Account.create()
 
     async def __aenter__(self):
         torrent = self.done.torrent
-        self.nodes = [market_node(), market_node(), market_node(self.viewer_settings)]
+        viewer_settings = self.viewer_settings or viewer_swarm_settings(self.done.torrent.piece_length, self.market)
+        self.nodes = [market_node(), market_node(), market_node(viewer_settings)]
         for node in self.nodes:
             await node.__aenter__()
         creator_node, seeder_node, self.viewer_node = self.nodes
@@ -70,20 +72,25 @@ class Network:
         agent.offer(torrent, self.done.keys)
         creator_content = creator_node.seed(PieceStore.for_seeding(torrent, self.done.ciphertext_path))
         self.creator_service = MarketService(creator_content, payee=self.creator.wallet_address, domain=self.domain,
-                                             settings=self.market, key_agent=agent)
+                                             settings=self.market, key_agent=agent,
+                                             paid_before=self._before(self.creator.wallet_address))
         self.agent = agent
         self.seeders = [creator_node]
         if self.seeder_serves:
             seeder_content = seeder_node.seed(PieceStore.for_seeding(torrent, self.tmp / "seeder" / torrent.name))
             self.seeder_service = MarketService(seeder_content, payee=self.seeder_wallet.address, domain=self.domain,
-                                                settings=self.market)
+                                                settings=self.market, paid_before=self._before(self.seeder_wallet.address))
             self.seeders.append(seeder_node)
         return self
 
-    def viewer(self, wallet, budget=10**18, stream_class=PaidStream):
-        content = self.viewer_node.fetch(self.done.torrent, self.tmp_path / "viewer")
+    def _before(self, payee):
+        table = self.paid_before.get(payee, {})  # (a closure over the table only: not the whole network)
+        return lambda viewer, content_id: table.get((viewer, content_id), 0)
+
+    def viewer(self, wallet, budget=10**18, stream_class=PaidStream, signed_before=None):
+        content = self.viewer_node.fetch(self.done.torrent, self.tmp_path / f"viewer-{os.urandom(4).hex()}")
         stream = stream_class(content, self.done.torrent, wallet=wallet, domain=self.domain, budget_wei=budget,
-                              settings=self.market)
+                              settings=self.market, signed_before=signed_before)
         for node in self.seeders:
             content.add_peer("127.0.0.1", node.listen_port)
         return stream
@@ -203,6 +210,76 @@ def test_a_viewer_that_stops_paying_gets_at_most_the_window(published, domain, t
                 assert service.stats.bytes_served <= window * SLICE
             assert len(net.agent.account(stream.payer.account.address, net.done.torrent.info_hash).released) <= window
     asyncio.run(scenario())
+
+
+class ReplayingStream(NonPayingStream):
+    """Shows every peer the cheques of an earlier session, then pays nothing more."""
+
+    old_cheques = ()
+
+    def _on_message(self, event):
+        super()._on_message(event)
+        source = self._sources.get(event.conn)
+        if source is not None and source.terms is not None and not getattr(source, "replayed", False):
+            source.replayed = True
+            for cheque in self.old_cheques:
+                self._send(event.conn, messages.ChequeMessage(cheque))
+
+
+def test_a_returning_viewer_continues_its_cheques_and_old_payments_buy_nothing_new(published, domain, tmp_path):
+    """Cheques are cumulative across sessions. The viewer's next session continues its
+    counters (or the Wallet would take the new amounts as already cashed); the seeders'
+    books start from what they were paid before and the key agent's from its audit log,
+    so what the viewer paid last time is no credit for new slices or keys."""
+    wallet, seeder_wallet = Account.create(), Account.create()
+    window = MarketSettings().credit_window_slices
+
+    async def first_session():
+        async with Network(published, domain, tmp_path, seeder_wallet=seeder_wallet) as net:
+            stream = net.viewer(wallet)
+            async with asyncio.timeout(TIMEOUT_S):
+                async for index, _ in stream.slices(0):
+                    if index + 1 == net.done.torrent.piece_count // 2:
+                        break
+            await net.viewer_node.drain()
+            key = (wallet.address, net.done.torrent.info_hash)
+            paid = {s.payee: {key: s.account(wallet.address).paid_wei} for s in (net.creator_service, net.seeder_service)}
+            cheques = [stream.payer.latest(payee) for payee in stream.payer.owed]
+            return cheques, paid, set(net.agent.account(*key).released)
+
+    cheques, paid, released_before = asyncio.run(first_session())
+    signed = {c.cheque.seeder: c.cheque.cumulative_amount for c in cheques}
+    assert len(signed) == 2 and all(amount >= PRICE for amount in signed.values())
+    assert len(released_before) >= 2
+
+    async def second_session(stream_class):
+        # the same seeders and the same audit log (a new key agent reads it back)
+        async with Network(published, domain, tmp_path, seeder_wallet=seeder_wallet, paid_before=paid) as net:
+            content_id = net.done.torrent.info_hash
+            stream = net.viewer(wallet, stream_class=stream_class,
+                                signed_before=lambda cid, seeder: signed.get(seeder, 0) if cid == content_id else 0)
+            services = (net.creator_service, net.seeder_service)
+            if stream_class is PaidStream:
+                got = await play(stream)
+                assert b"".join(got[i] for i in sorted(got)) == net.plaintext
+                for payee, amount in stream.payer.owed.items():  # each counter went on from last time
+                    assert amount > signed.get(payee, 0)
+                return
+            stream.old_cheques = cheques
+            async with asyncio.TaskGroup() as group:
+                player = group.create_task(play(stream))
+                async with asyncio.timeout(TIMEOUT_S):  # until both seeders have said no
+                    while not all(s.stats.blocks_refused for s in services):
+                        await asyncio.sleep(0.01)
+                player.cancel()
+            for service in services:  # the replayed cheques were taken, and bought only the window
+                assert service.account(wallet.address).paid_wei == signed[service.payee]
+                assert service.stats.bytes_served <= window * SLICE
+            released = net.agent.account(wallet.address, content_id).released
+            assert released >= released_before and len(released - released_before) <= window
+
+    asyncio.run(second_session(ReplayingStream))
+    asyncio.run(second_session(PaidStream))
 
 
 class LyingKeyAgent(KeyAgent):

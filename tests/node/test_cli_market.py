@@ -101,13 +101,21 @@ def test_serve_play_earn_across_processes(tmp_path):
         ring = Vault.open(buyer).unlock(PASS).keyring(cid)
         assert sorted(leaf for n in ring.nodes for leaf in range(n.first_leaf, n.end_leaf)) == [2, 3, 4]
 
+        # the holder streams: its own keys for [2, 5), the seeder's share only for those slices
+        ok(veil(buyer, "wallet", "deposit", "0.1", *chain))
+        held = veil(buyer, "play", cid, "--peer", address, "--out", str(tmp_path / "held.bin"), *chain)
+        ok(held)
+        assert (tmp_path / "held.bin").read_bytes() == movie.read_bytes()
+        assert "for 3 slices" in held.stderr
+        assert "0.0000086 ETH in cheques" in held.stderr  # 8 × 10¹² + 3 × 10¹² × 20%
+
         bad = veil(viewer, "play", cid, "--out", str(tmp_path / "x"), *chain)
         assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--peer" in bad.stderr
 
         stopped = stop(server)
         server = None
-        # cheques: 11 slices, all to the creator; the sale: 3 × 10¹² × 80% to the creator
-        assert "cashed and claimed 0.0000134 ETH" in stopped
+        # cheques: 11 + 8.6 slices' worth, all to the creator (it seeds); the sale: 3 × 10¹² × 80%
+        assert "cashed and claimed 0.000022 ETH" in stopped
         assert "1 audit anchors" in stopped  # the audit head went on chain at exit
         earned = ok(veil(creator, "earnings", *chain))
         assert re.search(r"0\.000011 ETH\s+│?\s*0\.000011 ETH", earned) or earned.count("0.000011 ETH") >= 2

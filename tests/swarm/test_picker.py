@@ -117,3 +117,10 @@ def test_whole_pieces_go_to_another_peer_once_given_back_or_late():
     q.pick("a", everything(), 1, now=0.0)
     assert (0, 1) not in q.pick("b", everything(), 4, now=0.5)
     assert (0, 1) in q.pick("c", everything(), 8, now=2.0)  # a is late with a window piece
+
+
+def test_without_endgame_outstanding_blocks_are_not_duplicated():
+    p = picker(pieces=2, window=2)
+    p.endgame = False
+    assert len(p.pick("a", everything(2), 100)) == 8
+    assert p.pick("b", everything(2), 100) == []

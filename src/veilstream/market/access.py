@@ -25,8 +25,10 @@ from veilstream.content.keytree import TreeNode
 from veilstream.content.unseal import verify_range_keys
 from veilstream.identity.keys import evm_address
 from veilstream.market import messages
+from veilstream.market.audit import PAID_BY_GRANT
 from veilstream.market.errors import MarketError
 from veilstream.market.key_agent import KeyAgent
+from veilstream.market.stream import HeldGrants
 
 log = logging.getLogger("veilstream.market")
 
@@ -117,7 +119,7 @@ class GrantResponder:
         sealed = seal_to_wallet(public, messages.encode_delivery(delivery))
         if len(sealed) > MAX_SEALED_KEY_BYTES:
             raise AccessError(f"the sealed keys ({len(sealed)} bytes) exceed the contract's {MAX_SEALED_KEY_BYTES}")
-        self.agent.record_release(grant.buyer, grant.content_id, first, end, grant.amount)
+        self.agent.record_release(grant.buyer, grant.content_id, first, end, grant.amount, PAID_BY_GRANT)
         self.client.post_key(grant.grant_id, sealed)
 
 
@@ -132,3 +134,25 @@ def issued_keys(client: ChainClient, wallet_key: bytes, grant_id: int, torrent: 
         verify_range_keys(torrent, nodes, list(delivery.proof))  # raises WrongKeyError
         return KeyRing(tuple(nodes), delivery.metadata_key)
     return None
+
+
+def held_grants(client: ChainClient, wallet_key: bytes, buyer: str, torrent: Torrent) -> HeldGrants | None:
+    """Every grant `buyer` holds for this content with its keys issued: the granted ranges
+    and their keys (each delivery checked against the commitments), or None if none."""
+    ids, ranges, nodes, metadata_key = [], [], [], None
+    for event in client.events(names=["GrantOpened"]).events:
+        if bytes(event.args["content_id"]) != torrent.info_hash or event.args["buyer"] != buyer:
+            continue
+        grant = client.grant(event.args["grant_id"])
+        if grant is None or grant.state is not GrantState.ISSUED:
+            continue
+        ring = issued_keys(client, wallet_key, grant.grant_id, torrent)
+        if ring is None:
+            continue
+        ids.append(grant.grant_id)
+        ranges.append((grant.first_slice, grant.first_slice + grant.slice_count))
+        nodes.extend(ring.nodes)
+        metadata_key = metadata_key or ring.metadata_key
+    if not ids:
+        return None
+    return HeldGrants(tuple(ids), tuple(ranges), KeyRing(tuple(nodes), metadata_key))

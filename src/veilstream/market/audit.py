@@ -25,6 +25,10 @@ class AuditLogError(MarketError):
     """The audit log on disk does not verify: it was edited or damaged."""
 
 
+PAID_BY_CHEQUES = "cheques"  # released against the viewer's cheques (its books must cover it)
+PAID_BY_GRANT = "grant"  # released for an on-chain purchase
+
+
 @dataclass(frozen=True)
 class Release:
     viewer: str
@@ -33,6 +37,7 @@ class Release:
     end: int
     paid_wei: int
     at: float
+    paid_by: str = PAID_BY_CHEQUES
 
 
 def _entry_hash(previous: bytes, seq: int, release: Release) -> bytes:
@@ -45,6 +50,7 @@ class AuditLog:
         self.path = Path(path)
         self.head = GENESIS
         self.count = 0
+        self.releases: list[Release] = []  # what the log holds, oldest first
         self._load()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "ab")
@@ -66,21 +72,24 @@ class AuditLog:
             if seq != self.count or _entry_hash(self.head, seq, release) != recorded:
                 raise AuditLogError(f"audit log {self.path} breaks its hash chain at entry {self.count}")
             self.head, self.count = recorded, self.count + 1
+            self.releases.append(release)
             good_bytes += len(line) + 1
         if torn:  # a crash mid-append: that release was never acknowledged
             with open(self.path, "r+b") as f:
                 f.truncate(good_bytes)
                 os.fsync(f.fileno())
 
-    def append(self, viewer: str, content_id: str, first: int, end: int, paid_wei: int) -> bytes:
+    def append(self, viewer: str, content_id: str, first: int, end: int, paid_wei: int,
+               paid_by: str = PAID_BY_CHEQUES) -> bytes:
         """Record a release durably; return the new head."""
-        release = Release(viewer, content_id, first, end, paid_wei, time.time())
+        release = Release(viewer, content_id, first, end, paid_wei, time.time(), paid_by)
         digest = _entry_hash(self.head, self.count, release)
         line = json.dumps({"seq": self.count, **asdict(release), "hash": digest.hex()}, sort_keys=True)
         self._file.write(line.encode() + b"\n")
         self._file.flush()
         os.fsync(self._file.fileno())
         self.head, self.count = digest, self.count + 1
+        self.releases.append(release)
         return digest
 
     def entries(self) -> list[dict]:

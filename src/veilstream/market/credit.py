@@ -5,18 +5,26 @@ cheques naming it cover every slice it delivered but `window` of them; a key age
 releases keys only while the viewer's cheques for the content, summed over every seeder
 they name, cover every key released but `window`. Amounts are cumulative per (viewer,
 content, seeder), so the newest valid cheque replaces the older ones and a replayed or
-stale cheque adds nothing. A payer that stops paying gains at most `window` slices.
+stale cheque adds nothing. Counters run across sessions: a book starts from what earlier
+sessions were paid (the payee's ledger, or what is cashed on chain), taken as served,
+so a returning viewer's old payments are not credit for new slices. A payer that stops paying gains at most `window` slices.
+
+A grant holder (who bought slices on chain, paying the creator's part there) pays a
+seeder only the seeder's share of those slices, with cheques for content id zero, which
+the Wallet pays to the named seeder in full. Such a cheque's counter runs across every
+content the seeder serves that viewer, so its book is kept per node (`DirectBooks`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from fractions import Fraction
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from veilstream.chain.cheque import SignedCheque
 from veilstream.chain.errors import ChainError
+from veilstream.content.manifest import Terms
 from veilstream.market.errors import PaymentRefused
 
 ChequeCheck = Callable[[SignedCheque], None]  # raises if the signature is not the viewer's
@@ -47,22 +55,51 @@ class _Relationship:
 
 
 @dataclass
-class SeederAccount(_Relationship):
+class _PayeeBook(_Relationship):
+    """One payee's book on one viewer: the newest cheque naming it, on top of what earlier
+    sessions paid (taken as served)."""
+
+    seeder: str = ""
+    paid_before_wei: int = 0
+    latest: SignedCheque | None = None
+
+    @property
+    def paid_wei(self) -> int:
+        return max(self.latest.cheque.cumulative_amount if self.latest else 0, self.paid_before_wei)
+
+    def accept(self, signed: SignedCheque) -> bool:
+        """Take a cheque; True if it raised what is paid, False for a harmless duplicate."""
+        self._validate(signed)
+        if signed.cheque.seeder != self.seeder:
+            raise PaymentRefused("cheque names another seeder")
+        amount = signed.cheque.cumulative_amount
+        if amount < self.paid_wei:
+            raise PaymentRefused(f"stale cheque: {amount} wei is below the {self.paid_wei} already signed")
+        if amount == self.paid_wei:
+            return False
+        self.latest = signed
+        self._paid_changed()
+        return True
+
+    def _paid_changed(self) -> None:
+        pass
+
+
+@dataclass
+class SeederAccount(_PayeeBook):
     """A seeder's book on one viewer for one content. Value is counted per block served
     (a block is worth its share of its slice's price), so a slice whose blocks came from
     several seeders is owed to each in proportion to what each sent. Values are integers
     in 1/`units_per_wei` wei, so those shares add up exactly (and cheaply: a seeder asks
     this book before every block it sends)."""
 
-    seeder: str = ""
     units_per_wei: int = 1
-    served_units: int = 0
-    latest: SignedCheque | None = None
+    served_units: int = -1  # -1: start from what was paid before
     _limit_units: int = -1  # (paid + window) in units; -1: not computed yet
 
-    @property
-    def paid_wei(self) -> int:
-        return self.latest.cheque.cumulative_amount if self.latest else 0
+    def __post_init__(self) -> None:
+        if self.served_units < 0:
+            self.served_units = self.paid_before_wei * self.units_per_wei
 
     @property
     def served_wei(self) -> Fraction:
@@ -102,19 +139,8 @@ class SeederAccount(_Relationship):
         self.served_units = served
         return True
 
-    def accept(self, signed: SignedCheque) -> bool:
-        """Take a cheque; True if it raised what is paid, False for a harmless duplicate."""
-        self._validate(signed)
-        if signed.cheque.seeder != self.seeder:
-            raise PaymentRefused("cheque names another seeder")
-        amount = signed.cheque.cumulative_amount
-        if amount < self.paid_wei:
-            raise PaymentRefused(f"stale cheque: {amount} wei is below the {self.paid_wei} already signed")
-        if amount == self.paid_wei:
-            return False
-        self.latest = signed
+    def _paid_changed(self) -> None:
         self._limit_units = -1
-        return True
 
 
 @dataclass
@@ -153,3 +179,51 @@ class KeyAgentAccount(_Relationship):
                 f"{self.paid_wei} wei paid for {len(self.released)} keys released"
             )
         self.released.update(slices)
+
+
+DIRECT_CONTENT_ID = bytes(32)  # a cheque for "no content": the Wallet pays the seeder in full
+
+
+def seeder_part_wei(terms: Terms) -> int:
+    """What a grant holder pays a seeder per slice: the seeder's share of the price."""
+    return terms.price_per_slice_wei * terms.seeder_share_bps // 10_000
+
+
+@dataclass
+class DirectAccount(_PayeeBook):
+    """A seeder's book on one grant holder, across every content it serves that viewer:
+    direct cheques (content id zero) naming this seeder pay for the blocks of granted
+    slices, each worth its share of the seeder's part of its slice."""
+
+    served_wei: Fraction = Fraction(-1)  # -1: start from what was paid before
+
+    def __post_init__(self) -> None:
+        if self.served_wei < 0:
+            self.served_wei = Fraction(self.paid_before_wei)
+
+    def serve(self, value_wei: Fraction, window_wei: int) -> bool:
+        """Charge `value_wei` if what is unpaid stays within `window_wei`; False if not."""
+        served = self.served_wei + value_wei
+        if served > self.paid_wei + window_wei:
+            return False
+        self.served_wei = served
+        return True
+
+
+class DirectBooks:
+    """One node's direct books, by viewer: shared by every content the node serves."""
+
+    def __init__(self, seeder: str, check_signature: ChequeCheck,
+                 paid_before: Callable[[str, bytes], int] | None = None) -> None:
+        self.seeder = seeder
+        self.check_signature = check_signature
+        self.paid_before = paid_before  # (viewer, content id) → what earlier sessions were paid
+        self.accounts: dict[str, DirectAccount] = {}
+
+    def account(self, viewer: str) -> DirectAccount:
+        account = self.accounts.get(viewer)
+        if account is None:
+            before = self.paid_before(viewer, DIRECT_CONTENT_ID) if self.paid_before else 0
+            account = self.accounts[viewer] = DirectAccount(
+                viewer, DIRECT_CONTENT_ID, 0, 0, self.check_signature, seeder=self.seeder, paid_before_wei=before)
+        return account

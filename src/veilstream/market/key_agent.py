@@ -3,8 +3,11 @@
 It holds the creator's content keys (or a delegate's copy). For each (viewer, content) it
 keeps a `KeyAgentAccount`: cheques to every seeder count toward what the viewer has paid,
 and keys are released only while that covers every key released but the credit window.
-Every release is appended to the audit log before the keys leave. The agent is a plain
-object fed messages; the node's transport delivers them and sends the answers.
+Every release is appended to the audit log before the keys leave, and the books are
+rebuilt from it on start: a viewer's cheques are cumulative, so an agent that forgot what
+it released would take a returning viewer's old payments as credit for new keys. The
+agent is a plain object fed messages; the node's transport delivers them and sends the
+answers.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from veilstream.content import ContentKeys, Torrent, nodes_for_range
 from veilstream.content import merkle
 from veilstream.content.unseal import all_commitments
 from veilstream.market import messages
-from veilstream.market.audit import AuditLog
+from veilstream.market.audit import PAID_BY_CHEQUES, AuditLog
 from veilstream.market.credit import KeyAgentAccount
 from veilstream.market.errors import PaymentRefused
 from veilstream.market.key_session import KeyDelivery, SessionOffer, seal_to_session, sign_delivery
@@ -64,10 +67,14 @@ class KeyAgent:
         key = (viewer, content_id)
         if key not in self._accounts:
             offering = self._offering(content_id)
-            self._accounts[key] = KeyAgentAccount(
+            account = self._accounts[key] = KeyAgentAccount(
                 viewer, content_id, offering.torrent.manifest.terms.price_per_slice_wei,
                 self.settings.credit_window_slices, self.domain.verify,
             )
+            for release in self.audit.releases:  # what earlier sessions released against cheques
+                if (release.viewer == viewer and release.content_id == content_id.hex()
+                        and release.paid_by == PAID_BY_CHEQUES):
+                    account.released.update(range(release.first, release.end))
         return self._accounts[key]
 
     def _offering(self, content_id: bytes) -> _Offering:
@@ -88,9 +95,10 @@ class KeyAgent:
             tuple(merkle.range_proof(offering.commitments, first, end)), offering.keys.metadata_key,
         )
 
-    def record_release(self, buyer: str, content_id: bytes, first: int, end: int, paid_wei: int) -> bytes:
+    def record_release(self, buyer: str, content_id: bytes, first: int, end: int, paid_wei: int,
+                       paid_by: str = PAID_BY_CHEQUES) -> bytes:
         """Append a release to the audit log (before the keys leave); returns the new head."""
-        head = self.audit.append(buyer, content_id.hex(), first, end, paid_wei)
+        head = self.audit.append(buyer, content_id.hex(), first, end, paid_wei, paid_by)
         if self.on_release is not None:
             self.on_release(head)
         return head

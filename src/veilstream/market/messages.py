@@ -23,6 +23,7 @@ MAX_MESSAGE_BYTES = 256 * 1024  # a key delivery holds ≤ 2·log2(n) nodes + pr
 MAX_SEALED_BYTES = 64 * 1024
 MAX_ERROR_TEXT_BYTES = 512
 MAX_SLICE_INDEX = 2**40  # 16 KiB slices of a 16 PiB file: far past anything real
+MAX_GRANTS_PER_CLAIM = 64  # each is one chain lookup for the seeder
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,14 @@ class SealedKeys:
 
 
 @dataclass(frozen=True)
+class GrantClaim:
+    """The viewer holds these on-chain grants (AccessSales) for the content: it has paid
+    the creator's part of those slices, and pays seeders only their share of them."""
+
+    grant_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class MarketRefusal:
     """The peer refused a request; `code` says which kind, `text` says why."""
 
@@ -73,9 +82,10 @@ class RefusalCode:
     BAD_CHEQUE = 2
     NO_KEYS = 3
     BAD_REQUEST = 4
+    GRANT_REFUSED = 5  # this seeder does not honour the grant: pay it as for any slice
 
 
-Message = Terms | ChequeMessage | SessionMessage | KeyRequest | SealedKeys | MarketRefusal
+Message = Terms | ChequeMessage | SessionMessage | KeyRequest | SealedKeys | GrantClaim | MarketRefusal
 
 
 def encode(message: Message) -> bytes:
@@ -97,6 +107,8 @@ def encode(message: Message) -> bytes:
         case SealedKeys():
             body |= {b"t": b"keys", b"first": message.first, b"end": message.end, b"sealed": message.sealed,
                      b"sig": message.signature}
+        case GrantClaim():
+            body |= {b"t": b"grants", b"ids": list(message.grant_ids)}
         case MarketRefusal():
             body |= {b"t": b"refusal", b"code": message.code, b"text": message.text.encode()[:MAX_ERROR_TEXT_BYTES]}
         case _:
@@ -148,6 +160,12 @@ def decode(payload: bytes) -> Message:
         if end <= first:
             raise MarketProtocolError("key delivery for an empty range")
         return SealedKeys(first, end, sealed, signature)
+    if kind == b"grants":
+        ids = body.get(b"ids")
+        if (not isinstance(ids, list) or not 0 < len(ids) <= MAX_GRANTS_PER_CLAIM
+                or not all(isinstance(i, int) and 0 <= i < 2**256 for i in ids)):
+            raise MarketProtocolError("a grant claim needs 1 to 64 grant ids")
+        return GrantClaim(tuple(ids))
     if kind == b"refusal":
         return MarketRefusal(fields.int(b"code", 255), fields.bytes(b"text", MAX_ERROR_TEXT_BYTES).decode(errors="replace"))
     raise MarketProtocolError(f"unknown market message type {kind!r}")

@@ -6,6 +6,11 @@ extension is ready it gets our terms; its signed session offer tells us which vi
 is; its cheques feed the viewer's books; the upload gate lets a piece go out only while
 those books allow; key requests go to the key agent. Cheques this node is owed are kept
 in the cheque ledger and cashed in batches once they pass the threshold.
+
+A viewer may claim on-chain grants for the content (slices it bought whole, paying the
+creator's part on chain). Each claim is looked up on chain once; the granted slices then
+cost that viewer only the seeder's share, paid with direct cheques whose book is the
+node's (`DirectBooks`), since their counter runs across contents.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from veilstream.chain.cheque import ChequeDomain, SignedCheque
+from veilstream.chain.client import Grant, GrantState
 from veilstream.market import messages
-from veilstream.market.credit import SeederAccount
+from veilstream.market.credit import DIRECT_CONTENT_ID, DirectBooks, SeederAccount, seeder_part_wei
 from veilstream.market.errors import MarketProtocolError, PaymentRefused
 from veilstream.market.key_agent import KeyAgent
 from veilstream.market.settings import MarketSettings
@@ -55,6 +62,9 @@ class MarketService:
         settings: MarketSettings = MarketSettings(),
         key_agent: KeyAgent | None = None,
         serve_plain_peers: bool = True,
+        grant_lookup: Callable[[int], Grant | None] | None = None,
+        direct_books: DirectBooks | None = None,
+        paid_before: Callable[[str, bytes], int] | None = None,
     ) -> None:
         self.content = content
         self.payee = payee
@@ -66,6 +76,11 @@ class MarketService:
         self.accounts: dict[str, SeederAccount] = {}  # by viewer address
         self.on_cheque_accepted: Callable[[SignedCheque], None] | None = None  # e.g. keep it for cashing
         self._peers: dict[int, _PeerState] = {}
+        self.grant_lookup = grant_lookup  # None: grant claims are refused (the viewer then pays in full)
+        self.paid_before = paid_before  # (viewer, content id) → what earlier sessions paid this payee
+        self.direct_books = direct_books or DirectBooks(payee, domain.verify, paid_before)
+        self.granted: dict[str, list[tuple[int, int]]] = {}  # viewer → [first, end) ranges it holds grants for
+        self._grants: dict[int, Grant] = {}  # grants looked up on chain, open or issued
         self._block_units: dict[tuple[int, int], int] = {}
         self._last_piece_size = content.torrent.manifest.slice_range(content.torrent.piece_count - 1)[1]
         # value in 1/units_per_wei wei: every block's share of its slice's price is a whole number
@@ -74,6 +89,7 @@ class MarketService:
         self.content_id = torrent.info_hash
         self.manifest = torrent.manifest
         self.terms = torrent.manifest.terms
+        self._seeder_part_wei = seeder_part_wei(self.terms)
         content.on_peer_ready = self._on_peer_ready
         content.on_extension_message = self._on_message
         content.set_upload_gate(self._may_upload)
@@ -84,6 +100,7 @@ class MarketService:
             self.accounts[viewer] = SeederAccount(
                 viewer, self.content_id, self.terms.price_per_slice_wei, self.settings.credit_window_slices,
                 self.domain.verify, seeder=self.payee, units_per_wei=self._units_per_wei,
+                paid_before_wei=self.paid_before(viewer, self.content_id) if self.paid_before else 0,
             )
         return self.accounts[viewer]
 
@@ -116,8 +133,17 @@ class MarketService:
             return self.serve_plain_peers or self.terms.price_per_slice_wei == 0
         if state.viewer is None:
             return False  # wait for the signed session offer that says who pays
-        account = self.account(state.viewer)
         piece_size = self._last_piece_size if piece == self.manifest.slice_count - 1 else self.manifest.piece_length
+        ranges = self.granted.get(state.viewer)
+        if ranges and any(first <= piece < end for first, end in ranges):
+            value = Fraction(self._seeder_part_wei * length, piece_size)
+            if not self.direct_books.account(state.viewer).serve(
+                    value, self.settings.credit_window_slices * self._seeder_part_wei):
+                self.stats.blocks_refused += 1
+                return False
+            self.stats.bytes_served += length
+            return True
+        account = self.account(state.viewer)
         units = self._block_units.get((piece_size, length))
         if units is None:  # one value per (piece size, block length): a handful in all
             units = self._block_units[(piece_size, length)] = (
@@ -155,6 +181,8 @@ class MarketService:
                 self.content.uploads_may_resume(conn)
             case messages.ChequeMessage(cheque=signed):
                 self._on_cheque(conn, state, signed)
+            case messages.GrantClaim(grant_ids=ids):
+                self._on_grant_claim(conn, state, ids)
             case messages.KeyRequest(first=first, end=end):
                 if self.key_agent is None:
                     self._refuse(conn, messages.RefusalCode.NO_KEYS, "this node sells no keys")
@@ -168,9 +196,42 @@ class MarketService:
             case messages.Terms() | messages.SealedKeys() | messages.MarketRefusal():
                 pass  # a viewer's business, not ours
 
+    def _on_grant_claim(self, conn: int, state: _PeerState, grant_ids: tuple[int, ...]) -> None:
+        if state.viewer is None:
+            self._refuse(conn, messages.RefusalCode.BAD_REQUEST, "send a session offer before claiming grants")
+            return
+        if self.grant_lookup is None:
+            self._refuse(conn, messages.RefusalCode.GRANT_REFUSED, "this seeder cannot check grants on chain")
+            return
+        ranges = self.granted.setdefault(state.viewer, [])
+        for grant_id in grant_ids:
+            grant = self._grants.get(grant_id)
+            if grant is None:
+                grant = self.grant_lookup(grant_id)  # one chain call per grant, then remembered
+                if grant is not None and grant.state in (GrantState.OPEN, GrantState.ISSUED):
+                    self._grants[grant_id] = grant
+            if (grant is None or grant.buyer != state.viewer or grant.content_id != self.content_id
+                    or grant.state not in (GrantState.OPEN, GrantState.ISSUED)):
+                self._refuse(conn, messages.RefusalCode.GRANT_REFUSED,
+                             f"grant {grant_id} is not this viewer's open or issued grant for this content")
+                continue
+            granted = (grant.first_slice, grant.first_slice + grant.slice_count)
+            if granted not in ranges:
+                ranges.append(granted)
+        self.content.uploads_may_resume(conn)
+
     def _on_cheque(self, conn: int, state: _PeerState, signed: SignedCheque) -> None:
         if state.viewer is not None and signed.cheque.viewer != state.viewer:
             raise PaymentRefused("cheque from another viewer than this connection's")
+        if signed.cheque.content_id == DIRECT_CONTENT_ID:
+            if signed.cheque.seeder != self.payee:
+                raise PaymentRefused("direct cheque names another seeder")
+            if self.direct_books.account(signed.cheque.viewer).accept(signed):
+                self.stats.cheques_accepted += 1
+                if self.on_cheque_accepted is not None:
+                    self.on_cheque_accepted(signed)
+            self.content.uploads_may_resume(conn)
+            return
         if signed.cheque.content_id != self.content_id:
             raise PaymentRefused("cheque for another content")
         accepted = False

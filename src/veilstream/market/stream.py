@@ -7,6 +7,10 @@ key agent, whose books sum cheques over seeders, is shown the newest of them wit
 key request. Keys come sealed to this stream's ephemeral session key and are checked
 against the manifest's key commitments before use; a wrong delivery is kept as evidence
 and the keys are asked of another agent. Closing the stream forgets the session key.
+
+A viewer holding on-chain grants (slices bought whole, the creator paid on chain) says so
+to every seeder, uses the keys it was issued for those slices, and pays seeders only their
+share of them, with direct cheques.
 """
 
 from __future__ import annotations
@@ -15,17 +19,18 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 from eth_account.signers.local import LocalAccount
 
 from veilstream.chain.cheque import ChequeDomain, SignedCheque, checksum_address
-from veilstream.content import DecryptionError, Metadata, Torrent, WrongKeyError
+from veilstream.content import DecryptionError, KeyRing, Metadata, Torrent, WrongKeyError
 from veilstream.content.crypto import open_slice
 from veilstream.content.keytree import TreeNode
 from veilstream.content.unseal import verify_range_keys
 from veilstream.market import messages
+from veilstream.market.credit import seeder_part_wei
 from veilstream.market.errors import MarketError, MarketProtocolError, PaymentRefused
 from veilstream.market.key_session import ViewerKeySession, delivery_signer
 from veilstream.market.payer import Payer
@@ -42,13 +47,16 @@ def viewer_swarm_settings(piece_length: int, market: MarketSettings = MarketSett
                           base: SwarmSettings = SwarmSettings()) -> SwarmSettings:
     """Swarm settings for a paying viewer: a seeder serves at most its credit window ahead
     of payment, so asking one peer for more only parks requests there while other peers
-    idle. Ask each peer for about twice the window; the rest goes to the others. And take
-    each piece whole from one peer: payment follows verified pieces, so pieces split across
-    seeders could leave each waiting for payment for pieces the others hold back."""
+    idle. Ask each peer for about twice the window; the rest goes to the others. Take each
+    piece whole from one peer: payment follows verified pieces, so pieces split across
+    seeders could leave each waiting for payment for pieces the others hold back. And no
+    endgame: a block two seeders both send is charged by both but paid to one, and what
+    a seeder sent unpaid stays counted against its window for good (late window blocks
+    are still asked of a second peer: playback matters more)."""
     blocks_per_slice = max(1, piece_length // BLOCK_SIZE)
     depth = max(blocks_per_slice, 2 * market.credit_window_slices * blocks_per_slice)
     return replace(base, request_queue_depth_blocks=min(base.request_queue_depth_blocks, depth),
-                   whole_pieces_per_peer=True)
+                   whole_pieces_per_peer=True, endgame=False)
 
 
 class StreamError(MarketError):
@@ -60,6 +68,20 @@ class _Source:
     address: tuple[str, int]
     terms: messages.Terms | None = None  # None: a plain BitTorrent peer (or not yet said)
     speaks_market: bool = False
+    refuses_grants: bool = False  # it charges granted slices in full
+
+
+@dataclass(frozen=True)
+class HeldGrants:
+    """On-chain grants the viewer holds for the content and the keys issued for them
+    (checked against the commitments when they were issued)."""
+
+    grant_ids: tuple[int, ...]
+    ranges: tuple[tuple[int, int], ...]  # [first, end) of each grant's slices
+    keys: KeyRing
+
+    def covers(self, index: int) -> bool:
+        return any(first <= index < end for first, end in self.ranges)
 
 
 @dataclass
@@ -99,19 +121,29 @@ class PaidStream:
         domain: ChequeDomain,
         budget_wei: int,
         settings: MarketSettings = MarketSettings(),
+        grants: HeldGrants | None = None,
+        signed_before: Callable[[bytes, str], int] | None = None,
     ) -> None:
         self.content = content
         self.torrent = torrent
         self.manifest = torrent.manifest
         self.settings = settings
         self.creator = _checksum(self.manifest.creator_address)
-        self.payer = Payer(wallet, domain, torrent.info_hash, self.manifest.terms.price_per_slice_wei, budget_wei)
+        self.payer = Payer(wallet, domain, torrent.info_hash, self.manifest.terms.price_per_slice_wei, budget_wei,
+                           signed_before)
         self.session = ViewerKeySession(wallet.key, torrent.info_hash, int(time.time()) + settings.key_session_ttl_s)
         self.stats = StreamStats()
+        self.on_cheque_signed: Callable[[SignedCheque], None] | None = None  # e.g. keep it durably before it goes out
         self.evidence: list[Evidence] = []
         self.metadata_key: bytes | None = None
         self._sources: dict[int, _Source] = {}
         self._keys: dict[int, bytes] = {}
+        self._keys_bought = 0  # keys the key agents released to this stream (what their books count)
+        self.grants = grants
+        if grants is not None:
+            for first, end in grants.ranges:
+                self._keys.update((i, grants.keys.slice_key(i)) for i in range(first, min(end, self.manifest.slice_count)))
+            self.metadata_key = grants.keys.metadata_key
         self._keys_changed = asyncio.Event()
         self._distrusted: set[int] = set()
         self._key_request: tuple[int, int, int] | None = None  # (conn, first, end) in flight
@@ -197,8 +229,8 @@ class PaidStream:
         price = self.manifest.terms.price_per_slice_wei
         allowance = self.settings.key_lookahead_slices
         if price:
-            paid_slices = self.payer.spent_wei // price
-            allowance = min(allowance, paid_slices + self.settings.credit_window_slices - len(self._keys))
+            paid_slices = self.payer.content_spent_wei // price
+            allowance = min(allowance, paid_slices + self.settings.credit_window_slices - self._keys_bought)
         end = first
         while end < self.manifest.slice_count and end - first < allowance and end not in self._keys:
             end += 1
@@ -241,6 +273,7 @@ class PaidStream:
             return
         if delivery.metadata_key is not None and self.metadata_key is None:
             self.metadata_key = delivery.metadata_key
+        self._keys_bought += sum(1 for index in keys if index not in self._keys)
         self._keys.update(keys)
         self.stats.key_deliveries += 1
         self._keys_changed.set()
@@ -257,21 +290,35 @@ class PaidStream:
         self.stats.slices_by_source[label] += 1
         if not self.manifest.terms.price_per_slice_wei:
             return
-        payee_shares, conn_of_payee = [], {}
+        granted = self.grants is not None and self.grants.covers(event.index)
+        full, direct, conn_of_payee = [], [], {}  # (payee, bytes) paid the price / the seeder's part
         for conn, size in shares:
             source = self._sources.get(conn)
             if source is not None and source.terms is not None:
                 payee = _checksum(source.terms.payee)
                 conn_of_payee[payee] = conn
-            else:
-                payee = self.creator  # a plain BitTorrent peer's bytes are paid to the creator
-            payee_shares.append((payee, size))
+                (direct if granted and not source.refuses_grants else full).append((payee, size))
+            elif not granted:
+                full.append((self.creator, size))  # a plain BitTorrent peer's bytes are paid to the creator
+            # else: the creator was paid on chain for a granted slice; a plain peer asks nothing
+        total = sum(size for _, size in shares)
         try:
-            for payee, amount in self.payer.split_slice_price(payee_shares).items():
-                if amount:
-                    cheque = self.payer.pay(payee, amount)
+            for group, is_direct in ((full, False), (direct, True)):
+                if not group:
+                    continue
+                price = seeder_part_wei(self.manifest.terms) if is_direct else self.manifest.terms.price_per_slice_wei
+                price = price * sum(size for _, size in group) // total
+                for payee, amount in self.payer.split_slice_price(group, price).items():
+                    if not amount:
+                        continue
+                    cheque = self.payer.pay(payee, amount, direct=is_direct)
+                    if self.on_cheque_signed is not None:
+                        self.on_cheque_signed(cheque)
                     self.stats.paid_by_payee[payee] += amount
-                    self._deliver_cheque(cheque, conn_of_payee.get(payee))
+                    if is_direct:
+                        self._send(conn_of_payee[payee], messages.ChequeMessage(cheque))
+                    else:
+                        self._deliver_cheque(cheque, conn_of_payee.get(payee))
         except MarketError as exc:
             self._fail(StreamError(str(exc)))
             return
@@ -300,6 +347,8 @@ class PaidStream:
         source.speaks_market = messages.MARKET_EXTENSION in event.extensions
         if source.speaks_market:
             self._send(event.conn, messages.SessionMessage(self.session.offer))
+            if self.grants is not None:
+                self._send(event.conn, messages.GrantClaim(self.grants.grant_ids))
 
     def _on_message(self, event: ExtensionMessageReceived) -> None:
         if event.name != messages.MARKET_EXTENSION:
@@ -321,6 +370,9 @@ class PaidStream:
                 self._on_keys(event.conn, message)
             case messages.MarketRefusal(code=code, text=text):
                 log.info("peer %s refused: %s", event.conn, text)
+                if code == messages.RefusalCode.GRANT_REFUSED:
+                    source.refuses_grants = True
+                    return
                 if self._key_request is not None and self._key_request[0] == event.conn:
                     self._key_request = None  # asked too early: asked again after the next payment
                     if code != messages.RefusalCode.PAYMENT_NEEDED:

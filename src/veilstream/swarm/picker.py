@@ -59,6 +59,7 @@ class PiecePicker:
         self.deadline_rerequest_s = 2.0
         self.endgame_duplicates = 2
         self.whole_pieces = False
+        self.endgame = True
         self._rng = rng or random.Random()
         self._order: list[int] = []
         self._order_cursor = 0
@@ -164,7 +165,7 @@ class PiecePicker:
                     if len(out) >= count:
                         return out
         # 5. endgame: everything is asked for; duplicate outstanding blocks
-        if not out and self._all_requested():
+        if not out and self.endgame and self._all_requested():
             for piece, progress in downloading.items():
                 if not has[piece]:
                     continue

@@ -30,7 +30,8 @@ class SwarmSettings:
     # -- requesting (download side) ------------------------------------------------
     request_queue_depth_blocks: int = 512  # blocks in flight per peer; 8 MiB covers loopback's bandwidth-delay product
     request_timeout_s: float = 20.0  # a block not answered by then is re-requested elsewhere
-    endgame_duplicate_requests: int = 2  # at most this many peers asked for one block in endgame
+    endgame_duplicate_requests: int = 2  # at most this many peers asked for one block (endgame, late window blocks)
+    endgame: bool = True  # once all is asked for, idle peers duplicate outstanding requests
     whole_pieces_per_peer: bool = False  # a piece's blocks go to one peer (a paying viewer pays per piece)
     metadata_request_timeout_s: float = 10.0
 

@@ -949,6 +949,7 @@ class Swarm:
             self.picker.deadline_rerequest_s = self.settings.deadline_rerequest_s
             self.picker.endgame_duplicates = self.settings.endgame_duplicate_requests
             self.picker.whole_pieces = self.settings.whole_pieces_per_peer
+            self.picker.endgame = self.settings.endgame
             self.finished = store.complete
 
     # -- bookkeeping ----------------------------------------------------------------------------

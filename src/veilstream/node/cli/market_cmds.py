@@ -24,7 +24,7 @@ from veilstream.chain.ledger import Direction
 from veilstream.content import ContentKeys, Torrent, parse_content_id
 from veilstream.errors import VeilError
 from veilstream.market import messages
-from veilstream.market.access import GrantResponder, issued_keys
+from veilstream.market.access import GrantResponder, held_grants, issued_keys
 from veilstream.market.audit import AuditLog
 from veilstream.market.cashier import Cashier
 from veilstream.market.key_agent import KeyAgent
@@ -95,7 +95,8 @@ def _serve(cid: str, vault, identity, client, keys: bool, listen: str, tracker: 
         async with SwarmNode(_settings(listen, False), registry=_registry()) as node:
             content = node.seed(store)
             service = MarketService(content, payee=identity.wallet_address, domain=client.cheque_domain,
-                                    settings=settings, key_agent=agent)
+                                    settings=settings, key_agent=agent, grant_lookup=client.grant,
+                                    paid_before=_paid_before(ledger, client, identity.wallet_address))
             service.on_cheque_accepted = cashier.on_cheque
             if agent is not None:
                 agent.on_release = lambda head: cashier.on_audit_head(head, agent.audit.count)
@@ -170,10 +171,18 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
         if limit > cover:
             raise MarketCommandError(f"your deposit covers {format_ether(cover)}; this needs {format_ether(limit)}: "
                                      "run `veil wallet deposit AMOUNT` first")
+        grants = held_grants(client, identity.wallet_key, identity.wallet_address, torrent)
+        if grants is not None:
+            granted = sum(min(end, torrent.piece_count) - first for first, end in grants.ranges)
+            err_console.print(f"holding grants {', '.join(map(str, grants.grant_ids))} for {granted} slices: "
+                              "seeders get only their share of those")
         async with SwarmNode(viewer_swarm_settings(torrent.piece_length), registry=_registry()) as node:
             work = Path(vault.home) / "partial" / torrent.content_id
             content = node.fetch(torrent, work)
-            stream = PaidStream(content, torrent, wallet=identity.wallet, domain=client.cheque_domain, budget_wei=limit)
+            stream = PaidStream(content, torrent, wallet=identity.wallet, domain=client.cheque_domain, budget_wei=limit,
+                                grants=grants, signed_before=_signed_before(ledger, client, identity.wallet_address))
+            # every cheque is kept before it goes out: the next session's counters go on from it
+            stream.on_cheque_signed = lambda signed: ledger.record(client.cheque_domain, signed, Direction.ISSUED)
             for host, port in peers:
                 content.add_peer(host, port)
             for url in tracker:
@@ -193,7 +202,7 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
                             f"{ahead} ahead · paid {format_ether(stream.payer.spent_wei)} · "
                             f"{content.peers} sources"))
             finally:
-                for signed in filter(None, (stream.payer.latest(s) for s in stream.payer.owed)):
+                for signed in stream.payer.all_signed():
                     ledger.record(client.cheque_domain, signed, Direction.ISSUED)
                 await node.drain()
                 stream.close()
@@ -254,6 +263,21 @@ def buy(
             raise MarketCommandError(f"no keys for grant {grant_id} yet; after its deadline `veil wallet` can refund it")
         vault.store_keyring(cid, ring)
         console.print(f"[green]✓[/] keys for {count} slices checked against the commitments and kept in the vault")
+
+
+def _signed_before(ledger, client, viewer: str):
+    """(content id, seeder) → what this viewer signed that seeder in earlier sessions: its
+    ledger, or what is cashed on chain if more (a ledger lost with an old machine)."""
+    issued = {(c.cheque.content_id, c.cheque.seeder): c.cheque.cumulative_amount
+              for c in ledger.latest(client.cheque_domain, Direction.ISSUED) if c.cheque.viewer == viewer}
+    return lambda content_id, seeder: max(issued.get((content_id, seeder), 0), client.cashed(viewer, content_id, seeder))
+
+
+def _paid_before(ledger, client, payee: str):
+    """(viewer, content id) → what that viewer paid this payee in earlier sessions."""
+    received = {(c.cheque.viewer, c.cheque.content_id): c.cheque.cumulative_amount
+                for c in ledger.latest(client.cheque_domain, Direction.RECEIVED) if c.cheque.seeder == payee}
+    return lambda viewer, content_id: max(received.get((viewer, content_id), 0), client.cashed(viewer, content_id, payee))
 
 
 def _known_torrent(vault, cid: str) -> Torrent | None:
