@@ -27,6 +27,7 @@ from veilstream.market import messages
 from veilstream.market.access import GrantResponder, held_grants, issued_keys
 from veilstream.market.audit import AuditLog
 from veilstream.market.cashier import Cashier
+from veilstream.market.credit import seeder_part_wei
 from veilstream.market.key_agent import KeyAgent
 from veilstream.market.service import MarketService
 from veilstream.market.settings import MarketSettings
@@ -165,17 +166,18 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
         terms = torrent.manifest.terms
         if terms.price_per_slice_wei and record is None:
             raise MarketCommandError("this content is not registered on this chain: its seeders could not be paid")
-        cost = terms.price_per_slice_wei * torrent.piece_count
+        grants = held_grants(client, identity.wallet_key, identity.wallet_address, torrent)
+        granted = set()
+        if grants is not None:
+            granted = {i for first, end in grants.ranges for i in range(first, min(end, torrent.piece_count))}
+            err_console.print(f"holding grants {', '.join(map(str, grants.grant_ids))} for {len(granted)} slices: "
+                              "seeders get only their share of those")
+        cost = terms.price_per_slice_wei * (torrent.piece_count - len(granted)) + seeder_part_wei(terms) * len(granted)
         limit = parse_amount(budget) if budget else cost
         cover = client.cheque_cover(identity.wallet_address)
         if limit > cover:
             raise MarketCommandError(f"your deposit covers {format_ether(cover)}; this needs {format_ether(limit)}: "
                                      "run `veil wallet deposit AMOUNT` first")
-        grants = held_grants(client, identity.wallet_key, identity.wallet_address, torrent)
-        if grants is not None:
-            granted = sum(min(end, torrent.piece_count) - first for first, end in grants.ranges)
-            err_console.print(f"holding grants {', '.join(map(str, grants.grant_ids))} for {granted} slices: "
-                              "seeders get only their share of those")
         async with SwarmNode(viewer_swarm_settings(torrent.piece_length), registry=_registry()) as node:
             work = Path(vault.home) / "partial" / torrent.content_id
             content = node.fetch(torrent, work)
