@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from veilstream.market.audit import GENESIS, AuditLog, AuditLogError
+from veilstream.market.audit import GENESIS, PAID_BY_CHEQUES, PAID_BY_GRANT, AuditLog, AuditLogError
 
 
 def fill(path, n=5):
@@ -53,3 +53,14 @@ def test_a_torn_last_line_is_dropped_and_appending_continues(tmp_path):
     log.append("0xViewer", "ab" * 32, 3, 4, 40)
     log.close()
     assert AuditLog(path).count == 4
+
+
+def test_releases_are_read_back_by_viewer_and_content(tmp_path):
+    log = AuditLog(tmp_path / "audit.log")
+    log.append("0xA", "c1", 0, 4, 40)
+    log.append("0xB", "c1", 0, 2, 20)
+    log.append("0xA", "c1", 4, 6, 60, PAID_BY_GRANT)
+    log.close()
+    again = AuditLog(tmp_path / "audit.log")
+    assert [(r.first, r.end, r.paid_by) for r in again.releases_to("0xA", "c1")] == [(0, 4, PAID_BY_CHEQUES), (4, 6, PAID_BY_GRANT)]
+    assert again.releases_to("0xA", "c2") == []

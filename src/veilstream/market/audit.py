@@ -50,7 +50,7 @@ class AuditLog:
         self.path = Path(path)
         self.head = GENESIS
         self.count = 0
-        self.releases: list[Release] = []  # what the log holds, oldest first
+        self._by_viewer: dict[tuple[str, str], list[Release]] = {}  # (viewer, content id hex) → its releases
         self._load()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "ab")
@@ -72,7 +72,7 @@ class AuditLog:
             if seq != self.count or _entry_hash(self.head, seq, release) != recorded:
                 raise AuditLogError(f"audit log {self.path} breaks its hash chain at entry {self.count}")
             self.head, self.count = recorded, self.count + 1
-            self.releases.append(release)
+            self._index(release)
             good_bytes += len(line) + 1
         if torn:  # a crash mid-append: that release was never acknowledged
             with open(self.path, "r+b") as f:
@@ -89,8 +89,15 @@ class AuditLog:
         self._file.flush()
         os.fsync(self._file.fileno())
         self.head, self.count = digest, self.count + 1
-        self.releases.append(release)
+        self._index(release)
         return digest
+
+    def _index(self, release: Release) -> None:
+        self._by_viewer.setdefault((release.viewer, release.content_id), []).append(release)
+
+    def releases_to(self, viewer: str, content_id: str) -> list[Release]:
+        """Every release to `viewer` for `content_id` (hex), oldest first."""
+        return self._by_viewer.get((viewer, content_id), [])
 
     def entries(self) -> list[dict]:
         return [json.loads(line) for line in self.path.read_bytes().splitlines() if line]

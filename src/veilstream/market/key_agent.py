@@ -71,9 +71,8 @@ class KeyAgent:
                 viewer, content_id, offering.torrent.manifest.terms.price_per_slice_wei,
                 self.settings.credit_window_slices, self.domain.verify,
             )
-            for release in self.audit.releases:  # what earlier sessions released against cheques
-                if (release.viewer == viewer and release.content_id == content_id.hex()
-                        and release.paid_by == PAID_BY_CHEQUES):
+            for release in self.audit.releases_to(viewer, content_id.hex()):  # earlier sessions' releases
+                if release.paid_by == PAID_BY_CHEQUES:
                     account.released.update(range(release.first, release.end))
         return self._accounts[key]
 

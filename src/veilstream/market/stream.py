@@ -141,8 +141,6 @@ class PaidStream:
         self._keys_bought = 0  # keys the key agents released to this stream (what their books count)
         self.grants = grants
         if grants is not None:
-            for first, end in grants.ranges:
-                self._keys.update((i, grants.keys.slice_key(i)) for i in range(first, min(end, self.manifest.slice_count)))
             self.metadata_key = grants.keys.metadata_key
         self._keys_changed = asyncio.Event()
         self._distrusted: set[int] = set()
@@ -206,6 +204,8 @@ class PaidStream:
 
     # -- keys ---------------------------------------------------------------------------
     async def _key_for(self, index: int) -> bytes:
+        if self.grants is not None and self.grants.covers(index):
+            return self.grants.keys.slice_key(index)  # derived from the issued tree nodes
         while index not in self._keys:
             if self._failure is not None:
                 raise self._failure
@@ -213,6 +213,9 @@ class PaidStream:
             event = self._keys_changed
             await event.wait()
         return self._keys[index]
+
+    def _have_key(self, index: int) -> bool:
+        return index in self._keys or (self.grants is not None and self.grants.covers(index))
 
     def _key_agents(self) -> list[int]:
         return [conn for conn, s in self._sources.items()
@@ -222,7 +225,7 @@ class PaidStream:
         if self._key_request is not None:
             return
         first = self._playhead
-        while first < self.manifest.slice_count and first in self._keys:
+        while first < self.manifest.slice_count and self._have_key(first):
             first += 1
         if first >= self.manifest.slice_count:
             return
@@ -232,7 +235,7 @@ class PaidStream:
             paid_slices = self.payer.content_spent_wei // price
             allowance = min(allowance, paid_slices + self.settings.credit_window_slices - self._keys_bought)
         end = first
-        while end < self.manifest.slice_count and end - first < allowance and end not in self._keys:
+        while end < self.manifest.slice_count and end - first < allowance and not self._have_key(end):
             end += 1
         agents = self._key_agents()
         if end <= first or not agents:
