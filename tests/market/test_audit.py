@@ -21,7 +21,7 @@ def test_reopening_restores_the_head(tmp_path):
     assert len(set(heads)) == 5 and GENESIS not in heads
 
 
-@pytest.mark.parametrize("field,value", [("first", 99), ("paid_wei", 1), ("viewer", "0xOther")])
+@pytest.mark.parametrize("field,value", [("first", 99), ("paid_wei", 1), ("viewer", "0xOther"), ("paid_by", "grant")])
 def test_an_edited_entry_breaks_the_chain(tmp_path, field, value):
     path = tmp_path / "audit.log"
     fill(path)
