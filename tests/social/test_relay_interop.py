@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import nostr_sdk
 
+from veilstream.identity import Identity, generate_mnemonic
 from veilstream.social import kinds
 from veilstream.social.events import NostrKey
 from veilstream.social.index import FeedIndex
@@ -22,7 +23,11 @@ async def foreign_client(url: str) -> nostr_sdk.Client:
     return client
 
 
-def test_foreign_client_reads_our_cards_and_we_count_its_reactions(relay, identity, tmp_path):
+def test_foreign_client_reads_our_cards_and_we_count_its_reactions(relay, tmp_path):
+    # an identity of its own: the relay is shared by the process's tests, and the foreign
+    # client is asked for every comment of this author
+    identity = Identity.from_mnemonic(generate_mnemonic())
+
     async def scenario():
         index = FeedIndex(tmp_path / "index.sqlite3")
         content_id = "5e" * 32

@@ -124,3 +124,13 @@ def test_without_endgame_outstanding_blocks_are_not_duplicated():
     p.endgame = False
     assert len(p.pick("a", everything(2), 100)) == 8
     assert p.pick("b", everything(2), 100) == []
+
+
+def test_sequential_takes_pieces_in_order_from_the_position_and_slow_peers_from_the_end():
+    p = picker(pieces=20, window=2)
+    p.sequential = True
+    p.seek(5)
+    firsts = [piece for piece, block in p.pick("a", everything(), 4 * 8) if block == 0]
+    assert firsts == [5, 6, 7, 8, 9, 10, 11, 12]  # the window, then in order
+    slow = [piece for piece, block in p.pick("b", everything(), 8, fast=False) if block == 0]
+    assert slow == [4, 3]  # what the player needs last (after the end, the pieces before the seek)

@@ -84,6 +84,19 @@ def open_slice(suite: CipherSuite, slice_key: bytes, salt: bytes, index: int, ci
         raise DecryptionError(f"slice {index} does not decrypt: wrong key or tampered data") from None
 
 
+def open_slice_into(suite: CipherSuite, slice_key: bytes, salt: bytes, index: int,
+                    ciphertext: bytes | memoryview, out: bytearray | memoryview) -> memoryview:
+    """`open_slice` into `out` (at least the plaintext's length); returns the plaintext's
+    view of it. Nothing is left in `out` when authentication fails."""
+    view = memoryview(out)[: len(ciphertext) - 16]
+    try:
+        suite._aead(slice_key).decrypt_into(_NONCE, ciphertext, _slice_ad(salt, index), view)
+    except InvalidTag:
+        view[:] = bytes(len(view))  # the library may have written unauthenticated bytes
+        raise DecryptionError(f"slice {index} does not decrypt: wrong key or tampered data") from None
+    return view
+
+
 def seal_metadata(suite: CipherSuite, metadata_key: bytes, salt: bytes, plaintext: bytes) -> bytes:
     return suite._aead(metadata_key).encrypt(_NONCE, plaintext, salt + b"metadata")
 

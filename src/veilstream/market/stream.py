@@ -26,7 +26,7 @@ from eth_account.signers.local import LocalAccount
 
 from veilstream.chain.cheque import ChequeDomain, SignedCheque, checksum_address
 from veilstream.content import DecryptionError, KeyRing, Metadata, Torrent, WrongKeyError
-from veilstream.content.crypto import open_slice
+from veilstream.content.crypto import open_slice, open_slice_into
 from veilstream.content.keytree import TreeNode
 from veilstream.content.unseal import verify_range_keys
 from veilstream.market import messages
@@ -52,11 +52,12 @@ def viewer_swarm_settings(piece_length: int, market: MarketSettings = MarketSett
     seeders could leave each waiting for payment for pieces the others hold back. And no
     endgame: a block two seeders both send is charged by both but paid to one, and what
     a seeder sent unpaid stays counted against its window for good (late window blocks
-    are still asked of a second peer: playback matters more)."""
+    are still asked of a second peer: playback matters more). Past the window, slices
+    come in order: the player reads them as they verify, from memory."""
     blocks_per_slice = max(1, piece_length // BLOCK_SIZE)
     depth = max(blocks_per_slice, 2 * market.credit_window_slices * blocks_per_slice)
     return replace(base, request_queue_depth_blocks=min(base.request_queue_depth_blocks, depth),
-                   whole_pieces_per_peer=True, endgame=False)
+                   whole_pieces_per_peer=True, endgame=False, sequential=True)
 
 
 class StreamError(MarketError):
@@ -139,6 +140,7 @@ class PaidStream:
         self._sources: dict[int, _Source] = {}
         self._keys: dict[int, bytes] = {}
         self._keys_bought = 0  # keys the key agents released to this stream (what their books count)
+        self._player_waits_for_key: int | None = None
         self.grants = grants
         if grants is not None:
             self.metadata_key = grants.keys.metadata_key
@@ -154,16 +156,23 @@ class PaidStream:
         content.on_piece_verified = self._on_piece_verified
 
     # -- what the player sees -------------------------------------------------------------
-    async def slices(self, start: int = 0) -> AsyncIterator[tuple[int, bytes]]:
-        """(index, plaintext) from slice `start` on, in order; `seek` restarts elsewhere."""
+    async def slices(self, start: int = 0, *, reuse: bool = False) -> AsyncIterator[tuple[int, bytes | memoryview]]:
+        """(index, plaintext) from slice `start` on, in order; `seek` restarts elsewhere.
+        With `reuse`, every plaintext is a view of one buffer, valid until the next slice is
+        asked for: for a consumer that writes each slice out at once (a file, a decoder)."""
         self.seek(start)
         index = start
+        out = bytearray(self.manifest.piece_length) if reuse else None
         while index < self.manifest.slice_count:
-            offset, length = self.manifest.slice_range(index)
-            ciphertext = await self._unless_failed(self.content.read(offset, length))  # verified by the swarm
+            if not self.content.has_piece(index):
+                await self._unless_failed(self.content.wait_for_piece(index))
             key = await self._key_for(index)
+            ciphertext = self.content.piece_view(index)  # verified by the swarm; not copied, used before any await
             try:
-                plaintext = open_slice(self.manifest.suite, key, self.manifest.salt, index, ciphertext)
+                if out is not None:
+                    plaintext = open_slice_into(self.manifest.suite, key, self.manifest.salt, index, ciphertext, out)
+                else:
+                    plaintext = open_slice(self.manifest.suite, key, self.manifest.salt, index, ciphertext)
             except DecryptionError:
                 raise StreamError(f"slice {index} fails authentication with a checked key: corrupt storage?") from None
             if self.stats.first_plaintext_at is None:
@@ -209,9 +218,13 @@ class PaidStream:
         while index not in self._keys:
             if self._failure is not None:
                 raise self._failure
-            self._want_keys()
-            event = self._keys_changed
-            await event.wait()
+            self._player_waits_for_key = index
+            try:
+                self._want_keys()
+                event = self._keys_changed
+                await event.wait()
+            finally:
+                self._player_waits_for_key = None
         return self._keys[index]
 
     def _have_key(self, index: int) -> bool:
@@ -239,6 +252,12 @@ class PaidStream:
             end += 1
         agents = self._key_agents()
         if end <= first or not agents:
+            return
+        # Keys come in batches: each delivery costs a signature check, a key exchange and a
+        # proof. Ask once half the lookahead can be asked for, or at once for a waiting player.
+        batch = max(1, self.settings.key_lookahead_slices // 2)
+        if (end - first < batch and self._player_waits_for_key is None and end < self.manifest.slice_count
+                and not (end < self.manifest.slice_count and self._have_key(end))):
             return
         conn = agents[0]
         self._key_request = (conn, first, end)

@@ -74,6 +74,7 @@ class Content:
     def __init__(self, node: SwarmNode, swarm: Swarm) -> None:
         self.node = node
         self.swarm = swarm
+        self._flushing = False
         self._changed = asyncio.Event()
         self._metadata = asyncio.Event()
         self._complete = asyncio.Event()
@@ -142,20 +143,55 @@ class Content:
 
     async def read(self, offset: int, length: int) -> bytes:
         """Verified ciphertext bytes [offset, offset+length), as soon as the pieces that
-        cover them are in (never an unverified byte)."""
+        cover them are in (never an unverified byte). A player reads in order, so the
+        streaming window follows its reads forward (`seek` moves it anywhere)."""
         torrent = await self.metadata()
         if offset < 0 or length < 0 or offset + length > torrent.length:
             raise LocalProtocolError(f"read [{offset}, +{length}) is outside the {torrent.length}-byte content")
         if length == 0:
             return b""
-        pl = torrent.piece_length
-        needed = range(offset // pl, (offset + length - 1) // pl + 1)
         while True:
-            self._raise_if_failed()
-            store = self.swarm.store
-            if all(store.have[i] for i in needed):
-                return store.read(offset, length)
+            data = self.read_now(offset, length)
+            if data is not None:
+                return data
             await self._wait_change()
+
+    async def wait_for_piece(self, index: int) -> None:
+        """Until piece `index` is verified and stored; the window follows the reader."""
+        torrent = await self.metadata()
+        if not 0 <= index < torrent.piece_count:
+            raise LocalProtocolError(f"no piece {index} in a {torrent.piece_count}-piece content")
+        while not self.has_piece(index):
+            await self._wait_change()
+
+    def has_piece(self, index: int) -> bool:
+        self._raise_if_failed()
+        if self.swarm.torrent is None:
+            return False
+        self.swarm.follow_reader(index * self.swarm.torrent.piece_length)
+        return bool(self.swarm.store.have[index])
+
+    def piece_view(self, index: int) -> memoryview:
+        """Verified piece `index` (it must be in), not copied: valid only until the caller
+        next awaits. A player that decrypts or writes it at once saves a copy per piece."""
+        view = self.swarm.store.piece_view(index) if self.has_piece(index) else None
+        if view is None:
+            raise LocalProtocolError(f"piece {index} is not in yet")
+        return view
+
+    def read_now(self, offset: int, length: int) -> bytes | None:
+        """`read` without waiting: the bytes if every covering piece is in, else None."""
+        self._raise_if_failed()
+        torrent = self.swarm.torrent
+        if torrent is None:
+            return None
+        if offset < 0 or length < 0 or offset + length > torrent.length:
+            raise LocalProtocolError(f"read [{offset}, +{length}) is outside the {torrent.length}-byte content")
+        self.swarm.follow_reader(offset)
+        pl, store = torrent.piece_length, self.swarm.store
+        if not all(store.have[i] for i in range(offset // pl, (offset + max(length, 1) - 1) // pl + 1)):
+            return None
+        return store.read(offset, length)
 
     def seek(self, offset: int) -> None:
         """Move the streaming window: pieces from `offset` on are fetched first."""
@@ -490,29 +526,44 @@ class SwarmNode:
                 self._flush(content)
 
     def _flush(self, content: Content) -> None:
-        swarm = content.swarm
-        if swarm.dirty:
-            high = self.settings.write_buffer_high_bytes
-            for conn in list(swarm.dirty):
-                wire_ = self._wires.get(conn)
-                if wire_ is None or wire_.transport is None or wire_.transport.is_closing():
-                    swarm.dirty.discard(conn)
-                    continue
-                if wire_.paused:
-                    continue
-                chunks = swarm.output_for(conn, high - wire_.transport.get_write_buffer_size())
-                if chunks:
-                    # one writev per flush, blocks not copied (uvloop's writelines buffers
-                    # every chunk, then makes one uv_try_write of them all)
-                    wire_.transport.writelines(chunks)
-        for conn, reason in swarm.take_closing():
+        """Write what the core has for each peer, close what it closed, hand its events to
+        the application; again while handling events produced more (a handler's sends are
+        written once, after the handlers, instead of a flush per message)."""
+        if content._flushing:
+            return  # called from an event handler: the flush under way writes it
+        content._flushing = True
+        try:
+            swarm = content.swarm
+            while True:
+                if swarm.dirty:
+                    self._write_dirty(swarm)
+                for conn, reason in swarm.take_closing():
+                    wire_ = self._wires.get(conn)
+                    if wire_ is not None and wire_.transport is not None:
+                        log.info("closing %s: %s", wire_.address, reason)
+                        wire_.transport.close()
+                events = swarm.take_events()
+                if not events:
+                    return
+                for event in events:
+                    content._on_event(event)  # what handlers send is written on the next pass
+        finally:
+            content._flushing = False
+
+    def _write_dirty(self, swarm: Swarm) -> None:
+        high = self.settings.write_buffer_high_bytes
+        for conn in list(swarm.dirty):
             wire_ = self._wires.get(conn)
-            if wire_ is not None and wire_.transport is not None:
-                log.info("closing %s: %s", wire_.address, reason)
-                wire_.transport.close()
-        events = swarm.take_events()
-        for event in events:
-            content._on_event(event)
+            if wire_ is None or wire_.transport is None or wire_.transport.is_closing():
+                swarm.dirty.discard(conn)
+                continue
+            if wire_.paused:
+                continue
+            chunks = swarm.output_for(conn, high - wire_.transport.get_write_buffer_size())
+            if chunks:
+                # one writev per flush, blocks not copied (uvloop's writelines buffers
+                # every chunk, then makes one uv_try_write of them all)
+                wire_.transport.writelines(chunks)
 
     # -- discovery --------------------------------------------------------------------------------
     def announce_to(self, content: Content, url: str) -> None:

@@ -8,6 +8,11 @@ first (ties broken at random, so leechers spread out). When every missing block 
 been asked for, endgame lets idle peers duplicate outstanding requests. `seek()` moves
 the window at once.
 
+With `sequential` set, pieces outside the window are taken in order from the playback
+position on (then from the start): a player reading in order finds each piece in memory
+as it comes, instead of waiting for one while the rest of the file arrives. Rarest first
+serves the swarm's health; a paying viewer that just watches wants its slices in order.
+
 With `whole_pieces` set, a piece's blocks go to the peer that started it (until that peer
 gives some back, or is late with a window block): a paying viewer pays per verified
 piece, and a seeder serves only a credit window ahead of payment, so pieces split across
@@ -60,6 +65,8 @@ class PiecePicker:
         self.endgame_duplicates = 2
         self.whole_pieces = False
         self.endgame = True
+        self.sequential = False
+        self._sequential_cursor = 0  # pieces from the position up to it are had or being fetched
         self._rng = rng or random.Random()
         self._order: list[int] = []
         self._order_cursor = 0
@@ -112,6 +119,7 @@ class PiecePicker:
     # -- streaming ---------------------------------------------------------------------
     def seek(self, piece: int) -> None:
         self.position = max(0, min(piece, self.piece_count - 1))
+        self._sequential_cursor = self.position
 
     def in_window(self, piece: int) -> bool:
         return self.position <= piece < self.position + self.window_pieces
@@ -140,8 +148,12 @@ class PiecePicker:
                 self._take(piece, peer, count, out, now)
                 if len(out) >= count:
                     return out
-        # 3. new pieces, rarest first
-        order = self._rarest_order()
+        # 3. new pieces: in order from the position (sequential), or rarest first
+        if self.sequential:
+            self._take_in_order(peer, has, count, out, now, fast, window_end)
+            if len(out) >= count:
+                return out
+        order = [] if self.sequential else self._rarest_order()
         i = self._order_cursor
         advancing = True
         while i < len(order):
@@ -178,6 +190,23 @@ class PiecePicker:
                         if len(out) >= count:
                             return out
         return out
+
+    def _take_in_order(self, peer, has: bytearray, count: int, out: list, now: float, fast: bool, window_end: int) -> None:
+        have, downloading, n = self.have, self.downloading, self.piece_count
+        cursor = max(self._sequential_cursor, self.position)
+        while cursor < n and (have[cursor] or cursor in downloading):
+            cursor += 1
+        self._sequential_cursor = cursor
+        # a slow peer would hold up the pieces the player needs next: it takes the last ones
+        order = (*range(cursor, n), *range(0, self.position))
+        for piece in (order if fast else reversed(order)):
+            if have[piece] or piece in downloading or not has[piece]:
+                continue
+            if not fast and self.position <= piece < window_end:
+                continue  # slow peers get window pieces only when nothing else is left (step 4)
+            self._take(piece, peer, count, out, now)
+            if len(out) >= count:
+                return
 
     def _take(self, piece: int, peer, count: int, out: list, now: float, late_after: float | None = None) -> None:
         progress = self.downloading.get(piece)

@@ -33,6 +33,7 @@ class SwarmSettings:
     endgame_duplicate_requests: int = 2  # at most this many peers asked for one block (endgame, late window blocks)
     endgame: bool = True  # once all is asked for, idle peers duplicate outstanding requests
     whole_pieces_per_peer: bool = False  # a piece's blocks go to one peer (a paying viewer pays per piece)
+    sequential: bool = False  # past the streaming window, pieces in order instead of rarest first
     metadata_request_timeout_s: float = 10.0
 
     # -- streaming -----------------------------------------------------------------

@@ -351,6 +351,14 @@ class Swarm:
             self.picker.seek(max(0, offset) // self.torrent.piece_length)
             self._refill_all(self._now_hint)
 
+    def follow_reader(self, offset: int) -> None:
+        """The player reads at `offset`: move the playback window forward to it (never
+        back: reading an old piece again is no seek)."""
+        if self.picker is not None and self.torrent is not None:
+            piece = max(0, offset) // self.torrent.piece_length
+            if piece > self.picker.position:
+                self.picker.seek(piece)
+
     def send_extension(self, conn: int, name: str, payload: bytes) -> None:
         """Send a registered extension message (e.g. the market's) to a peer that speaks it."""
         peer = self.peers.get(conn)
@@ -950,6 +958,7 @@ class Swarm:
             self.picker.endgame_duplicates = self.settings.endgame_duplicate_requests
             self.picker.whole_pieces = self.settings.whole_pieces_per_peer
             self.picker.endgame = self.settings.endgame
+            self.picker.sequential = self.settings.sequential
             self.finished = store.complete
 
     # -- bookkeeping ----------------------------------------------------------------------------

@@ -196,7 +196,7 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
             try:
                 with progress, (atomic_writer(out, 0o644) if sink is None else nullcontext(sink)) as handle:
                     task = progress.add_task("streaming", total=torrent.piece_count, status="")
-                    async for index, plaintext in stream.slices(0):
+                    async for index, plaintext in stream.slices(0, reuse=True):
                         handle.write(plaintext)
                         written += len(plaintext)
                         ahead = sum(content.store.have[index + 1 :]) if content.store else 0
