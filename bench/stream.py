@@ -3,13 +3,16 @@
     .venv/bin/python bench/stream.py [--size-mib 512] [--runs 3]
 
 Three seeders on loopback, each in its own process as in a real deployment, hold the
-ciphertext of one content. The reference viewer reads
-every slice in order straight from the swarm (verified ciphertext, no payment, no keys).
-The paid viewer streams the same slices in order through the market: it pays each slice
-with a cheque, buys keys ahead of the playhead from the creator's key agent, checks them
-against the commitments and decrypts. Time ratio = paid ÷ reference (medians). First byte
-is from the start of the request to the first decrypted byte. On-chain transactions are
-those of the session: deposit, the seeders' and creator's cashes and claims. Last line: JSON.
+ciphertext of one content. A plain viewer reads every slice in order straight from the
+swarm (verified ciphertext, no payment, no keys), under three swarm settings: the default
+(bulk download), the paid viewer's, and the paid viewer's with a queue of two pieces per
+peer; the reference is the fastest of the three (medians), so the ratio is the market's
+cost against the best plain streaming measured. The paid viewer streams the same slices in
+order through the market: it pays each slice with a cheque, buys keys ahead of the
+playhead from the creator's key agent, checks them against the commitments and decrypts.
+Time ratio = paid ÷ reference. First byte is from the start of the request to the first
+decrypted byte. On-chain transactions are those of the session: deposit, the seeders' and
+creator's cashes and claims. Last line: JSON.
 """
 
 from __future__ import annotations

@@ -43,10 +43,11 @@ WRITE_THREADS = 2  # writes of different pieces proceed in parallel (libtorrent 
 # is filled with, which cost the event loop more than parsing the blocks. Spares are kept
 # up to what was in flight at once (a handful when the disk keeps up), at most this much.
 MAX_SPARE_BYTES = MAX_UNWRITTEN_BYTES
-# Pieces just written stay in memory this long: a streaming reader asks for a piece right
-# after it verifies, and an O_DIRECT write leaves nothing in the page cache (reading it
-# back from disk cost half the time of a 512 MiB stream on the test VM).
-RECENT_BYTES = 64 * 1024 * 1024
+# While a player reads, pieces just written stay in memory this long: it asks for each
+# piece soon after it verifies (a paying player may wait a little for the piece's key),
+# and an O_DIRECT write leaves nothing in the page cache (reading back from disk cost half
+# the time of a 512 MiB stream on the test VM). A store nobody reads from keeps none.
+RECENT_BYTES = 32 * 1024 * 1024
 
 
 def _describe(exc: OSError, path: Path) -> str:
@@ -125,7 +126,7 @@ class PieceStore:
         self._spare: deque[mmap.mmap] = deque()
         self._just_written: deque[tuple[int, bytes | bytearray | mmap.mmap]] = deque()  # from the writer threads
         self._recent: OrderedDict[int, bytes | bytearray | mmap.mmap] = OrderedDict()  # written, still in memory
-        self._recent_size = max(1, RECENT_BYTES // torrent.piece_length)
+        self._recent_size = 0  # pieces kept once written; set when a player starts reading
         self._direct_fd = -1
         try:
             self._fd = os.open(data_path, os.O_RDWR if resume_path else os.O_RDONLY)
@@ -243,6 +244,10 @@ class PieceStore:
         self._just_written.append((index, piece))  # before it leaves `_unwritten`: readers always find it
         self._unwritten.pop(index, None)
         self._unwritten_bytes -= len(piece)
+
+    def keep_recent_pieces(self) -> None:
+        """A player reads this store as it fills: keep what was just written in memory."""
+        self._recent_size = max(1, RECENT_BYTES // self.torrent.piece_length)
 
     def _take_written(self) -> None:
         """Move what the writer threads finished into the recent pieces (on the loop's

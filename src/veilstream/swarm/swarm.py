@@ -213,6 +213,7 @@ class Swarm:
         self._layer_asked: dict[int, float] = {}
         self.failed: SwarmError | None = None
         self.finished = False
+        self._reader_seen = False
         self.downloaded_bytes = self.uploaded_bytes = self.wasted_bytes = 0
         self._last_rechoke = self._last_optimistic = 0.0
         self._last_rate_at: float | None = None
@@ -358,6 +359,9 @@ class Swarm:
             piece = max(0, offset) // self.torrent.piece_length
             if piece > self.picker.position:
                 self.picker.seek(piece)
+            if self.store is not None and not self._reader_seen:
+                self._reader_seen = True
+                self.store.keep_recent_pieces()
 
     def send_extension(self, conn: int, name: str, payload: bytes) -> None:
         """Send a registered extension message (e.g. the market's) to a peer that speaks it."""
