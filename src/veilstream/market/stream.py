@@ -348,11 +348,17 @@ class PaidStream:
 
     def _deliver_cheque(self, cheque: SignedCheque, seeder_conn: int | None) -> None:
         """To the seeder it pays, now; a key agent is shown the newest cheques just before
-        the next key request (its books only gate key releases)."""
-        if seeder_conn is not None:
-            self._send(seeder_conn, messages.ChequeMessage(cheque))
-            shown = self._shown.setdefault(seeder_conn, {})
-            shown[cheque.cheque.seeder] = cheque.cheque.cumulative_amount
+        the next key request (its books only gate key releases). A cheque for slices from
+        a plain BitTorrent peer names the creator: it goes now to the creator's node (a
+        peer whose terms name the creator) or, failing one, to the key agents."""
+        payee = cheque.cheque.seeder
+        targets = [seeder_conn] if seeder_conn is not None else [
+            conn for conn, source in self._sources.items()
+            if source.terms is not None and (_checksum(source.terms.payee) == payee or source.terms.serves_keys)]
+        message = messages.ChequeMessage(cheque)
+        for conn in targets:
+            self._send(conn, message)
+            self._shown.setdefault(conn, {})[payee] = cheque.cheque.cumulative_amount
 
     def _show_cheques(self, conn: int) -> None:
         """Send key agent `conn` every cheque newer than what it has seen."""
