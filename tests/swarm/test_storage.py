@@ -136,3 +136,38 @@ def test_a_full_disk_is_reported_not_crashed(content, tmp_path):
                           capture_output=True, text=True, preexec_fn=limit, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ERR disk full")
+
+
+@pytest.mark.parametrize("player_reads", [True, False])
+def test_a_player_gets_pieces_it_reads_from_memory_once_written(content, tmp_path, player_reads):
+    """While a player reads a store as it fills, written pieces stay in memory for it (an
+    O_DIRECT write leaves nothing in the page cache); a store nobody reads recycles them."""
+    torrent, data = content.torrent, content.ciphertext_path.read_bytes()
+    pl = torrent.piece_length
+    store = PieceStore.for_download(torrent, tmp_path)
+    if player_reads:
+        store.keep_recent_pieces()
+    reads_from_disk = []
+    real_pread = os.pread
+    store_fd = store._fd
+
+    def pread(fd, size, offset):
+        if fd == store_fd:
+            reads_from_disk.append(offset // pl)
+        return real_pread(fd, size, offset)
+
+    full = [i for i in range(torrent.piece_count) if store.piece_size(i) == pl]
+    for index in full:
+        buffer = store.piece_buffer(pl)
+        buffer[:pl] = data[index * pl : (index + 1) * pl]
+        store.write_verified_piece(index, buffer)
+    while store._writes:
+        store._writes.popleft().result()  # every write has landed
+    os.pread, original = pread, os.pread
+    try:
+        views = {index: bytes(store.piece_view(index)) for index in full}
+    finally:
+        os.pread = original
+    assert all(views[i] == data[i * pl : (i + 1) * pl] for i in full)  # right bytes either way
+    assert (reads_from_disk == []) == player_reads
+    store.close()
