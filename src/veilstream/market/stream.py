@@ -256,8 +256,9 @@ class PaidStream:
         # Keys come in batches: each delivery costs a signature check, a key exchange and a
         # proof. Ask once half the lookahead can be asked for, or at once for a waiting player.
         batch = max(1, self.settings.key_lookahead_slices // 2)
-        if (end - first < batch and self._player_waits_for_key is None and end < self.manifest.slice_count
-                and not (end < self.manifest.slice_count and self._have_key(end))):
+        count = self.manifest.slice_count
+        more_to_ask = end < count and not self._have_key(end)  # only payment holds the request short
+        if end - first < batch and more_to_ask and self._player_waits_for_key is None:
             return
         conn = agents[0]
         self._key_request = (conn, first, end)
