@@ -1,6 +1,6 @@
 """Paid, encrypted streaming against the same swarm unpaid and undecrypted, same run.
 
-    .venv/bin/python bench/stream.py [--size-mib 512] [--runs 3]
+    .venv/bin/python bench/stream.py [--size-mib 512] [--runs 3] [--credit-window 2] [--breakdown]
 
 Three seeders on loopback, each in its own process as in a real deployment, hold the
 ciphertext of one content. A plain viewer reads every slice in order straight from the
@@ -40,11 +40,13 @@ from veilstream.market.audit import AuditLog
 from veilstream.market.key_agent import KeyAgent
 from veilstream.market.service import MarketService
 from veilstream.market.settings import MarketSettings
+from veilstream.market import stream as stream_module
 from veilstream.market.stream import PaidStream, viewer_swarm_settings
 from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
 from veilstream.swarm.node import SwarmNode, run
 from veilstream.swarm.settings import SwarmSettings
 from veilstream.swarm.storage import PieceStore
+from veilstream.swarm.swarm import Swarm
 
 SLICE = 1 << 20
 PRICE = 10**12
@@ -197,14 +199,47 @@ async def paid_run(done, work: Path, chain: ChainClient, market: MarketSettings 
     return elapsed, first_byte * 1000, txs, len(owed)
 
 
+class Breakdown:
+    """With --breakdown: the viewer's time in each part of the paid path, per paid run
+    (wall time of the calls, on the viewer's event loop)."""
+
+    PARTS = {"decrypt": (stream_module, "open_slice_into"), "pay (sign + send)": (PaidStream, "_on_piece_verified"),
+             "key deliveries": (PaidStream, "_on_keys"), "swarm data path": (Swarm, "data_received")}
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {name: 0.0 for name in self.PARTS}
+        self.calls: dict[str, int] = {name: 0 for name in self.PARTS}
+        for name, (owner, attribute) in self.PARTS.items():
+            setattr(owner, attribute, self._timed(name, getattr(owner, attribute)))
+
+    def _timed(self, name, function):
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.spent[name] += time.perf_counter() - started
+                self.calls[name] += 1
+        return timed
+
+    def reset(self) -> None:
+        for name in self.PARTS:
+            self.spent[name], self.calls[name] = 0.0, 0
+
+    def line(self) -> str:
+        return ", ".join(f"{name} {self.spent[name] * 1000:.0f} ms ({self.calls[name]} calls)" for name in self.PARTS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--credit-window", type=int, default=MarketSettings().credit_window_slices,
                         help="slices a seeder or key agent lets a viewer owe (the risk per relationship)")
+    parser.add_argument("--breakdown", action="store_true", help="time the parts of the paid viewer's work")
     args = parser.parse_args()
     market = replace(MarketSettings(), credit_window_slices=args.credit_window)
+    breakdown = Breakdown() if args.breakdown else None
     folder = Path(__file__).resolve().parent / "out" / "stream"
     done = prepare(folder, args.size_mib << 20)
     chain = ChainClient.embedded(None)
@@ -221,8 +256,12 @@ def main() -> None:
             for name, settings in plain_settings.items():
                 with tempfile.TemporaryDirectory(dir=folder) as work:
                     plain[name].append(run(reference_run(done, Path(work), settings)))
+            if breakdown:
+                breakdown.reset()
             with tempfile.TemporaryDirectory(dir=folder) as work:
                 elapsed, first_ms, session_txs, payees = run(paid_run(done, Path(work), chain, market))
+            if breakdown:
+                print(f"  paid run {number + 1}: {breakdown.line()}", file=sys.stderr)
             paid.append(elapsed)
             first_bytes.append(first_ms)
             txs.append(session_txs)
