@@ -225,3 +225,33 @@ def test_claims_on_other_viewers_or_contents_grants_are_refused(world):
 def test_direct_books_are_shared_by_the_contents_a_node_serves(world):
     books = DirectBooks(world["seeder"].address, world["chain"].cheque_domain.verify)
     assert books.account(world["buyer"].address) is books.account(world["buyer"].address)
+
+
+def test_a_peer_cannot_make_a_seeder_look_up_grants_without_end(world):
+    chain, done = world["chain"], world["done"]
+    stranger = Account.create()
+    lookups = []
+
+    async def scenario():
+        nodes, _creator_service, seeder_service = await network(world)
+        real = seeder_service.grant_lookup
+        seeder_service.grant_lookup = lambda grant_id: (lookups.append(grant_id), real(grant_id))[1]
+        try:
+            content = nodes[2].fetch(done.torrent, world["tmp"] / "claimer")
+            stream = PaidStream(content, done.torrent, wallet=stranger, domain=chain.cheque_domain, budget_wei=0)
+            content.add_peer("127.0.0.1", nodes[1].listen_port)
+            async with asyncio.timeout(TIMEOUT_S):
+                while not stream._sources or not any(s.terms for s in stream._sources.values()):
+                    await asyncio.sleep(0.01)
+            conn = next(iter(stream._sources))
+            for batch in range(5):  # 5 claims of 64 made-up grants each
+                stream._send(conn, messages.GrantClaim(tuple(range(1000 + 64 * batch, 1064 + 64 * batch))))
+            async with asyncio.timeout(TIMEOUT_S):
+                while not any("too many" in r for r in seeder_service.stats.refusals):
+                    await asyncio.sleep(0.01)
+        finally:
+            for node in reversed(nodes):
+                await node.__aexit__(None, None, None)
+
+    asyncio.run(scenario())
+    assert len(lookups) == messages.MAX_GRANTS_PER_CLAIM

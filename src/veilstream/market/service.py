@@ -39,6 +39,7 @@ log = logging.getLogger("veilstream.market")
 class _PeerState:
     viewer: str | None = None  # known once the peer's signed session offer arrives
     speaks_market: bool = False
+    grant_lookups: int = 0  # chain lookups this connection's claims cost us
 
 
 @dataclass
@@ -207,6 +208,10 @@ class MarketService:
         for grant_id in grant_ids:
             grant = self._grants.get(grant_id)
             if grant is None:
+                if state.grant_lookups >= messages.MAX_GRANTS_PER_CLAIM:
+                    self._refuse(conn, messages.RefusalCode.BAD_REQUEST, "too many grant claims on one connection")
+                    return
+                state.grant_lookups += 1  # a chain call each: a hostile peer gets a bounded number
                 grant = self.grant_lookup(grant_id)  # one chain call per grant, then remembered
                 if grant is not None and grant.state in (GrantState.OPEN, GrantState.ISSUED):
                     self._grants[grant_id] = grant
