@@ -317,6 +317,33 @@ def test_wrong_keys_are_caught_and_kept_as_evidence(published, domain, tmp_path)
     asyncio.run(scenario())
 
 
+class UnsigningKeyAgent(KeyAgent):
+    """Answers with a signature that names nobody."""
+
+    def on_key_request(self, *args):
+        answer = super().on_key_request(*args)
+        if isinstance(answer, messages.SealedKeys):
+            return messages.SealedKeys(answer.first, answer.end, answer.sealed, bytes(65))
+        return answer
+
+
+class UnsigningLyingKeyAgent(LyingKeyAgent, UnsigningKeyAgent):
+    pass
+
+
+def test_right_keys_need_no_signature_but_wrong_unsigned_ones_cost_the_agent_its_trust(published, domain, tmp_path):
+    async def scenario():
+        async with Network(published, domain, tmp_path, key_agent_class=UnsigningKeyAgent) as net:
+            got = await play(net.viewer(Account.create()))  # the commitments vouch for the keys
+            assert b"".join(got[i] for i in range(net.done.torrent.piece_count)) == net.plaintext
+        async with Network(published, domain, tmp_path, key_agent_class=UnsigningLyingKeyAgent) as net:
+            stream = net.viewer(Account.create())
+            with pytest.raises(StreamError, match="commitments"):
+                await play(stream)
+            assert stream.stats.bad_key_deliveries == 1 and stream.evidence == []  # nothing signed to show
+    asyncio.run(scenario())
+
+
 def test_the_budget_caps_what_a_viewer_signs(published, domain, tmp_path):
     async def scenario():
         async with Network(published, domain, tmp_path) as net:

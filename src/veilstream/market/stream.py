@@ -266,16 +266,13 @@ class PaidStream:
         self._send(conn, messages.KeyRequest(first, end))
 
     def _on_keys(self, conn: int, message: messages.SealedKeys) -> None:
+        """Keys that match the manifest's commitments are taken whoever signed them (there
+        is nothing to prove); the agent's signature is checked only on a bad delivery,
+        which it turns into portable evidence (and a bad one without a valid signature
+        still costs the agent our trust)."""
         if self._key_request is None or self._key_request[0] != conn:
             return  # unasked: ignore
         self._key_request = None
-        try:
-            agent = delivery_signer(self.torrent.info_hash, message.first, message.end, message.sealed, message.signature)
-        except PaymentRefused as exc:
-            log.warning("key agent %s sent an unsigned or badly signed delivery: %s", conn, exc)
-            self._distrusted.add(conn)
-            self._want_keys()
-            return
         try:
             delivery = messages.decode_delivery(self.session.open(message.sealed))
             nodes = [TreeNode(h, j, k) for h, j, k in delivery.nodes]
@@ -284,12 +281,18 @@ class PaidStream:
                 raise WrongKeyError("the delivery opens other slices than it claims")
         except (WrongKeyError, PaymentRefused, MarketProtocolError) as exc:
             self.stats.bad_key_deliveries += 1
-            source = self._sources.get(conn)
-            self.evidence.append(Evidence(agent, source.address if source else ("?", 0), self.torrent.info_hash,
-                                          message.first, message.end, message.sealed, message.signature,
-                                          self.session.disclose(), str(exc)))
             self._distrusted.add(conn)
-            log.warning("key agent %s sent bad keys (%s); asking another", conn, exc)
+            try:
+                agent = delivery_signer(self.torrent.info_hash, message.first, message.end, message.sealed,
+                                        message.signature)
+            except PaymentRefused as unsigned:
+                log.warning("key agent %s sent bad keys (%s) without a valid signature (%s)", conn, exc, unsigned)
+            else:
+                source = self._sources.get(conn)
+                self.evidence.append(Evidence(agent, source.address if source else ("?", 0), self.torrent.info_hash,
+                                              message.first, message.end, message.sealed, message.signature,
+                                              self.session.disclose(), str(exc)))
+                log.warning("key agent %s sent bad keys (%s); asking another", conn, exc)
             if not self._key_agents():
                 self._fail(StreamError(f"the key agent sent keys that fail their commitments ({exc}); no other agent"))
             self._want_keys()
