@@ -33,6 +33,11 @@ def test_round_trip(sign):
         assert m.decode(m.encode(message)) == message
 
 
+def test_cheque_messages_are_the_canonical_bencoding(sign):
+    message = m.ChequeMessage(sign(Account.create().address, 12345))
+    assert m.encode(message) == bencode.encode({b"v": m.VERSION, b"t": b"cheque", b"c": message.cheque.to_bytes()})
+
+
 def test_delivery_round_trip():
     delivery = KeyDelivery(4, 12, ((2, 1, os.urandom(32)), (3, 1, os.urandom(32))), (os.urandom(32),) * 3, os.urandom(32))
     assert m.decode_delivery(m.encode_delivery(delivery)) == delivery
