@@ -145,11 +145,7 @@ class Content:
         """Verified ciphertext bytes [offset, offset+length), as soon as the pieces that
         cover them are in (never an unverified byte). A player reads in order, so the
         streaming window follows its reads forward (`seek` moves it anywhere)."""
-        torrent = await self.metadata()
-        if offset < 0 or length < 0 or offset + length > torrent.length:
-            raise LocalProtocolError(f"read [{offset}, +{length}) is outside the {torrent.length}-byte content")
-        if length == 0:
-            return b""
+        await self.metadata()
         while True:
             data = self.read_now(offset, length)
             if data is not None:
@@ -165,6 +161,8 @@ class Content:
             await self._wait_change()
 
     def has_piece(self, index: int) -> bool:
+        """Is piece `index` in? Asking tells the swarm the player is there: the streaming
+        window moves forward to it."""
         self._raise_if_failed()
         if self.swarm.torrent is None:
             return False

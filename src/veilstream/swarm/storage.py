@@ -361,13 +361,10 @@ class PieceStore:
         if cached is not None:
             self._cache.move_to_end(index)
             return cached
-        unwritten = self._unwritten.get(index)
-        if unwritten is None:
-            self._take_written()
-            unwritten = self._recent.get(index)
-        if unwritten is not None:
+        in_memory = self._in_memory(index)
+        if in_memory is not None:
             # a copy: the buffer is recycled for another piece once it is on disk
-            data = bytes(unwritten)
+            data = bytes(in_memory)
         else:
             size = self.piece_size(index)
             try:
@@ -382,6 +379,14 @@ class PieceStore:
             self._cache.popitem(last=False)
         return view
 
+    def _in_memory(self, index: int) -> bytes | bytearray | mmap.mmap | None:
+        """The buffer of a piece on its way to disk or just written, if it is still held."""
+        buffer = self._unwritten.get(index)
+        if buffer is None:
+            self._take_written()
+            buffer = self._recent.get(index)
+        return buffer
+
     def piece_view(self, index: int) -> memoryview | None:
         """A whole verified piece without copying it when it is in memory: valid only
         until the caller next lets the event loop run (its buffer is then recycled)."""
@@ -389,10 +394,7 @@ class PieceStore:
             return None
         buffer = self._cache.get(index)
         if buffer is None:
-            buffer = self._unwritten.get(index)
-        if buffer is None:
-            self._take_written()
-            buffer = self._recent.get(index)
+            buffer = self._in_memory(index)
         if buffer is None:
             return self.read_piece(index)
         return memoryview(buffer)[: self.piece_size(index)]
