@@ -9,7 +9,7 @@ import pytest
 from veilstream.content import KeyRing, PublishOptions, publish_file
 from veilstream.content.keytree import TreeNode
 from veilstream.identity import generate_mnemonic
-from veilstream.vault import KdfParams, StorageError, Vault, VaultError, atomic_writer, write_atomic
+from veilstream.vault import KdfParams, Vault, VaultError, atomic_writer, write_atomic
 
 FAST_KDF = KdfParams(time_cost=1, memory_kib=8 * 1024, parallelism=1)  # tests only: the default costs 64 MiB
 
