@@ -15,6 +15,7 @@ node's (`DirectBooks`), since their counter runs across contents.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -40,6 +41,7 @@ class _PeerState:
     viewer: str | None = None  # known once the peer's signed session offer arrives
     speaks_market: bool = False
     grant_lookups: int = 0  # chain lookups this connection's claims cost us
+    lookups_pending: int = 0  # claims still being looked up: uploads wait for them
 
 
 @dataclass
@@ -132,8 +134,8 @@ class MarketService:
         state = self._peers.get(conn)
         if state is None or not state.speaks_market:
             return self.serve_plain_peers or self.terms.price_per_slice_wei == 0
-        if state.viewer is None:
-            return False  # wait for the signed session offer that says who pays
+        if state.viewer is None or state.lookups_pending:
+            return False  # wait for the signed session offer that says who pays (and its grants)
         piece_size = self._last_piece_size if piece == self.manifest.slice_count - 1 else self.manifest.piece_length
         ranges = self.granted.get(state.viewer)
         if ranges and any(first <= piece < end for first, end in ranges):
@@ -198,25 +200,44 @@ class MarketService:
                 pass  # a viewer's business, not ours
 
     def _on_grant_claim(self, conn: int, state: _PeerState, grant_ids: tuple[int, ...]) -> None:
+        """Grants already known are taken at once; the others are looked up on chain on a
+        worker thread (a chain call must not stall the loop), and this connection's
+        uploads wait until they are in: a granted block is charged differently."""
         if state.viewer is None:
             self._refuse(conn, messages.RefusalCode.BAD_REQUEST, "send a session offer before claiming grants")
             return
         if self.grant_lookup is None:
             self._refuse(conn, messages.RefusalCode.GRANT_REFUSED, "this seeder cannot check grants on chain")
             return
+        unknown = [grant_id for grant_id in grant_ids if grant_id not in self._grants]
+        if state.grant_lookups + len(unknown) > messages.MAX_GRANTS_PER_CLAIM:
+            self._refuse(conn, messages.RefusalCode.BAD_REQUEST, "too many grant claims on one connection")
+            return
+        state.grant_lookups += len(unknown)  # a chain call each: a hostile peer gets a bounded number
+        if not unknown:
+            self._take_grants(conn, state, grant_ids)
+            return
+        state.lookups_pending += 1
+        lookup = self.grant_lookup
+        future = asyncio.get_running_loop().run_in_executor(None, lambda: [lookup(i) for i in unknown])
+
+        def looked_up(done: asyncio.Future) -> None:
+            state.lookups_pending -= 1
+            if not done.cancelled() and done.exception() is None:
+                for grant in done.result():
+                    if grant is not None and grant.state in (GrantState.OPEN, GrantState.ISSUED):
+                        self._grants[grant.grant_id] = grant
+            else:
+                log.warning("grant lookup failed: %s", done.exception() if not done.cancelled() else "cancelled")
+            self._take_grants(conn, state, grant_ids)
+
+        future.add_done_callback(looked_up)
+
+    def _take_grants(self, conn: int, state: _PeerState, grant_ids: tuple[int, ...]) -> None:
         ranges = self.granted.setdefault(state.viewer, [])
         for grant_id in grant_ids:
             grant = self._grants.get(grant_id)
-            if grant is None:
-                if state.grant_lookups >= messages.MAX_GRANTS_PER_CLAIM:
-                    self._refuse(conn, messages.RefusalCode.BAD_REQUEST, "too many grant claims on one connection")
-                    return
-                state.grant_lookups += 1  # a chain call each: a hostile peer gets a bounded number
-                grant = self.grant_lookup(grant_id)  # one chain call per grant, then remembered
-                if grant is not None and grant.state in (GrantState.OPEN, GrantState.ISSUED):
-                    self._grants[grant_id] = grant
-            if (grant is None or grant.buyer != state.viewer or grant.content_id != self.content_id
-                    or grant.state not in (GrantState.OPEN, GrantState.ISSUED)):
+            if grant is None or grant.buyer != state.viewer or grant.content_id != self.content_id:
                 self._refuse(conn, messages.RefusalCode.GRANT_REFUSED,
                              f"grant {grant_id} is not this viewer's open or issued grant for this content")
                 continue
