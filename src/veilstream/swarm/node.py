@@ -524,15 +524,20 @@ class SwarmNode:
                 self._flush(content)
 
     def _flush(self, content: Content) -> None:
-        """Write what the core has for each peer, close what it closed, hand its events to
-        the application; again while handling events produced more (a handler's sends are
-        written once, after the handlers, instead of a flush per message)."""
+        """Hand the core's events to the application, then write what the core has for
+        each peer and close what it closed; again while that produced more events. The
+        handlers run first so that what they send (a cheque for the piece that just
+        verified) leaves in the same write as the core's own messages: one system call
+        per peer per flush, not one per message or per pass."""
         if content._flushing:
             return  # called from an event handler: the flush under way writes it
         content._flushing = True
         try:
             swarm = content.swarm
             while True:
+                while events := swarm.take_events():
+                    for event in events:
+                        content._on_event(event)
                 if swarm.dirty:
                     self._write_dirty(swarm)
                 for conn, reason in swarm.take_closing():
@@ -540,11 +545,8 @@ class SwarmNode:
                     if wire_ is not None and wire_.transport is not None:
                         log.info("closing %s: %s", wire_.address, reason)
                         wire_.transport.close()
-                events = swarm.take_events()
-                if not events:
+                if not swarm.has_events:
                     return
-                for event in events:
-                    content._on_event(event)  # what handlers send is written on the next pass
         finally:
             content._flushing = False
 

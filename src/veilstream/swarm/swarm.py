@@ -309,6 +309,10 @@ class Swarm:
         out, self._closing = self._closing, []
         return out
 
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
+
     def take_events(self) -> list[Event]:
         out, self._events = self._events, []
         return out
