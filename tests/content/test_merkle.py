@@ -63,6 +63,18 @@ def test_range_proofs_verify_and_stay_small(leaves, data):
     merkle.verify_range_proof(leaves[first:end], first, path, root, len(leaves))
 
 
+@given(st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=130), st.data())
+def test_a_built_tree_gives_the_root_and_the_proofs_of_a_fresh_computation(leaves, data):
+    tree = merkle.MerkleTree(leaves)
+    assert tree.root == merkle.root(leaves)
+    first = data.draw(st.integers(min_value=0, max_value=len(leaves) - 1))
+    end = data.draw(st.integers(min_value=first + 1, max_value=len(leaves)))
+    width = merkle.next_power_of_two(len(leaves))
+    padded = leaves + [merkle.ZERO_LEAF] * (width - len(leaves))
+    fresh = [merkle.root(padded[j << h : (j + 1) << h]) for h, j in merkle._outside_subtrees(first, end, width)]
+    assert tree.range_proof(first, end) == fresh
+
+
 @given(st.lists(st.binary(min_size=32, max_size=32), min_size=2, max_size=70, unique=True), st.data())
 def test_range_proofs_fail_for_altered_leaves_or_positions(leaves, data):
     first = data.draw(st.integers(min_value=0, max_value=len(leaves) - 2))

@@ -121,14 +121,38 @@ def _outside_subtrees(first: int, end: int, width: int) -> list[tuple[int, int]]
     return outside
 
 
+class MerkleTree:
+    """Every level of a zero-padded tree, built once: for a prover answering many range
+    proofs over the same leaves (a key agent), each proof is then a lookup, not a rebuild."""
+
+    def __init__(self, leaves: list[bytes]) -> None:
+        if not leaves:
+            raise ValueError("a tree needs at least one leaf")
+        self.leaf_count = len(leaves)
+        self.width = next_power_of_two(len(leaves))
+        layer = list(leaves) + [ZERO_LEAF] * (self.width - len(leaves))
+        self.levels = [layer]
+        while len(layer) > 1:
+            layer = [_parent(layer[i], layer[i + 1]) for i in range(0, len(layer), 2)]
+            self.levels.append(layer)
+
+    @property
+    def root(self) -> bytes:
+        return self.levels[-1][0]
+
+    def range_proof(self, first: int, end: int) -> list[bytes]:
+        """The roots of the subtrees outside [first, end): with the leaves inside, they
+        rebuild the root. At most 2·log2(width) hashes, however long the range."""
+        if not 0 <= first < end <= self.leaf_count:
+            raise IndexError(f"range [{first}, {end}) outside {self.leaf_count} leaves")
+        return [self.levels[h][j] for h, j in _outside_subtrees(first, end, self.width)]
+
+
 def range_proof(leaves: list[bytes], first: int, end: int) -> list[bytes]:
-    """The roots of the subtrees outside [first, end): with the leaves inside, they rebuild
-    the root. At most 2·log2(width) hashes, however long the range."""
+    """`MerkleTree(leaves).range_proof(first, end)`, for a single proof."""
     if not 0 <= first < end <= len(leaves):
         raise IndexError(f"range [{first}, {end}) outside {len(leaves)} leaves")
-    width = next_power_of_two(len(leaves))
-    padded = list(leaves) + [ZERO_LEAF] * (width - len(leaves))
-    return [root(padded[j << h : (j + 1) << h]) for h, j in _outside_subtrees(first, end, width)]
+    return MerkleTree(leaves).range_proof(first, end)
 
 
 def verify_range_proof(range_leaves: list[bytes], first: int, path: list[bytes], expected_root: bytes, leaf_count: int) -> None:

@@ -13,7 +13,7 @@ answers.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from veilstream.chain.cheque import ChequeDomain, SignedCheque
 from veilstream.content import ContentKeys, Torrent, nodes_for_range
@@ -31,7 +31,7 @@ from veilstream.market.settings import MarketSettings
 class _Offering:
     torrent: Torrent
     keys: ContentKeys
-    commitments: list[bytes] = field(default_factory=list)
+    commitments: merkle.MerkleTree  # the key-commitment tree, built once: proofs are lookups
 
 
 class KeyAgent:
@@ -58,8 +58,8 @@ class KeyAgent:
 
     def offer(self, torrent: Torrent, keys: ContentKeys) -> None:
         """Sell keys for this content."""
-        commitments = all_commitments(keys.tree_root, torrent.piece_count)
-        if merkle.root(commitments) != torrent.manifest.key_root:
+        commitments = merkle.MerkleTree(all_commitments(keys.tree_root, torrent.piece_count))
+        if commitments.root != torrent.manifest.key_root:
             raise PaymentRefused("these keys do not match the content's key commitments")
         self._offerings[torrent.info_hash] = _Offering(torrent, keys, commitments)
 
@@ -91,7 +91,7 @@ class KeyAgent:
         nodes = nodes_for_range(offering.keys.tree_root, first, end)
         return KeyDelivery(
             first, end, tuple((n.height, n.index, n.key) for n in nodes),
-            tuple(merkle.range_proof(offering.commitments, first, end)), offering.keys.metadata_key,
+            tuple(offering.commitments.range_proof(first, end)), offering.keys.metadata_key,
         )
 
     def record_release(self, buyer: str, content_id: bytes, first: int, end: int, paid_wei: int,
