@@ -38,6 +38,7 @@ from veilstream.market.settings import MarketSettings
 from veilstream.content.merkle import BLOCK_SIZE
 from veilstream.swarm.node import Content
 from veilstream.swarm.settings import SwarmSettings
+from veilstream.swarm.storage import RECENT_BYTES
 from veilstream.swarm.swarm import ExtensionMessageReceived, PeerReady, PieceVerified
 
 log = logging.getLogger("veilstream.market")
@@ -141,6 +142,12 @@ class PaidStream:
         self._keys: dict[int, bytes] = {}
         self._keys_bought = 0  # keys the key agents released to this stream (what their books count)
         self._player_waits_for_key: int | None = None
+        self._keys_urgent = True  # the player has nothing to play: no batching (start, seek)
+        # Half the lookahead, but a player behind by a batch must still find its slices in
+        # the swarm's memory of recent pieces, not read them back from disk.
+        self._key_batch = max(1, min(settings.key_lookahead_slices // 2, RECENT_BYTES // (2 * self.manifest.piece_length)))
+        self._batch_timer: asyncio.TimerHandle | None = None
+        self._batch_waited = False
         self.grants = grants
         if grants is not None:
             self.metadata_key = grants.keys.metadata_key
@@ -184,6 +191,7 @@ class PaidStream:
 
     def seek(self, index: int) -> None:
         self._playhead = index
+        self._keys_urgent = True
         self.content.seek(index * self.manifest.piece_length)
         self._want_keys()
 
@@ -193,6 +201,9 @@ class PaidStream:
         return self.manifest.metadata(self.metadata_key)
 
     def close(self) -> None:
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
         self.session.close()
 
     async def _unless_failed(self, awaitable):
@@ -253,17 +264,35 @@ class PaidStream:
         agents = self._key_agents()
         if end <= first or not agents:
             return
-        # Keys come in batches: each delivery costs a signature check, a key exchange and a
-        # proof. Ask once half the lookahead can be asked for, or at once for a waiting player.
-        batch = max(1, self.settings.key_lookahead_slices // 2)
+        # Keys come in batches: each delivery costs both sides a key exchange, a proof and
+        # a round trip. Ask once half the lookahead can be asked for. A waiting player gets
+        # its keys at once when it has nothing to play (the first slice, after a seek);
+        # otherwise the short batch waits up to `key_batch_wait_s` for the payments of the
+        # slices now arriving to widen it (at full speed that is a few milliseconds).
+        batch = self._key_batch
         count = self.manifest.slice_count
         more_to_ask = end < count and not self._have_key(end)  # only payment holds the request short
-        if end - first < batch and more_to_ask and self._player_waits_for_key is None:
-            return
+        if end - first < batch and more_to_ask and not self._batch_waited:
+            if self._player_waits_for_key is None:
+                return
+            if not self._keys_urgent:
+                if self._batch_timer is None:
+                    self._batch_timer = asyncio.get_running_loop().call_later(
+                        self.settings.key_batch_wait_s, self._batch_wait_over)
+                return
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+        self._batch_waited = self._keys_urgent = False
         conn = agents[0]
         self._key_request = (conn, first, end)
         self._show_cheques(conn)
         self._send(conn, messages.KeyRequest(first, end))
+
+    def _batch_wait_over(self) -> None:
+        self._batch_timer = None
+        self._batch_waited = True
+        self._want_keys()
 
     def _on_keys(self, conn: int, message: messages.SealedKeys) -> None:
         """Keys that match the manifest's commitments are taken whoever signed them (there
