@@ -143,6 +143,7 @@ class PaidStream:
         self._keys_bought = 0  # keys the key agents released to this stream (what their books count)
         self._player_waits_for_key: int | None = None
         self._keys_urgent = True  # the player has nothing to play: no batching (start, seek)
+        self._key_frontier = 0  # the first slice from the playhead on whose key is not held
         # Half the lookahead, but a player behind by a batch must still find its slices in
         # the swarm's memory of recent pieces, not read them back from disk.
         self._key_batch = max(1, min(settings.key_lookahead_slices // 2, RECENT_BYTES // (2 * self.manifest.piece_length)))
@@ -190,7 +191,7 @@ class PaidStream:
             index += 1
 
     def seek(self, index: int) -> None:
-        self._playhead = index
+        self._playhead = self._key_frontier = index
         self._keys_urgent = True
         self.content.seek(index * self.manifest.piece_length)
         self._want_keys()
@@ -248,9 +249,10 @@ class PaidStream:
     def _want_keys(self) -> None:
         if self._key_request is not None:
             return
-        first = self._playhead
+        first = max(self._playhead, self._key_frontier)  # keys are never dropped: no need to look behind it
         while first < self.manifest.slice_count and self._have_key(first):
             first += 1
+        self._key_frontier = first
         if first >= self.manifest.slice_count:
             return
         price = self.manifest.terms.price_per_slice_wei
@@ -258,6 +260,8 @@ class PaidStream:
         if price:
             paid_slices = self.payer.content_spent_wei // price
             allowance = min(allowance, paid_slices + self.settings.credit_window_slices - self._keys_bought)
+        if allowance <= 0:
+            return
         end = first
         while end < self.manifest.slice_count and end - first < allowance and not self._have_key(end):
             end += 1
