@@ -103,3 +103,34 @@ def test_the_payer_keeps_to_its_budget(domain):
     with pytest.raises(BudgetExceeded):
         payer.pay_for_slice(seeders[1])
     assert payer.spent_wei == 3 * PRICE
+
+
+def test_cheques_signed_ahead_are_the_cheques_signed_on_demand_and_stay_in_budget(domain, monkeypatch):
+    """A payer signing ahead hands out exactly what one signing on demand would (RFC 6979
+    signatures are deterministic), drops what the payments' course makes useless, and
+    never holds cheques signed ahead for more than the budget leaves."""
+    wallet, content = Account.create(), os.urandom(32)
+    seeders = [Account.create().address for _ in range(2)]
+    signed_amounts = []
+    sign = type(domain).sign
+
+    def recording_sign(self, account, cheque):
+        signed_amounts.append(cheque.cumulative_amount)
+        return sign(self, account, cheque)
+
+    monkeypatch.setattr(type(domain), "sign", recording_sign)
+    ahead = Payer(wallet, domain, content, PRICE, budget_wei=8 * PRICE, sign_ahead=3)
+    plain = Payer(wallet, domain, content, PRICE, budget_wei=8 * PRICE)
+    course = [(0, PRICE)] * 4 + [(1, PRICE), (0, PRICE // 2), (0, PRICE // 2), (1, PRICE), (0, PRICE)]
+    served_ahead = 0
+    for seeder, amount in course:
+        signed_amounts.clear()
+        mine = ahead.pay(seeders[seeder], amount)
+        served_ahead += not signed_amounts
+        assert ahead.spent_wei + ahead.signed_ahead_wei <= 8 * PRICE
+        signed_amounts.clear()
+        assert mine == plain.pay(seeders[seeder], amount)
+        domain.verify(mine)
+    assert served_ahead >= 3 and ahead.owed == plain.owed and ahead.spent_wei == 8 * PRICE
+    with pytest.raises(BudgetExceeded):
+        ahead.pay(seeders[0], PRICE)
