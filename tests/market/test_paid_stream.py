@@ -182,6 +182,50 @@ def test_seek_starts_from_the_middle(published, domain, tmp_path):
     asyncio.run(scenario())
 
 
+def test_key_batching_never_holds_a_waiting_player_once_payments_stop_growing(published, domain, tmp_path):
+    """Keys are asked for in batches that the next payments widen. When the swarm has
+    nothing more to deliver (here every peer lacks the later slices), payments stop
+    growing: the waiting player must still get the keys of the slices it holds, after the
+    batch wait, not wait for slices that are not coming."""
+    done, creator, plaintext, tmp = published
+    held = 24
+    partial = tmp_path / "partial"
+    (partial / "seeder").mkdir(parents=True)
+    data = bytearray(done.ciphertext_path.read_bytes())
+    data[held * SLICE :] = bytes(len(data) - held * SLICE)  # later pieces fail their hashes: not offered
+    (partial / done.torrent.name).write_bytes(data)
+    (partial / "seeder" / done.torrent.name).write_bytes(data)
+    # All held slices are in and paid before the player starts: its first (urgent) request
+    # takes the lookahead's 20 keys; the next batch of 10 can only reach 24 + the window.
+    market = MarketSettings(key_lookahead_slices=20, key_batch_wait_s=0.05)
+
+    async def scenario():
+        async with Network((replace(done, ciphertext_path=partial / done.torrent.name), creator, plaintext, partial),
+                           domain, tmp_path, market=market) as net:
+            stream = net.viewer(Account.create())
+            fired = []
+            wait_over = stream._batch_wait_over
+            stream._batch_wait_over = lambda: (fired.append(1), wait_over())
+            got = []
+            for index in range(held):
+                await asyncio.wait_for(stream.content.wait_for_piece(index), TIMEOUT_S)
+
+            async def consume():
+                async for index, piece in stream.slices():
+                    got.append(bytes(piece))
+
+            player = asyncio.ensure_future(consume())
+            async with asyncio.timeout(TIMEOUT_S):
+                while len(got) < held:
+                    await stream._keys_changed.wait()
+                    await asyncio.sleep(0)  # let the player take what the keys opened
+            player.cancel()
+            assert b"".join(got) == plaintext[: held * (SLICE - 16)]
+            assert fired, "the last keys came without the batch wait: this test no longer tests it"
+            stream.close()
+    asyncio.run(scenario())
+
+
 class NonPayingStream(PaidStream):
     """A viewer that takes slices and keys but never signs a cheque."""
 

@@ -186,6 +186,7 @@ class PaidStream:
             if self.stats.first_plaintext_at is None:
                 self.stats.first_plaintext_at = time.monotonic()
             self._playhead = index + 1
+            self._keys_urgent = False  # it has played since the start or the seek
             self._want_keys()
             yield index, plaintext
             index += 1
