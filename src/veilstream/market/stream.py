@@ -132,7 +132,7 @@ class PaidStream:
         self.settings = settings
         self.creator = _checksum(self.manifest.creator_address)
         self.payer = Payer(wallet, domain, torrent.info_hash, self.manifest.terms.price_per_slice_wei, budget_wei,
-                           signed_before, sign_ahead=3)
+                           signed_before, sign_ahead=7)
         self.session = ViewerKeySession(wallet.key, torrent.info_hash, int(time.time()) + settings.key_session_ttl_s)
         self.stats = StreamStats()
         self.on_cheque_signed: Callable[[SignedCheque], None] | None = None  # e.g. keep it durably before it goes out
