@@ -182,6 +182,16 @@ def test_seek_starts_from_the_middle(published, domain, tmp_path):
     asyncio.run(scenario())
 
 
+class HoldingStream(PaidStream):
+    """Buys no keys until its player starts (so the test knows what the first request is)."""
+
+    started = False
+
+    def _want_keys(self):
+        if self.started:
+            super()._want_keys()
+
+
 def test_key_batching_never_holds_a_waiting_player_once_payments_stop_growing(published, domain, tmp_path):
     """Keys are asked for in batches that the next payments widen. When the swarm has
     nothing more to deliver (here every peer lacks the later slices), payments stop
@@ -195,33 +205,36 @@ def test_key_batching_never_holds_a_waiting_player_once_payments_stop_growing(pu
     data[held * SLICE :] = bytes(len(data) - held * SLICE)  # later pieces fail their hashes: not offered
     (partial / done.torrent.name).write_bytes(data)
     (partial / "seeder" / done.torrent.name).write_bytes(data)
-    # All held slices are in and paid before the player starts: its first (urgent) request
-    # takes the lookahead's 20 keys; the next batch of 10 can only reach 24 + the window.
+    # The held slices are in and paid before the player starts; its first request takes the
+    # lookahead's 20 keys, and the next batch (10) can only reach 24 + the window.
     market = MarketSettings(key_lookahead_slices=20, key_batch_wait_s=0.05)
 
     async def scenario():
         async with Network((replace(done, ciphertext_path=partial / done.torrent.name), creator, plaintext, partial),
                            domain, tmp_path, market=market) as net:
-            stream = net.viewer(Account.create())
-            fired = []
-            wait_over = stream._batch_wait_over
+            stream = net.viewer(Account.create(), stream_class=HoldingStream)
+            fired, requests = [], []
+            wait_over, send = stream._batch_wait_over, stream._send
             stream._batch_wait_over = lambda: (fired.append(1), wait_over())
-            got = []
+            stream._send = lambda conn, message: (
+                requests.append((message.first, message.end)) if isinstance(message, messages.KeyRequest) else None,
+                send(conn, message))
             for index in range(held):
                 await asyncio.wait_for(stream.content.wait_for_piece(index), TIMEOUT_S)
+            got, all_held = [], asyncio.Event()
 
             async def consume():
                 async for index, piece in stream.slices():
                     got.append(bytes(piece))
+                    if len(got) == held:
+                        all_held.set()
 
+            stream.started = True
             player = asyncio.ensure_future(consume())
-            async with asyncio.timeout(TIMEOUT_S):
-                while len(got) < held:
-                    await stream._keys_changed.wait()
-                    await asyncio.sleep(0)  # let the player take what the keys opened
+            await asyncio.wait_for(all_held.wait(), TIMEOUT_S)
             player.cancel()
             assert b"".join(got) == plaintext[: held * (SLICE - 16)]
-            assert fired, "the last keys came without the batch wait: this test no longer tests it"
+            assert requests == [(0, 20), (20, 26)] and fired == [1]
             stream.close()
     asyncio.run(scenario())
 

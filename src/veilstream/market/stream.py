@@ -142,7 +142,7 @@ class PaidStream:
         self._keys: dict[int, bytes] = {}
         self._keys_bought = 0  # keys the key agents released to this stream (what their books count)
         self._player_waits_for_key: int | None = None
-        self._keys_urgent = True  # the player has nothing to play: no batching (start, seek)
+        self._keys_since_seek = 0  # keys bought since the start or the last seek: batches grow with them
         self._key_frontier = 0  # the first slice from the playhead on whose key is not held
         # Half the lookahead, but a player behind by a batch must still find its slices in
         # the swarm's memory of recent pieces, not read them back from disk.
@@ -186,14 +186,14 @@ class PaidStream:
             if self.stats.first_plaintext_at is None:
                 self.stats.first_plaintext_at = time.monotonic()
             self._playhead = index + 1
-            self._keys_urgent = False  # it has played since the start or the seek
             self._want_keys()
             yield index, plaintext
             index += 1
 
     def seek(self, index: int) -> None:
+        if index != self._playhead:
+            self._keys_since_seek = 0  # key batches start small again where the player jumped to
         self._playhead = self._key_frontier = index
-        self._keys_urgent = True
         self.content.seek(index * self.manifest.piece_length)
         self._want_keys()
 
@@ -257,7 +257,7 @@ class PaidStream:
         if first >= self.manifest.slice_count:
             return
         price = self.manifest.terms.price_per_slice_wei
-        allowance = self.settings.key_lookahead_slices
+        allowance = self.settings.key_lookahead_slices - (first - self._playhead)  # held ahead of the playhead
         if price:
             paid_slices = self.payer.content_spent_wei // price
             allowance = min(allowance, paid_slices + self.settings.credit_window_slices - self._keys_bought)
@@ -270,25 +270,25 @@ class PaidStream:
         if end <= first or not agents:
             return
         # Keys come in batches: each delivery costs both sides a key exchange, a proof and
-        # a round trip. Ask once half the lookahead can be asked for. A waiting player gets
-        # its keys at once when it has nothing to play (the first slice, after a seek);
-        # otherwise the short batch waits up to `key_batch_wait_s` for the payments of the
-        # slices now arriving to widen it (at full speed that is a few milliseconds).
-        batch = self._key_batch
+        # a round trip. A batch is half the lookahead, but no more than the keys bought
+        # since the start or the seek (so it starts at one key and doubles: a player
+        # starting out is not held back for a full batch). A waiting player's short batch
+        # waits up to `key_batch_wait_s` for the payments of the slices now arriving to
+        # widen it (at full speed that is a few milliseconds).
+        batch = max(1, min(self._key_batch, self._keys_since_seek))
         count = self.manifest.slice_count
         more_to_ask = end < count and not self._have_key(end)  # only payment holds the request short
         if end - first < batch and more_to_ask and not self._batch_waited:
             if self._player_waits_for_key is None:
                 return
-            if not self._keys_urgent:
-                if self._batch_timer is None:
-                    self._batch_timer = asyncio.get_running_loop().call_later(
-                        self.settings.key_batch_wait_s, self._batch_wait_over)
-                return
+            if self._batch_timer is None:
+                self._batch_timer = asyncio.get_running_loop().call_later(
+                    self.settings.key_batch_wait_s, self._batch_wait_over)
+            return
         if self._batch_timer is not None:
             self._batch_timer.cancel()
             self._batch_timer = None
-        self._batch_waited = self._keys_urgent = False
+        self._batch_waited = False
         conn = agents[0]
         self._key_request = (conn, first, end)
         self._show_cheques(conn)
@@ -333,7 +333,9 @@ class PaidStream:
             return
         if delivery.metadata_key is not None and self.metadata_key is None:
             self.metadata_key = delivery.metadata_key
-        self._keys_bought += sum(1 for index in keys if index not in self._keys)
+        new_keys = sum(1 for index in keys if index not in self._keys)
+        self._keys_bought += new_keys
+        self._keys_since_seek += new_keys
         self._keys.update(keys)
         self.stats.key_deliveries += 1
         self._keys_changed.set()
