@@ -17,6 +17,7 @@ the off-chain check of every cheque is measured apart, on one core. The last lin
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import sys
@@ -57,6 +58,15 @@ def open_chain(kind: str, stack: ExitStack) -> ChainClient:
     return ChainClient.connect(node.url, deployment)
 
 
+def info_naming(creator: str, label: bytes) -> tuple[bytes, bytes]:
+    """An info dict laid out as a Veilstream torrent's (a name, then the manifest), naming
+    `creator`, and its content id: what registration proves the creator with."""
+    name = b"veil-" + keccak(label)[:16].hex().encode()
+    info = (b"d4:name37:" + name + b"10:veilstreamd7:creator20:" + bytes.fromhex(creator[2:]) + b"13:creator nostr32:"
+            + bytes(32) + b"8:key root32:" + keccak(label) + b"1:vi1eee")
+    return info, hashlib.sha256(info).digest()
+
+
 def measure_gas(base: ChainClient) -> dict[str, int]:
     gas: dict[str, int] = {}
     creator = base.with_account(actor("gas creator"))
@@ -64,10 +74,10 @@ def measure_gas(base: ChainClient) -> dict[str, int]:
     viewers = [base.with_account(actor(f"gas viewer {i}")) for i in range(BATCH + 1)]
     for client in [creator, seeder, *viewers]:
         base.dev.fund(client.address, 10 * ETHER)
-    cid = keccak(b"bench content")
+    info, cid = info_naming(creator.address, b"bench content")
 
     gas["register"] = creator.register(
-        cid, price_per_slice=PRICE_PER_SLICE, seeder_share_bps=SEEDER_SHARE_BPS, slice_count=SLICES_IN_CONTENT
+        info, price_per_slice=PRICE_PER_SLICE, seeder_share_bps=SEEDER_SHARE_BPS, slice_count=SLICES_IN_CONTENT
     ).gas_used
     deposits = [v.deposit(ETHER).gas_used for v in viewers]
     gas["deposit"] = deposits[0]
@@ -106,8 +116,8 @@ def stream(base: ChainClient, viewers_n: int, seeders_n: int, slices_per_viewer:
     viewers = [base.with_account(actor(f"stream viewer {i}")) for i in range(viewers_n)]
     for client in [creator, *seeders, *viewers]:
         base.dev.fund(client.address, ETHER)
-    cid = keccak(b"streamed content")
-    creator.register(cid, price_per_slice=PRICE_PER_SLICE, seeder_share_bps=SEEDER_SHARE_BPS, slice_count=SLICES_IN_CONTENT)
+    info, cid = info_naming(creator.address, b"streamed content")
+    creator.register(info, price_per_slice=PRICE_PER_SLICE, seeder_share_bps=SEEDER_SHARE_BPS, slice_count=SLICES_IN_CONTENT)
 
     txs = {"deposit": 0, "cash": 0, "claim": 0}
     gas = {"deposit": 0, "cash": 0, "claim": 0}

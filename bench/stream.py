@@ -162,7 +162,7 @@ async def paid_run(done, work: Path, chain: ChainClient, market: MarketSettings 
         chain.dev.fund(address, ETHER)
     creator_chain = chain.with_account(CREATOR.wallet)
     if chain.content(torrent.info_hash) is None:
-        creator_chain.register(torrent.info_hash, price_per_slice=PRICE, seeder_share_bps=2_000, slice_count=torrent.piece_count)
+        creator_chain.register(torrent.info_bytes, price_per_slice=PRICE, seeder_share_bps=2_000, slice_count=torrent.piece_count)
     first_block = chain.block_number() + 1
     chain.with_account(viewer).deposit(ETHER // 10)
     base = {"chain_id": chain.chain_id, "wallet": chain.cheque_domain.wallet, "settings": market}

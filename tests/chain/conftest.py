@@ -22,7 +22,8 @@ from veilstream.chain.artifacts import compile_source
 from veilstream.chain.client import _transact, connect_rpc
 
 BACKENDS = ["embedded", "anvil"]
-TEST_SETTINGS = ChainSettings(withdrawal_delay_s=1_000, key_deadline_s=600, terms_delay_s=500)
+TEST_SETTINGS = ChainSettings(withdrawal_delay_s=1_000, withdrawal_window_s=2_000, lane_min_duration_s=300,
+                              key_deadline_s=600, terms_delay_s=500)
 ETHER = 10**18
 PRICE_PER_SLICE = 10**12
 SEEDER_SHARE_BPS = 2_000
@@ -35,6 +36,20 @@ ATTACKER_SOURCE = Path(__file__).parent / "contracts" / "Attacker.vy"
 
 def actor_account(name: str) -> LocalAccount:
     return Account.from_key(keccak(f"veilstream test actor {name}".encode()))
+
+
+def fake_info(creator: str, label: bytes = b"content", key_root: bytes | None = None) -> tuple[bytes, bytes]:
+    """A bencoded info dict laid out as a Veilstream torrent's (the manifest last, the
+    creator its first field) for `creator`, and its content id (SHA-256): what the
+    registry reads the creator from."""
+    from hashlib import sha256
+
+    root = key_root if key_root is not None else keccak(b"key root " + label)
+    manifest = (b"10:veilstreamd7:creator20:" + bytes.fromhex(creator[2:]) + b"13:creator nostr32:" + bytes(32)
+                + b"8:key root32:" + root + b"1:vi1ee")
+    name = b"veil-" + label.hex().encode()
+    info = b"d4:name%d:%s%se" % (len(name), name, manifest)
+    return info, sha256(info).digest()
 
 
 @dataclass
@@ -61,9 +76,9 @@ class World:
         return [getattr(self, name) for name in ACTORS]
 
     def assert_wallet_solvent(self, extra: tuple[str, ...] = ()) -> None:
-        """The Wallet holds exactly every deposit and every unclaimed earning."""
+        """The Wallet holds exactly every deposit, every lane and every unclaimed earning."""
         addresses = [c.address for c in self.clients()] + list(extra)
-        owed = sum(self.base.deposit_of(a) for a in addresses) + sum(
+        owed = sum(self.base.deposit_of(a) + self.base.held_of(a) for a in addresses) + sum(
             self.base._view(self.base.wallet.functions.earnings(a)) for a in addresses
         )
         assert self.base.balance(self.base.deployment.wallet) == owed
@@ -96,9 +111,9 @@ def _world(request) -> Iterator[tuple[World, list]]:
             account = actor_account(name)
             base.dev.fund(account.address, 1_000 * ETHER)
             clients[name] = base.with_account(account)
-        content_id = keccak(b"veilstream test content")
+        info, content_id = fake_info(clients["creator"].address, b"veilstream test content")
         clients["creator"].register(
-            content_id,
+            info,
             price_per_slice=PRICE_PER_SLICE,
             seeder_share_bps=SEEDER_SHARE_BPS,
             slice_count=SLICE_COUNT,

@@ -10,6 +10,8 @@ from eth_hash.auto import keccak
 from veilstream.chain import ChainClient, ChainError, ChainSettings
 from veilstream.chain.embedded import JOURNAL_NAME, EmbeddedChain
 
+from .conftest import fake_info
+
 ETHER = 10**18
 SETTINGS = ChainSettings(withdrawal_delay_s=100, key_deadline_s=60, terms_delay_s=50)
 VIEWER = Account.from_key(keccak(b"embedded viewer"))
@@ -21,8 +23,8 @@ def populate(directory) -> dict:
         viewer.dev.fund(VIEWER.address, 10 * ETHER)
         viewer.dev.fund(CREATOR.address, 10 * ETHER)
         creator = viewer.with_account(CREATOR)
-        cid = keccak(b"persisted content")
-        creator.register(cid, price_per_slice=10, seeder_share_bps=1_000, slice_count=5)
+        info, cid = fake_info(CREATOR.address, b"persisted content")
+        creator.register(info, price_per_slice=10, seeder_share_bps=1_000, slice_count=5)
         viewer.deposit(2 * ETHER)
         viewer.request_withdrawal(ETHER)
         unlock_at = viewer.pending_withdrawal().unlock_at

@@ -1,4 +1,4 @@
-"""A random mix of deposits, cheques (fresh, replayed, forged, oversized), cashes,
+"""A random mix of deposits, lanes, cheques (fresh, replayed, forged, oversized), cashes,
 withdrawals and claims, checked step by step against a plain-Python model of the rules:
 every wei is where the model says, and the Wallet always holds exactly what it owes."""
 
@@ -23,6 +23,7 @@ class Model:
         self.earnings = {c.address: 0 for c in world.clients()}
         self.cashed: dict[tuple, int] = {}
         self.signed: dict[tuple, int] = {}
+        self.lanes: dict[tuple, int] = {}
         self.creator = world.creator.address
 
     def cash(self, cheques: list[tuple[SignedCheque, bool]]) -> int:
@@ -35,8 +36,12 @@ class Model:
                 continue
             share = 10_000 if not any(c.content_id) else SEEDER_SHARE_BPS
             creator = c.seeder if not any(c.content_id) else self.creator
-            paid = min(c.cumulative_amount - already, self.deposits[c.viewer])
-            self.deposits[c.viewer] -= paid
+            owed = c.cumulative_amount - already
+            from_lane = min(owed, self.lanes.get(key, 0))
+            from_deposit = min(owed - from_lane, self.deposits[c.viewer])
+            paid = from_lane + from_deposit
+            self.lanes[key] = self.lanes.get(key, 0) - from_lane
+            self.deposits[c.viewer] -= from_deposit
             self.cashed[key] = already + paid
             seeder_part = paid * share // 10_000
             self.earnings[c.seeder] += seeder_part
@@ -52,7 +57,16 @@ class Model:
             assert base._view(base.wallet.functions.earnings(address)) == amount, address
         for key, amount in self.cashed.items():
             assert base.cashed(*key) == amount
+        for key, amount in self.lanes.items():
+            lane = base.lane(*key)
+            assert (lane.amount if lane else 0) == amount, key
+            ceiling = base.guarantee(*key).ceiling_wei
+            assert ceiling == self.cashed.get(key, 0) + amount
         self.world.assert_wallet_solvent()
+
+
+def self_lane(model: Model, key: tuple) -> int:
+    return model.lanes.get(key, 0)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -65,12 +79,21 @@ def test_random_operations_keep_every_wei_accounted_for(chain: World, seed: int)
     issued: list[tuple[SignedCheque, bool]] = []
 
     for _step in range(STEPS):
-        op = rng.choice(["deposit", "sign", "sign", "cash", "cash", "withdraw", "claim"])
+        op = rng.choice(["deposit", "lane", "sign", "sign", "cash", "cash", "withdraw", "claim"])
         viewer = rng.choice(viewers)
         if op == "deposit":
             amount = rng.randint(1, 50) * UNIT
             viewer.deposit(amount)
             model.deposits[viewer.address] += amount
+        elif op == "lane":
+            content, payee = rng.choice(contents), rng.choice(payees)
+            key = (viewer.address, content, payee)
+            target = rng.randint(1, 40) * UNIT
+            top_up = max(0, target - self_lane(model, key))
+            if top_up <= model.deposits[viewer.address]:
+                viewer.open_lanes(content, [payee], target, chain.base.timestamp() + 10 * chain.settings.lane_min_duration_s)
+                model.lanes[key] = max(target, self_lane(model, key))
+                model.deposits[viewer.address] -= top_up
         elif op == "sign":
             key = (viewer.address, rng.choice(contents), rng.choice(payees))
             amount = model.signed.get(key, 0) + rng.choice([1, UNIT, 30 * UNIT, 10**20])

@@ -8,7 +8,7 @@ from eth_hash.auto import keccak
 
 from veilstream.chain import ContractRevert
 
-from .conftest import PRICE_PER_SLICE, SEEDER_SHARE_BPS, SLICE_COUNT, World
+from .conftest import PRICE_PER_SLICE, SEEDER_SHARE_BPS, SLICE_COUNT, World, fake_info
 
 MILLI = 10**15
 
@@ -36,16 +36,44 @@ def test_changes_to_unknown_content_are_refused(chain: World):
         chain.creator.set_terms(keccak(b"nope"), price_per_slice=1, seeder_share_bps=1)
 
 
-def test_ids_are_unique_even_for_another_creator(chain: World):
-    for who in (chain.creator, chain.stranger):
-        with pytest.raises(ContractRevert, match="already registered"):
-            who.register(chain.content_id, price_per_slice=1, seeder_share_bps=0, slice_count=1)
+def test_ids_are_unique(chain: World):
+    info, cid = fake_info(chain.creator.address, b"veilstream test content")
+    assert cid == chain.content_id
+    with pytest.raises(ContractRevert, match="already registered"):
+        chain.creator.register(info, price_per_slice=1, seeder_share_bps=0, slice_count=1)
+
+
+def test_a_squatter_cannot_register_a_creators_content(chain: World):
+    """The attack: a squatter registers a creator's content id first, collects every
+    payment, and the creator's own registration reverts. Now the registry reads the
+    creator out of the manifest and takes the registration from that address only."""
+    info, cid = fake_info(chain.seeder.address, b"a creator's new video")
+    for squatter in (chain.stranger, chain.agent, chain.viewer):
+        with pytest.raises(ContractRevert, match="only the manifest's creator"):
+            squatter.register(info, price_per_slice=1, seeder_share_bps=0, slice_count=1, key_agent=squatter.address)
+    assert chain.base.content(cid) is None
+    chain.seeder.register(info, price_per_slice=5, seeder_share_bps=100, slice_count=9)
+    record = chain.base.content(cid)
+    assert record.creator == chain.seeder.address
+    assert record.key_root == keccak(b"key root a creator's new video")
+
+
+def test_a_forged_manifest_position_is_refused(chain: World):
+    """The squatter points the contract at bytes it chose: a name that spells out a
+    manifest naming itself. The id is then another content's (the info differs), and a
+    pointer into the real info dict that is not the manifest fails the marker."""
+    info, _ = fake_info(chain.creator.address, b"real")
+    with pytest.raises(ContractRevert, match="no manifest at that offset"):
+        chain.stranger._send(chain.stranger.registry.functions.register(
+            info, 0, chain.stranger.address, 1, 0, 1, bytes(32)))
+    with pytest.raises(ContractRevert):
+        chain.stranger._send(chain.stranger.registry.functions.register(
+            info, len(info) - 10, chain.stranger.address, 1, 0, 1, bytes(32)))
 
 
 @pytest.mark.parametrize(
     ("field", "value", "reason"),
     [
-        ("content_id", bytes(32), "content id is zero"),
         ("seeder_share_bps", 10_001, "seeder share above"),
         ("slice_count", 0, "slice count is zero"),
         ("slice_count", 2**32 + 1, "slice count too large"),
@@ -55,16 +83,15 @@ def test_ids_are_unique_even_for_another_creator(chain: World):
 )
 def test_registration_bounds(chain: World, field: str, value, reason: str):
     args = {
-        "content_id": keccak(b"bounds"),
         "price_per_slice": 1,
         "seeder_share_bps": 0,
         "slice_count": 1,
         "key_agent": chain.agent.address,
     }
     args[field] = value
-    cid = args.pop("content_id")
+    info, _ = fake_info(chain.creator.address, b"bounds")
     with pytest.raises(ContractRevert, match=reason):
-        chain.creator.register(cid, **args)
+        chain.creator.register(info, **args)
 
 
 def test_every_change_is_an_event(chain: World):
@@ -125,3 +152,14 @@ def test_a_registered_record_reads_back(chain: World):
     assert record.slice_count == SLICE_COUNT
     assert record.card_hash == keccak(b"card")
     assert chain.base.content(keccak(b"unknown")) is None
+
+
+def test_cancelling_a_scheduled_share_is_an_event(chain: World):
+    """Watchers (seeders about to cash before a cut) learn that a change they wait for
+    was dropped."""
+    cid = chain.content_id
+    chain.creator.set_terms(cid, price_per_slice=PRICE_PER_SLICE, seeder_share_bps=500)
+    receipt = chain.creator.set_terms(cid, price_per_slice=PRICE_PER_SLICE, seeder_share_bps=SEEDER_SHARE_BPS)
+    assert [e.name for e in receipt.events] == ["SeederShareCancelled"]
+    assert receipt.events[0].args["seeder_share_bps"] == SEEDER_SHARE_BPS
+    assert chain.base.content(cid).scheduled_seeder_share_bps is None

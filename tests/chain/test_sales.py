@@ -7,7 +7,7 @@ from eth_hash.auto import keccak
 
 from veilstream.chain import ContractRevert, GrantState
 
-from .conftest import PRICE_PER_SLICE, SEEDER_SHARE_BPS, SLICE_COUNT, World
+from .conftest import PRICE_PER_SLICE, SEEDER_SHARE_BPS, SLICE_COUNT, World, fake_info
 
 SEALED = b"\x01" * 80
 MODE_REFUND = 3
@@ -147,15 +147,15 @@ def test_a_sale_pays_the_creator_its_share_once_the_key_is_issued(chain: World):
 
 
 def test_the_whole_content_at_the_largest_price_does_not_overflow(chain: World):
-    cid = keccak(b"expensive")
+    info, cid = fake_info(chain.creator.address, b"expensive")
     price, count = 2**128 - 1, 2**32
-    chain.creator.register(cid, price_per_slice=price, seeder_share_bps=1, slice_count=count)
+    chain.creator.register(info, price_per_slice=price, seeder_share_bps=1, slice_count=count)
     assert chain.viewer.quote(cid, 0, count) == price * count * 9_999 // 10_000
 
 
 def test_free_content_records_a_grant_for_nothing(chain: World):
-    cid = keccak(b"free")
-    chain.creator.register(cid, price_per_slice=0, seeder_share_bps=0, slice_count=3, key_agent=chain.agent.address)
+    info, cid = fake_info(chain.creator.address, b"free")
+    chain.creator.register(info, price_per_slice=0, seeder_share_bps=0, slice_count=3, key_agent=chain.agent.address)
     grant_id = chain.viewer.buy(cid, 0, 3)
     assert chain.base.grant(grant_id).amount == 0
     chain.advance(chain.settings.key_deadline_s + 1)

@@ -17,7 +17,7 @@ from veilstream.chain import (
 )
 from veilstream.chain.cheque import SECP256K1_N, ZERO_CONTENT_ID
 
-from .conftest import SEEDER_SHARE_BPS, VIEWER_DEPOSIT, World
+from .conftest import SEEDER_SHARE_BPS, VIEWER_DEPOSIT, World, fake_info
 
 BPS = 10_000
 MILLI = 10**15
@@ -276,6 +276,132 @@ def test_withdrawal_requests_outside_the_deposit_are_refused(chain: World, amoun
         chain.viewer.request_withdrawal(amount)
 
 
+def test_a_withdrawal_request_nobody_executed_expires(chain: World):
+    """The attack: a viewer requests a withdrawal, streams a month later on credit, then
+    executes the old request and the payees' cheques bounce. Now an unlocked request
+    must be executed within WITHDRAWAL_WINDOW, or it lapses."""
+    viewer = chain.viewer
+    viewer.request_withdrawal(VIEWER_DEPOSIT)
+    chain.advance(chain.settings.withdrawal_delay_s + chain.settings.withdrawal_window_s + 1)
+    with pytest.raises(ContractRevert, match="request expired"):
+        viewer.execute_withdrawal()
+    assert viewer.deposit_of() == VIEWER_DEPOSIT
+    cheque = viewer.sign_cheque(chain.content_id, chain.seeder.address, 5 * MILLI)
+    assert chain.seeder.cash([cheque]).paid == 5 * MILLI
+    viewer.request_withdrawal(MILLI)  # a fresh request starts the clock again
+    chain.advance(chain.settings.withdrawal_delay_s)
+    assert viewer.execute_withdrawal().named("Withdrawn")[0].args["amount"] == MILLI
+
+
+# -- lanes: one deposit is never promised to two payees --------------------------------------
+
+
+def lane_until(chain: World, factor: int = 2) -> int:
+    return chain.base.timestamp() + factor * chain.settings.lane_min_duration_s
+
+
+def test_a_payee_is_paid_from_its_lane_whatever_the_viewer_signs_to_others(chain: World):
+    """The attack: a viewer signs cheques to many payees at once for more than its
+    deposit, and its own payees cash first. A payee that served against its lane is
+    paid in full all the same: nobody else's cheque can draw on that lane."""
+    viewer = chain.viewer2  # deposit: 10 MILLI
+    deposit = viewer.deposit_of()
+    honest = chain.seeder.address
+    viewer.open_lanes(chain.content_id, [honest], 4 * MILLI, lane_until(chain))
+    assert viewer.deposit_of() == deposit - 4 * MILLI and viewer.held_of() == 4 * MILLI
+    promised = viewer.guarantee(viewer.address, chain.content_id, honest)
+    assert (promised.ceiling_wei, promised.cashed_wei) == (4 * MILLI, 0)
+
+    puppets = [Account.create().address for _ in range(10)]
+    over = [viewer.sign_cheque(chain.content_id, p, deposit) for p in puppets]  # 10 × the whole deposit
+    chain.stranger.cash(over)
+    assert viewer.deposit_of() == 0  # the free deposit is gone to the puppets' cheques
+
+    owed = viewer.sign_cheque(chain.content_id, honest, 4 * MILLI)
+    assert chain.seeder.cash([owed]).paid == 4 * MILLI
+    assert viewer.guarantee(viewer.address, chain.content_id, honest).ceiling_wei == 4 * MILLI
+    chain.assert_wallet_solvent(tuple(puppets))
+
+
+def test_a_lane_pays_first_then_the_free_deposit(chain: World):
+    viewer = chain.viewer2
+    deposit = viewer.deposit_of()
+    viewer.open_lanes(chain.content_id, [chain.seeder.address], 2 * MILLI, lane_until(chain))
+    result = chain.seeder.cash([viewer.sign_cheque(chain.content_id, chain.seeder.address, 3 * MILLI)])
+    assert result.paid == 3 * MILLI
+    assert viewer.lane(viewer.address, chain.content_id, chain.seeder.address).amount == 0
+    assert viewer.deposit_of() == deposit - 3 * MILLI
+    chain.assert_wallet_solvent()
+
+
+def test_a_withdrawal_takes_only_the_free_deposit(chain: World):
+    viewer = chain.viewer2
+    deposit = viewer.deposit_of()
+    viewer.open_lanes(chain.content_id, [chain.seeder.address, chain.seeder2.address], 3 * MILLI, lane_until(chain))
+    with pytest.raises(ContractRevert, match="above the deposit"):
+        viewer.request_withdrawal(deposit)
+    viewer.request_withdrawal(deposit - 6 * MILLI)
+    chain.advance(chain.settings.withdrawal_delay_s)
+    viewer.execute_withdrawal()
+    for seeder in (chain.seeder, chain.seeder2):
+        cheque = viewer.sign_cheque(chain.content_id, seeder.address, 3 * MILLI)
+        assert seeder.cash([cheque]).paid == 3 * MILLI
+    chain.assert_wallet_solvent()
+
+
+def test_a_lane_is_held_until_its_time_then_returns_to_the_deposit(chain: World):
+    viewer = chain.viewer2
+    deposit = viewer.deposit_of()
+    until = lane_until(chain)
+    viewer.open_lanes(chain.content_id, [chain.seeder.address], 5 * MILLI, until)
+    chain.seeder.cash([viewer.sign_cheque(chain.content_id, chain.seeder.address, MILLI)])
+    with pytest.raises(ContractRevert, match="held until its time"):
+        viewer.close_lane(chain.content_id, chain.seeder.address)
+    with pytest.raises(ContractRevert, match="cannot be shortened"):
+        viewer.open_lanes(chain.content_id, [chain.seeder.address], 5 * MILLI, until - 1)
+    chain.advance(until - chain.base.timestamp())
+    receipt = viewer.close_lane(chain.content_id, chain.seeder.address)
+    assert receipt.named("LaneClosed")[0].args["amount"] == 4 * MILLI
+    assert viewer.deposit_of() == deposit - MILLI and viewer.held_of() == 0
+    with pytest.raises(ContractRevert, match="no such lane"):
+        viewer.close_lane(chain.content_id, chain.seeder.address)
+    chain.assert_wallet_solvent()
+
+
+def test_opening_lanes_tops_up_and_is_idempotent(chain: World):
+    viewer = chain.viewer2
+    deposit = viewer.deposit_of()
+    until = lane_until(chain)
+    payees = [chain.seeder.address, chain.seeder2.address]
+    viewer.open_lanes(chain.content_id, payees, 2 * MILLI, until)
+    viewer.open_lanes(chain.content_id, payees, 2 * MILLI, until)
+    assert viewer.deposit_of() == deposit - 4 * MILLI
+    chain.seeder.cash([viewer.sign_cheque(chain.content_id, chain.seeder.address, MILLI)])
+    viewer.open_lanes(chain.content_id, payees, 2 * MILLI, until + 10)  # the cashed part is held again
+    assert viewer.lane(viewer.address, chain.content_id, chain.seeder.address).amount == 2 * MILLI
+    assert viewer.guarantee(viewer.address, chain.content_id, chain.seeder.address).ceiling_wei == 3 * MILLI
+    assert viewer.deposit_of() == deposit - 5 * MILLI
+    with pytest.raises(ContractRevert, match="cannot cover"):
+        viewer.open_lanes(chain.content_id, payees, deposit, until + 10)
+    chain.assert_wallet_solvent()
+
+
+@pytest.mark.parametrize("payee", ["zero", "wallet", "registry"])
+def test_no_lane_and_no_payment_for_an_address_that_cannot_claim(chain: World, payee: str):
+    address = {"zero": "0x" + "00" * 20, "wallet": chain.base.deployment.wallet,
+               "registry": chain.base.deployment.registry}[payee]
+    with pytest.raises(ContractRevert, match="zero address or a project contract"):
+        chain.viewer.open_lanes(chain.content_id, [address], MILLI, lane_until(chain))
+    result = chain.seeder.cash([chain.viewer.sign_cheque(chain.content_id, address, MILLI)])
+    assert result.paid == 0 and result.rejected[0][1] == RejectReason.BAD_PAYEE
+
+
+def test_a_lane_must_be_held_long_enough_to_cash_against(chain: World):
+    with pytest.raises(ContractRevert, match="at least LANE_MIN_DURATION"):
+        chain.viewer.open_lanes(chain.content_id, [chain.seeder.address], MILLI,
+                                chain.base.timestamp() + chain.settings.lane_min_duration_s // 2)
+
+
 # -- re-entrancy ------------------------------------------------------------------------------
 
 MODE_WITHDRAW, MODE_CLAIM, MODE_REJECT = 1, 2, 4
@@ -347,8 +473,8 @@ def chain_deposit(chain: World) -> int:
 
 @pytest.mark.parametrize("share", [0, 1, 5_000, 9_999, 10_000])
 def test_the_split_rounds_in_the_creators_favour_and_loses_no_wei(chain: World, share: int):
-    cid = keccak(f"split {share}".encode())
-    chain.creator.register(cid, price_per_slice=1, seeder_share_bps=share, slice_count=10)
+    info, cid = fake_info(chain.creator.address, f"split {share}".encode())
+    chain.creator.register(info, price_per_slice=1, seeder_share_bps=share, slice_count=10)
     amounts = [1, 2, 3, 9_999, 10_001]
     total = 0
     for n, amount in enumerate(amounts):

@@ -41,7 +41,7 @@ def test_a_bought_range_is_answered_on_chain_and_opens(tmp_path):
                             PublishOptions(16 * 1024, terms=Terms(PRICE, 2_000)))
         torrent = done.torrent
         creator_chain = chain.with_account(creator.wallet)
-        creator_chain.register(torrent.info_hash, price_per_slice=PRICE, seeder_share_bps=2_000, slice_count=torrent.piece_count)
+        creator_chain.register(torrent.info_bytes, price_per_slice=PRICE, seeder_share_bps=2_000, slice_count=torrent.piece_count)
         agent = KeyAgent(chain.cheque_domain, AuditLog(tmp_path / "audit.log"), signing_key=creator.wallet_key)
         agent.offer(torrent, done.keys)
         responder = GrantResponder(creator_chain, agent)

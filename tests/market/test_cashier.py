@@ -1,6 +1,7 @@
 """The cashier on the embedded chain: batches once the threshold is passed, anchors the
 audit head, settles the rest on close; every wei signed ends up cashed and split."""
 
+from hashlib import sha256
 from dataclasses import replace
 
 import pytest
@@ -22,12 +23,19 @@ def chain():
     client.close()
 
 
+def info_naming(creator: str) -> tuple[bytes, bytes]:
+    """The smallest info dict laid out as a Veilstream torrent's, naming `creator`."""
+    info = b"d10:veilstreamd7:creator20:" + bytes.fromhex(creator[2:]) + b"13:creator nostr32:" + bytes(32) + \
+        b"8:key root32:" + bytes(32) + b"ee"
+    return info, sha256(info).digest()
+
+
 def test_threshold_batches_anchor_and_close(chain, tmp_path):
     creator, seeder, viewer = Account.create(), Account.create(), Account.create()
     for who in (creator, seeder, viewer):
         chain.dev.fund(who.address, ETHER)
-    content = bytes(range(32))
-    chain.with_account(creator).register(content, price_per_slice=PRICE, seeder_share_bps=2_500, slice_count=100)
+    info, content = info_naming(creator.address)
+    chain.with_account(creator).register(info, price_per_slice=PRICE, seeder_share_bps=2_500, slice_count=100)
     chain.with_account(viewer).deposit(ETHER // 10)
     settings = replace(MarketSettings(), cash_threshold_wei=5 * PRICE, audit_anchor_every_entries=2)
     cashier = Cashier(chain.with_account(seeder), ChequeLedger(tmp_path / "cheques.sqlite"), settings)

@@ -53,7 +53,7 @@ def world(tmp_path_factory):
     shutil.copy(done.ciphertext_path, tmp / "seeder" / done.torrent.name)
     torrent = done.torrent
     creator_chain = chain.with_account(creator.wallet)
-    creator_chain.register(torrent.info_hash, price_per_slice=PRICE, seeder_share_bps=SHARE_BPS, slice_count=torrent.piece_count)
+    creator_chain.register(torrent.info_bytes, price_per_slice=PRICE, seeder_share_bps=SHARE_BPS, slice_count=torrent.piece_count)
     agent = KeyAgent(chain.cheque_domain, AuditLog(tmp / "grants-audit.log"), signing_key=creator.wallet_key)
     agent.offer(torrent, done.keys)
     buyer_chain = chain.with_account(buyer)

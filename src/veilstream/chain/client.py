@@ -41,6 +41,8 @@ from veilstream.chain.errors import ChainError, ChainUnavailable, ContractRevert
 # Receipts come at once from an auto-mining node; a real chain may take a while.
 RECEIPT_TIMEOUT_S = 120.0
 RECEIPT_POLL_S = 0.05
+# Where the manifest starts in a Veilstream info dict (ContentRegistry.CREATOR_MARK).
+MANIFEST_MARK = b"10:veilstreamd7:creator20:"
 # Public RPC endpoints cap eth_getLogs ranges (10,000 blocks is a common limit).
 MAX_LOG_BLOCKS = 5_000
 RPC_TIMEOUT_S = 30
@@ -109,6 +111,7 @@ class ContentRecord:
     card_hash: bytes
     scheduled_seeder_share_bps: int | None
     share_effective_at: int | None
+    key_root: bytes = bytes(32)
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,27 @@ class Grant:
 class PendingWithdrawal:
     amount: int
     unlock_at: int
+
+
+@dataclass(frozen=True)
+class Guarantee:
+    """What the Wallet promises one payee of one viewer's cheques for one content:
+    cheques are paid up to `ceiling_wei` (cumulative, like the cheques) while the lane is
+    held, until `until` (unix s). No lane: a ceiling of what is already cashed."""
+
+    ceiling_wei: int
+    until: int
+    cashed_wei: int = 0
+
+    @property
+    def lane_wei(self) -> int:
+        return self.ceiling_wei - self.cashed_wei
+
+
+@dataclass(frozen=True)
+class Lane:
+    amount: int
+    until: int
 
 
 @dataclass(frozen=True)
@@ -352,7 +376,8 @@ class ChainClient:
             return receipt["contractAddress"]
 
         registry = create("ContentRegistry", settings.terms_delay_s)
-        wallet = create("Wallet", registry, settings.withdrawal_delay_s)
+        wallet = create("Wallet", registry, settings.withdrawal_delay_s, settings.withdrawal_window_s,
+                        settings.lane_min_duration_s)
         sales = create("AccessSales", registry, settings.key_deadline_s)
         anchor = create("Anchor")
         return Deployment(
@@ -442,7 +467,7 @@ class ChainClient:
 
     def register(
         self,
-        content_id: bytes | str,
+        info: bytes,
         *,
         price_per_slice: int,
         seeder_share_bps: int,
@@ -450,9 +475,16 @@ class ChainClient:
         card_hash: bytes = bytes(32),
         key_agent: str | None = None,
     ) -> Receipt:
+        """Register the content whose bencoded info dict is `info` (its SHA-256 is the
+        content id). The contract reads the creator out of the manifest in it and takes
+        the registration only from that address."""
+        manifest_at = bytes(info).rfind(MANIFEST_MARK)
+        if manifest_at < 0:
+            raise ChainError("not a Veilstream info dict: no manifest to prove the creator with")
         return self._send(
             self.registry.functions.register(
-                content_id_bytes(content_id),
+                bytes(info),
+                manifest_at,
                 checksum_address(key_agent) if key_agent else self.address,
                 int(price_per_slice),
                 int(seeder_share_bps),
@@ -482,7 +514,7 @@ class ChainClient:
         if int(creator, 16) == 0:
             return None
         share_now = self._view(self.registry.functions.seeder_share_bps(cid))
-        effective_at = int(raw[7])
+        effective_at = int(raw[8])
         scheduled = effective_at != 0 and effective_at > self.timestamp()
         return ContentRecord(
             content_id=cid,
@@ -492,7 +524,8 @@ class ChainClient:
             seeder_share_bps=int(share_now),
             slice_count=int(raw[4]),
             card_hash=bytes(raw[5]),
-            scheduled_seeder_share_bps=int(raw[6]) if scheduled else None,
+            key_root=bytes(raw[6]),
+            scheduled_seeder_share_bps=int(raw[7]) if scheduled else None,
             share_effective_at=effective_at if scheduled else None,
         )
 
@@ -520,11 +553,38 @@ class ChainClient:
         return PendingWithdrawal(int(amount), int(unlock_at)) if unlock_at else None
 
     def cheque_cover(self, viewer: str) -> int:
-        """What a payee may count on from `viewer`'s deposit: the deposit less any
-        withdrawal under way (cheques beyond it may bounce)."""
+        """The free part of `viewer`'s deposit less any withdrawal under way: what it can
+        still hold in lanes. (No payee counts on it: payees count on their lanes.)"""
         deposit = self.deposit_of(viewer)
         pending = self.pending_withdrawal(viewer)
         return max(0, deposit - (pending.amount if pending else 0))
+
+    def held_of(self, viewer: str | None = None) -> int:
+        """What `viewer`'s lanes hold together."""
+        who = checksum_address(viewer) if viewer else self.address
+        return self._view(self.wallet.functions.held(who))
+
+    def open_lanes(self, content_id: bytes | str, payees: Sequence[str], amount_wei: int, until: int) -> Receipt:
+        """Hold `amount_wei` of this account's deposit for each payee's cheques on the
+        content until `until` (topping up lanes that hold less)."""
+        fn = self.wallet.functions.open_lanes(
+            content_id_bytes(content_id), [checksum_address(p) for p in payees], int(amount_wei), int(until))
+        return self._send(fn)
+
+    def close_lane(self, content_id: bytes | str, payee: str) -> Receipt:
+        return self._send(self.wallet.functions.close_lane(content_id_bytes(content_id), checksum_address(payee)))
+
+    def lane(self, viewer: str, content_id: bytes | str, payee: str) -> Lane | None:
+        fn = self.wallet.functions.lanes(checksum_address(viewer), content_id_bytes(content_id), checksum_address(payee))
+        amount, until = self._view(fn)
+        return Lane(int(amount), int(until)) if until else None
+
+    def guarantee(self, viewer: str, content_id: bytes | str, payee: str) -> Guarantee:
+        """What the chain promises `payee` of `viewer`'s cheques for the content."""
+        cid, who, to = content_id_bytes(content_id), checksum_address(viewer), checksum_address(payee)
+        ceiling, until = self._view(self.wallet.functions.guarantee(who, cid, to))
+        cashed = self._view(self.wallet.functions.cashed(who, cid, to))
+        return Guarantee(int(ceiling), int(until), int(cashed))
 
     def sign_cheque(self, content_id: bytes | str, seeder: str, cumulative_amount: int) -> SignedCheque:
         """A cheque from this client's account (the viewer) in this deployment's domain."""

@@ -11,7 +11,7 @@ from eth_utils import is_address, to_checksum_address
 from veilstream.chain.embedded import atomic_write_text
 from veilstream.chain.errors import ChainError
 
-DEPLOYMENT_FORMAT = 1
+DEPLOYMENT_FORMAT = 2  # 2: lanes in the Wallet, proven registration
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,12 @@ class ChainSettings:
     # A viewer's withdrawal waits this long, so payees can cash outstanding cheques first
     # (Swarm's chequebook uses a similar hard deposit timeout, a day by default).
     withdrawal_delay_s: int = 24 * 3600
+    # An unlocked withdrawal must be executed within this long, or it lapses: payees need
+    # not watch for requests made long ago.
+    withdrawal_window_s: int = 7 * 24 * 3600
+    # A lane (part of a deposit held for one payee) is held at least this long, so a
+    # payee always has time to cash against it.
+    lane_min_duration_s: int = 2 * 3600
     # A bought grant waits this long for its key before the buyer may take the money back.
     key_deadline_s: int = 3600
     # A new seeder share applies this long after the creator sets it, so seeders can cash
@@ -28,12 +34,13 @@ class ChainSettings:
     terms_delay_s: int = 24 * 3600
 
     def __post_init__(self) -> None:
-        for name in ("withdrawal_delay_s", "key_deadline_s", "terms_delay_s"):
+        for name in ("withdrawal_delay_s", "withdrawal_window_s", "lane_min_duration_s", "key_deadline_s",
+                     "terms_delay_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ChainError(f"{name} must be a non-negative whole number of seconds")
-        if self.key_deadline_s == 0:
-            raise ChainError("key_deadline_s must be positive")
+        if self.key_deadline_s == 0 or self.withdrawal_window_s == 0:
+            raise ChainError("key_deadline_s and withdrawal_window_s must be positive")
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,9 @@ class Deployment:
     def from_json(cls, doc: dict) -> Deployment:
         try:
             if doc.get("format") != DEPLOYMENT_FORMAT:
-                raise ChainError(f"unknown deployment format {doc.get('format')!r}")
+                raise ChainError(
+                    f"the deployment is format {doc.get('format')!r}, this node needs {DEPLOYMENT_FORMAT}: its "
+                    "contracts are from another Veilstream version; start a new chain (move its directory aside)")
             return cls(
                 chain_id=int(doc["chain_id"]),
                 registry=doc["registry"],

@@ -154,7 +154,7 @@ async def run_network_demo(root: Path, seconds: float = 30.0, log: Callable[[str
     torrent = done.torrent
     report.content_id, report.slice_count = torrent.content_id, torrent.piece_count
     creator_chain = chain.with_account(creator.wallet)
-    creator_chain.register(torrent.info_hash, price_per_slice=DEMO_PRICE_WEI, seeder_share_bps=DEMO_SEEDER_SHARE_BPS,
+    creator_chain.register(torrent.info_bytes, price_per_slice=DEMO_PRICE_WEI, seeder_share_bps=DEMO_SEEDER_SHARE_BPS,
                            slice_count=torrent.piece_count)
     step("publish + register", f"{torrent.content_id[:16]}…, {torrent.piece_count} slices of 64 KiB, "
                                f"{DEMO_PRICE_WEI} wei/slice, seeder share {DEMO_SEEDER_SHARE_BPS / 100:g}%")

@@ -11,7 +11,15 @@
         - A cheque is never worth more than the deposit behind it: the rest is recorded as
           a shortfall and stays cashable if the viewer deposits again.
         - A withdrawal is time-locked (request, WITHDRAWAL_DELAY, execute) and cheques stay
-          cashable meanwhile; execute pays what is left at that moment.
+          cashable meanwhile; execute pays what is left at that moment, and only within
+          WITHDRAWAL_WINDOW after the lock ends: a request nobody acted on expires, so a
+          payee never has to watch for a withdrawal announced long ago.
+        - Credit needs a lane: `open_lanes` holds part of the deposit for one payee of one
+          content until a time. A cheque is paid from its payee's lane first, then from
+          the free deposit; nothing else can take what a lane holds (withdrawals take the
+          free deposit only, and a lane is closed only after its time). So a payee may
+          count on `guarantee()` = cashed + lane, whatever the viewer signs to anyone
+          else: one deposit is never promised to two payees.
         - In a batch, a bad cheque is logged and skipped, never reverted: nothing in the
           per-cheque path can revert (amounts are bounded by deposits, which are bounded
           by the ether supply).
@@ -39,8 +47,17 @@ struct PendingWithdrawal:
     amount: uint256
     unlock_at: uint256
 
+struct Lane:
+    # Wei held for one payee of one content; it pays that payee's cheques first.
+    amount: uint256
+    # Held until then (unix s); after it the viewer may close the lane.
+    until: uint256
+
 # Cheques per cash() call: bounds the loop (about 60k gas per cheque at worst).
 MAX_CHEQUES_PER_BATCH: constant(uint256) = 256
+# Lanes per open_lanes() call: the payees a viewer meets in one go (Filecoin caps a
+# payment channel's lanes per update in the same spirit).
+MAX_LANES_PER_CALL: constant(uint256) = 16
 BPS: constant(uint256) = 10_000
 # secp256k1 order / 2: signatures with a higher s are the malleable twin (EIP-2).
 SECP256K1_HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168
@@ -105,12 +122,32 @@ event Claimed:
     payee: indexed(address)
     amount: uint256
 
+event LaneOpened:
+    viewer: indexed(address)
+    content_id: indexed(bytes32)
+    payee: indexed(address)
+    amount: uint256
+    until: uint256
+
+event LaneClosed:
+    viewer: indexed(address)
+    content_id: indexed(bytes32)
+    payee: indexed(address)
+    amount: uint256
+
 REGISTRY: public(immutable(address))
 WITHDRAWAL_DELAY: public(immutable(uint256))
+WITHDRAWAL_WINDOW: public(immutable(uint256))
+LANE_MIN_DURATION: public(immutable(uint256))
 _CACHED_CHAIN_ID: immutable(uint256)
 _CACHED_DOMAIN_SEPARATOR: immutable(bytes32)
 
+# The free part of each viewer's deposit: what cheques fall back on and withdrawals take.
 deposits: public(HashMap[address, uint256])
+# viewer -> content id -> payee -> the lane held for that payee.
+lanes: public(HashMap[address, HashMap[bytes32, HashMap[address, Lane]]])
+# viewer -> what all its lanes hold together.
+held: public(HashMap[address, uint256])
 pending_withdrawals: public(HashMap[address, PendingWithdrawal])
 # viewer -> content id -> seeder -> cumulative amount already paid out.
 cashed: public(HashMap[address, HashMap[bytes32, HashMap[address, uint256]]])
@@ -120,10 +157,13 @@ earnings: public(HashMap[address, uint256])
 
 
 @deploy
-def __init__(registry: address, withdrawal_delay: uint256):
+def __init__(registry: address, withdrawal_delay: uint256, withdrawal_window: uint256, lane_min_duration: uint256):
     assert registry.is_contract, "wallet: registry is not a contract"
+    assert withdrawal_window > 0, "wallet: withdrawal window is zero"
     REGISTRY = registry
     WITHDRAWAL_DELAY = withdrawal_delay
+    WITHDRAWAL_WINDOW = withdrawal_window
+    LANE_MIN_DURATION = lane_min_duration
     _CACHED_CHAIN_ID = chain.id
     _CACHED_DOMAIN_SEPARATOR = self._build_domain_separator()
 
@@ -183,6 +223,13 @@ def _signed_by_viewer(c: Cheque, separator: bytes32) -> bool:
 
 
 @internal
+@view
+def _payable_payee(payee: address) -> bool:
+    # Earnings credited to the zero address, this wallet or the registry could never be claimed.
+    return payee != empty(address) and payee != self and payee != REGISTRY
+
+
+@internal
 def _reject(c: Cheque, reason: uint8):
     log ChequeRejected(
         viewer=c.viewer,
@@ -196,7 +243,7 @@ def _reject(c: Cheque, reason: uint8):
 @internal
 def _cash_one(c: Cheque, separator: bytes32) -> uint256:
     """@dev Never reverts: a bad cheque is logged and pays nothing."""
-    if c.seeder == empty(address) or c.seeder == self:
+    if not self._payable_payee(c.seeder):
         self._reject(c, REJECT_BAD_PAYEE)
         return 0
     already: uint256 = self.cashed[c.viewer][c.content_id][c.seeder]
@@ -216,14 +263,21 @@ def _cash_one(c: Cheque, separator: bytes32) -> uint256:
             return 0
 
     owed: uint256 = c.cumulative_amount - already
+    # The payee's lane first: it was held for exactly this; then the free deposit.
+    in_lane: uint256 = self.lanes[c.viewer][c.content_id][c.seeder].amount
+    from_lane: uint256 = min(owed, in_lane)
     available: uint256 = self.deposits[c.viewer]
-    paid: uint256 = min(owed, available)
-    # paid <= the viewer's deposit <= the ether supply, so none of this can overflow.
+    from_deposit: uint256 = min(owed - from_lane, available)
+    paid: uint256 = from_lane + from_deposit
+    # paid <= the viewer's deposit and lanes <= the ether supply, so none of this can overflow.
     seeder_part: uint256 = paid * share // BPS
     creator_part: uint256 = paid - seeder_part
 
     self.cashed[c.viewer][c.content_id][c.seeder] = already + paid
-    self.deposits[c.viewer] = available - paid
+    if from_lane != 0:
+        self.lanes[c.viewer][c.content_id][c.seeder].amount = in_lane - from_lane
+        self.held[c.viewer] -= from_lane
+    self.deposits[c.viewer] = available - from_deposit
     self.earnings[c.seeder] += seeder_part
     self.earnings[creator] += creator_part
 
@@ -298,6 +352,7 @@ def execute_withdrawal() -> uint256:
     request: PendingWithdrawal = self.pending_withdrawals[msg.sender]
     assert request.unlock_at != 0, "wallet: no withdrawal requested"
     assert block.timestamp >= request.unlock_at, "wallet: withdrawal is still time-locked"
+    assert block.timestamp <= request.unlock_at + WITHDRAWAL_WINDOW, "wallet: the withdrawal request expired; request it again"
     amount: uint256 = min(request.amount, self.deposits[msg.sender])
 
     self.pending_withdrawals[msg.sender] = empty(PendingWithdrawal)
@@ -307,6 +362,59 @@ def execute_withdrawal() -> uint256:
     if amount != 0:
         raw_call(msg.sender, b"", value=amount)
     return amount
+
+
+@external
+@nonreentrant
+def open_lanes(content_id: bytes32, payees: DynArray[address, MAX_LANES_PER_CALL], amount: uint256, until: uint256):
+    """
+    @notice Hold `amount` for each payee's cheques on this content until `until`: a lane
+            holding less is topped up from the free deposit, and its time is extended.
+            Calling again with the same arguments changes nothing.
+    """
+    assert until >= block.timestamp + LANE_MIN_DURATION, "wallet: a lane must be held at least LANE_MIN_DURATION"
+    available: uint256 = self.deposits[msg.sender]
+    added: uint256 = 0
+    for payee: address in payees:
+        assert self._payable_payee(payee), "wallet: no lane for the zero address or a project contract"
+        lane: Lane = self.lanes[msg.sender][content_id][payee]
+        assert until >= lane.until, "wallet: a lane cannot be shortened"
+        if lane.amount < amount:
+            top_up: uint256 = amount - lane.amount
+            assert top_up <= available, "wallet: the free deposit cannot cover these lanes"
+            available -= top_up
+            added += top_up
+            lane.amount = amount
+        lane.until = until
+        self.lanes[msg.sender][content_id][payee] = lane
+        log LaneOpened(viewer=msg.sender, content_id=content_id, payee=payee, amount=lane.amount, until=until)
+    self.deposits[msg.sender] = available
+    self.held[msg.sender] += added
+
+
+@external
+@nonreentrant
+def close_lane(content_id: bytes32, payee: address) -> uint256:
+    """@notice After its time, a lane's remainder goes back to the free deposit."""
+    lane: Lane = self.lanes[msg.sender][content_id][payee]
+    assert lane.until != 0, "wallet: no such lane"
+    assert block.timestamp >= lane.until, "wallet: the lane is held until its time"
+    self.lanes[msg.sender][content_id][payee] = empty(Lane)
+    self.held[msg.sender] -= lane.amount
+    self.deposits[msg.sender] += lane.amount
+    log LaneClosed(viewer=msg.sender, content_id=content_id, payee=payee, amount=lane.amount)
+    return lane.amount
+
+
+@external
+@view
+def guarantee(viewer: address, content_id: bytes32, payee: address) -> (uint256, uint256):
+    """
+    @notice (a cumulative amount, a time): cheques from `viewer` to `payee` for this
+            content are sure to be paid up to that amount if cashed before that time.
+    """
+    lane: Lane = self.lanes[viewer][content_id][payee]
+    return self.cashed[viewer][content_id][payee] + lane.amount, lane.until
 
 
 @external

@@ -83,7 +83,7 @@ def _serve(cid: str, vault, identity, client, keys: bool, listen: str, tracker: 
         record = client.content(torrent.info_hash)
         terms = torrent.manifest.terms
         if record is None:
-            client.register(torrent.info_hash, price_per_slice=terms.price_per_slice_wei,
+            client.register(torrent.info_bytes, price_per_slice=terms.price_per_slice_wei,
                             seeder_share_bps=terms.seeder_share_bps, slice_count=torrent.piece_count)
         elif record.price_per_slice != terms.price_per_slice_wei:
             raise MarketCommandError("the content is registered on chain with other terms than its manifest's")
