@@ -28,3 +28,40 @@ def sign(domain, viewer, content_id):
         cheque = Cheque(signer.address, content or content_id, seeder, amount)
         return (on_domain or domain).sign(signer, cheque)
     return make
+
+
+ETHER = 10**18
+
+
+@pytest.fixture(scope="session")
+def chain():
+    """One embedded chain for the market's tests: each test uses accounts of its own."""
+    from veilstream.chain.client import ChainClient
+
+    client = ChainClient.embedded(None)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def fund(chain):
+    """fund(account, deposit_wei=0): ether for gas, and a deposit in the Wallet."""
+    def make(account, deposit_wei: int = 0):
+        chain.dev.fund(account.address, ETHER)
+        if deposit_wei:
+            chain.with_account(account).deposit(deposit_wei)
+        return account
+    return make
+
+
+@pytest.fixture(scope="session")
+def register(chain, fund):
+    """register(done, creator): the published content on chain, by its creator."""
+    def make(done, creator):
+        fund(creator.wallet)
+        terms = done.torrent.manifest.terms
+        chain.with_account(creator.wallet).register(
+            done.torrent.info_bytes, price_per_slice=terms.price_per_slice_wei,
+            seeder_share_bps=terms.seeder_share_bps, slice_count=done.torrent.piece_count)
+        return done
+    return make

@@ -5,6 +5,7 @@ import os
 import pytest
 from eth_account import Account
 
+from veilstream.chain.client import Guarantee
 from veilstream.content import PublishOptions, Terms, WrongKeyError, publish_file
 from veilstream.content.keytree import TreeNode
 from veilstream.content.unseal import open_verified_slice, verify_range_keys
@@ -18,6 +19,8 @@ from veilstream.market.payer import BudgetExceeded, Payer
 PRICE = 10**12
 AGENT_KEY = bytes(range(1, 33))
 NOW = 1_700_000_000
+LANE = Guarantee(ceiling_wei=10**6 * PRICE, until=NOW + 10**6)  # what the chain promises a payee
+CHANNEL = ("test", 1)  # the connection a session belongs to
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +52,21 @@ def test_keys_are_released_against_cheques_and_decrypt(agent, published, domain)
     torrent, cid = done.torrent, done.torrent.info_hash
     wallet = Account.create()
     session = ViewerKeySession(wallet.key, cid, NOW + 600)
-    assert agent.on_session(session.offer) == wallet.address
+    assert agent.on_session(session.offer, CHANNEL) == wallet.address
     payer = Payer(wallet, domain, cid, PRICE, budget_wei=100 * PRICE)
     seeder = Account.create().address
+    assert agent.covers_wanted(wallet.address, cid) == [agent.creator_of(cid)]
+    agent.set_cover(wallet.address, cid, agent.creator_of(cid), LANE)
+    agent.set_cover(wallet.address, cid, seeder, LANE)
 
-    keys, delivery = open_delivery(session, torrent, agent.on_key_request(wallet.address, cid, 0, 2))  # the window
+    keys, delivery = open_delivery(session, torrent, agent.on_key_request(CHANNEL, cid, 0, 2))  # the window
     assert sorted(keys) == [0, 1] and delivery.metadata_key == done.keys.metadata_key
-    refused = agent.on_key_request(wallet.address, cid, 2, 3)
+    refused = agent.on_key_request(CHANNEL, cid, 2, 3)
     assert isinstance(refused, messages.MarketRefusal) and refused.code == messages.RefusalCode.PAYMENT_NEEDED
 
     for _ in range(5):
         agent.on_cheque(payer.pay_for_slice(seeder))
-    keys, _ = open_delivery(session, torrent, agent.on_key_request(wallet.address, cid, 2, 7))
+    keys, _ = open_delivery(session, torrent, agent.on_key_request(CHANNEL, cid, 2, 7))
     with open(done.ciphertext_path, "rb") as f:
         for i in range(2, 7):
             offset, length = torrent.manifest.slice_range(i)
@@ -72,10 +78,10 @@ def test_keys_are_released_against_cheques_and_decrypt(agent, published, domain)
 def test_requests_without_session_or_out_of_range_are_refused(agent, published):
     done, _ = published
     cid = done.torrent.info_hash
-    assert isinstance(agent.on_key_request("0x" + "00" * 20, cid, 0, 1), messages.MarketRefusal)
+    assert isinstance(agent.on_key_request(CHANNEL, cid, 0, 1), messages.MarketRefusal)
     wallet = Account.create()
-    agent.on_session(ViewerKeySession(wallet.key, cid, NOW + 60).offer)
-    answer = agent.on_key_request(wallet.address, cid, 0, done.torrent.piece_count + 1)
+    agent.on_session(ViewerKeySession(wallet.key, cid, NOW + 60).offer, CHANNEL)
+    answer = agent.on_key_request(CHANNEL, cid, 0, done.torrent.piece_count + 1)
     assert isinstance(answer, messages.MarketRefusal) and answer.code == messages.RefusalCode.BAD_REQUEST
     assert agent.audit.count == 0
 
@@ -86,8 +92,9 @@ def test_a_lying_agent_is_caught_by_the_viewer(agent, published, domain):
     torrent, cid = done.torrent, done.torrent.info_hash
     wallet = Account.create()
     session = ViewerKeySession(wallet.key, cid, NOW + 600)
-    agent.on_session(session.offer)
-    answer = agent.on_key_request(wallet.address, cid, 0, 2)
+    agent.on_session(session.offer, CHANNEL)
+    agent.set_cover(wallet.address, cid, agent.creator_of(cid), LANE)
+    answer = agent.on_key_request(CHANNEL, cid, 0, 2)
     delivery = messages.decode_delivery(session.open(answer.sealed))
     wrong = [TreeNode(h, j, os.urandom(32)) for h, j, _ in delivery.nodes]
     with pytest.raises(WrongKeyError):

@@ -14,6 +14,7 @@ from veilstream.identity import Identity, generate_mnemonic
 from veilstream.market import messages
 from veilstream.market.audit import AuditLog
 from veilstream.market.key_agent import KeyAgent
+from veilstream.market.lanes import LaneOpener
 from veilstream.market.service import MarketService
 from veilstream.market.settings import MarketSettings
 from veilstream.market.stream import PaidStream, StreamError, viewer_swarm_settings
@@ -34,13 +35,13 @@ def market_node(settings=None) -> SwarmNode:
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory):
+def published(tmp_path_factory, register):
     tmp = tmp_path_factory.mktemp("paid")
     plaintext = os.urandom(40 * (SLICE - 16) + 1234)
     (tmp / "movie.bin").write_bytes(plaintext)
     (tmp / "creator").mkdir()
     creator = Identity.from_mnemonic(generate_mnemonic())
-    done = publish_file(tmp / "movie.bin", tmp / "creator", creator, PublishOptions(SLICE, terms=Terms(PRICE, 2_500)))
+    done = register(publish_file(tmp / "movie.bin", tmp / "creator", creator, PublishOptions(SLICE, terms=Terms(PRICE, 2_500))), creator)
     seeder_dir = tmp / "seeder"
     seeder_dir.mkdir()
     shutil.copy(done.ciphertext_path, seeder_dir / done.torrent.name)
@@ -50,15 +51,17 @@ def published(tmp_path_factory):
 class Network:
     """Creator (seeds, sells keys), one key-less seeder, and the viewer's node."""
 
-    def __init__(self, published, domain, tmp_path, *, key_agent_class=KeyAgent, seeder_serves=True,
-                 market=MarketSettings(), viewer_settings=None, paid_before=None, seeder_wallet=None):
+    def __init__(self, published, chain, tmp_path, *, key_agent_class=KeyAgent, seeder_serves=True,
+                 market=MarketSettings(), viewer_settings=None, paid_before=None, seeder_wallet=None,
+                 released_floor=None):
         self.done, self.creator, self.plaintext, self.tmp = published
-        self.domain, self.tmp_path = domain, tmp_path
+        self.chain, self.domain, self.tmp_path = chain, chain.cheque_domain, tmp_path
         self.market = market
         self.key_agent_class, self.seeder_serves = key_agent_class, seeder_serves
         self.viewer_settings = viewer_settings
         self.paid_before = paid_before or {}  # payee → what each viewer paid it in earlier sessions
         self.seeder_wallet = seeder_wallet or Account.create()
+        self.released_floor = released_floor
 
     async def __aenter__(self):
         torrent = self.done.torrent
@@ -68,10 +71,11 @@ class Network:
             await node.__aenter__()
         creator_node, seeder_node, self.viewer_node = self.nodes
         agent = self.key_agent_class(self.domain, AuditLog(self.tmp_path / "audit.log"), self.market,
-                                     signing_key=self.creator.wallet_key)
+                                     signing_key=self.creator.wallet_key, released_floor=self.released_floor)
         agent.offer(torrent, self.done.keys)
         creator_content = creator_node.seed(PieceStore.for_seeding(torrent, self.done.ciphertext_path))
         self.creator_service = MarketService(creator_content, payee=self.creator.wallet_address, domain=self.domain,
+                                             cover_lookup=self.chain.guarantee,
                                              settings=self.market, key_agent=agent,
                                              paid_before=self._before(self.creator.wallet_address))
         self.agent = agent
@@ -79,6 +83,7 @@ class Network:
         if self.seeder_serves:
             seeder_content = seeder_node.seed(PieceStore.for_seeding(torrent, self.tmp / "seeder" / torrent.name))
             self.seeder_service = MarketService(seeder_content, payee=self.seeder_wallet.address, domain=self.domain,
+                                                cover_lookup=self.chain.guarantee,
                                                 settings=self.market, paid_before=self._before(self.seeder_wallet.address))
             self.seeders.append(seeder_node)
         return self
@@ -87,10 +92,15 @@ class Network:
         table = self.paid_before.get(payee, {})  # (a closure over the table only: not the whole network)
         return lambda viewer, content_id: table.get((viewer, content_id), 0)
 
-    def viewer(self, wallet, budget=10**18, stream_class=PaidStream, signed_before=None):
+    def viewer(self, wallet, budget=10**16, stream_class=PaidStream, signed_before=None, deposit=10**16):
+        """A viewer with `deposit` in the Wallet (if it has none yet)."""
+        if deposit and not self.chain.deposit_of(wallet.address) and not self.chain.held_of(wallet.address):
+            self.chain.dev.fund(wallet.address, 10**18)
+            self.chain.with_account(wallet).deposit(deposit)
         content = self.viewer_node.fetch(self.done.torrent, self.tmp_path / f"viewer-{os.urandom(4).hex()}")
         stream = stream_class(content, self.done.torrent, wallet=wallet, domain=self.domain, budget_wei=budget,
-                              settings=self.market, signed_before=signed_before)
+                              settings=self.market, signed_before=signed_before,
+                              lanes=LaneOpener(self.chain.with_account(wallet), self.market))
         for node in self.seeders:
             content.add_peer("127.0.0.1", node.listen_port)
         return stream
@@ -108,9 +118,9 @@ async def play(stream, start=0):
     return out
 
 
-def test_honest_stream_pays_each_slice_once_and_decrypts(published, domain, tmp_path):
+def test_honest_stream_pays_each_slice_once_and_decrypts(published, chain, tmp_path):
     async def scenario():
-        async with Network(published, domain, tmp_path) as net:
+        async with Network(published, chain, tmp_path) as net:
             wallet = Account.create()
             stream = net.viewer(wallet)
             got = await play(stream)
@@ -131,20 +141,21 @@ def test_honest_stream_pays_each_slice_once_and_decrypts(published, domain, tmp_
 
 
 @pytest.fixture(scope="module")
-def published_in_big_slices(tmp_path_factory):
+def published_in_big_slices(tmp_path_factory, register):
     """Slices of 16 blocks, so one slice could come from several seeders."""
     tmp = tmp_path_factory.mktemp("paid-big")
     plaintext = os.urandom(48 * (BIG_SLICE - 16) + 1234)
     (tmp / "movie.bin").write_bytes(plaintext)
     (tmp / "creator").mkdir()
     creator = Identity.from_mnemonic(generate_mnemonic())
-    done = publish_file(tmp / "movie.bin", tmp / "creator", creator, PublishOptions(BIG_SLICE, terms=Terms(PRICE, 2_500)))
+    done = register(publish_file(tmp / "movie.bin", tmp / "creator", creator,
+                                 PublishOptions(BIG_SLICE, terms=Terms(PRICE, 2_500))), creator)
     (tmp / "seeder").mkdir()
     shutil.copy(done.ciphertext_path, tmp / "seeder" / done.torrent.name)
     return done, creator, plaintext, tmp
 
 
-def test_gated_seeders_never_wait_on_each_other(published_in_big_slices, domain, tmp_path):
+def test_gated_seeders_never_wait_on_each_other(published_in_big_slices, chain, tmp_path):
     """With a one-slice window a seeder holds back everything past one unpaid slice. Were a
     slice's blocks split across seeders, each could sit on blocks of the other's slices
     while waiting for payment for its own: no slice would verify and nobody would be paid.
@@ -154,7 +165,7 @@ def test_gated_seeders_never_wait_on_each_other(published_in_big_slices, domain,
     patient = replace(SwarmSettings(), request_timeout_s=3600.0, deadline_rerequest_s=3600.0)
 
     async def scenario():
-        async with Network(published_in_big_slices, domain, tmp_path, market=market,
+        async with Network(published_in_big_slices, chain, tmp_path, market=market,
                            viewer_settings=viewer_swarm_settings(BIG_SLICE, market, patient)) as net:
             stream = net.viewer(Account.create())
             senders = []
@@ -171,9 +182,9 @@ def test_gated_seeders_never_wait_on_each_other(published_in_big_slices, domain,
     asyncio.run(scenario())
 
 
-def test_seek_starts_from_the_middle(published, domain, tmp_path):
+def test_seek_starts_from_the_middle(published, chain, tmp_path):
     async def scenario():
-        async with Network(published, domain, tmp_path) as net:
+        async with Network(published, chain, tmp_path) as net:
             stream = net.viewer(Account.create())
             n = net.done.torrent.piece_count
             got = await play(stream, start=n // 2)
@@ -192,7 +203,7 @@ class HoldingStream(PaidStream):
             super()._want_keys()
 
 
-def test_key_batching_never_holds_a_waiting_player_once_payments_stop_growing(published, domain, tmp_path):
+def test_key_batching_never_holds_a_waiting_player_once_payments_stop_growing(published, chain, tmp_path):
     """Keys are asked for in batches that the next payments widen. When the swarm has
     nothing more to deliver (here every peer lacks the later slices), payments stop
     growing: the waiting player must still get the keys of the slices it holds, after the
@@ -211,7 +222,7 @@ def test_key_batching_never_holds_a_waiting_player_once_payments_stop_growing(pu
 
     async def scenario():
         async with Network((replace(done, ciphertext_path=partial / done.torrent.name), creator, plaintext, partial),
-                           domain, tmp_path, market=market) as net:
+                           chain, tmp_path, market=market) as net:
             stream = net.viewer(Account.create(), stream_class=HoldingStream)
             fired, requests = [], []
             wait_over, send = stream._batch_wait_over, stream._send
@@ -246,9 +257,9 @@ class NonPayingStream(PaidStream):
         self.stats.slices_by_source["unpaid"] += 1
 
 
-def test_a_viewer_that_stops_paying_gets_at_most_the_window(published, domain, tmp_path):
+def test_a_viewer_that_stops_paying_gets_at_most_the_window(published, chain, tmp_path):
     async def scenario():
-        async with Network(published, domain, tmp_path) as net:
+        async with Network(published, chain, tmp_path) as net:
             stream = net.viewer(Account.create(), stream_class=NonPayingStream)
 
             async def consume():
@@ -283,7 +294,7 @@ class ReplayingStream(NonPayingStream):
                 self._send(event.conn, messages.ChequeMessage(cheque))
 
 
-def test_a_returning_viewer_continues_its_cheques_and_old_payments_buy_nothing_new(published, domain, tmp_path):
+def test_a_returning_viewer_continues_its_cheques_and_old_payments_buy_nothing_new(published, chain, tmp_path):
     """Cheques are cumulative across sessions. The viewer's next session continues its
     counters (or the Wallet would take the new amounts as already cashed); the seeders'
     books start from what they were paid before and the key agent's from its audit log,
@@ -292,7 +303,7 @@ def test_a_returning_viewer_continues_its_cheques_and_old_payments_buy_nothing_n
     window = MarketSettings().credit_window_slices
 
     async def first_session():
-        async with Network(published, domain, tmp_path, seeder_wallet=seeder_wallet) as net:
+        async with Network(published, chain, tmp_path, seeder_wallet=seeder_wallet) as net:
             stream = net.viewer(wallet)
             async with asyncio.timeout(TIMEOUT_S):
                 async for index, _ in stream.slices(0):
@@ -312,7 +323,7 @@ def test_a_returning_viewer_continues_its_cheques_and_old_payments_buy_nothing_n
 
     async def second_session(stream_class):
         # the same seeders and the same audit log (a new key agent reads it back)
-        async with Network(published, domain, tmp_path, seeder_wallet=seeder_wallet, paid_before=paid) as net:
+        async with Network(published, chain, tmp_path, seeder_wallet=seeder_wallet, paid_before=paid) as net:
             content_id = net.done.torrent.info_hash
             stream = net.viewer(wallet, stream_class=stream_class,
                                 signed_before=lambda cid, seeder: signed.get(seeder, 0) if cid == content_id else 0)
@@ -350,9 +361,9 @@ class LyingKeyAgent(KeyAgent):
         self._offerings[torrent.info_hash].keys = ContentKeys.derive(os.urandom(32), torrent.manifest.salt, torrent.piece_count)
 
 
-def test_wrong_keys_are_caught_and_kept_as_evidence(published, domain, tmp_path):
+def test_wrong_keys_are_caught_and_kept_as_evidence(published, chain, tmp_path):
     async def scenario():
-        async with Network(published, domain, tmp_path, key_agent_class=LyingKeyAgent) as net:
+        async with Network(published, chain, tmp_path, key_agent_class=LyingKeyAgent) as net:
             stream = net.viewer(Account.create())
             with pytest.raises(StreamError, match="commitments"):
                 await play(stream)
@@ -388,12 +399,12 @@ class UnsigningLyingKeyAgent(LyingKeyAgent, UnsigningKeyAgent):
     pass
 
 
-def test_right_keys_need_no_signature_but_wrong_unsigned_ones_cost_the_agent_its_trust(published, domain, tmp_path):
+def test_right_keys_need_no_signature_but_wrong_unsigned_ones_cost_the_agent_its_trust(published, chain, tmp_path):
     async def scenario():
-        async with Network(published, domain, tmp_path, key_agent_class=UnsigningKeyAgent) as net:
+        async with Network(published, chain, tmp_path, key_agent_class=UnsigningKeyAgent) as net:
             got = await play(net.viewer(Account.create()))  # the commitments vouch for the keys
             assert b"".join(got[i] for i in range(net.done.torrent.piece_count)) == net.plaintext
-        async with Network(published, domain, tmp_path, key_agent_class=UnsigningLyingKeyAgent) as net:
+        async with Network(published, chain, tmp_path, key_agent_class=UnsigningLyingKeyAgent) as net:
             stream = net.viewer(Account.create())
             with pytest.raises(StreamError, match="commitments"):
                 await play(stream)
@@ -401,9 +412,9 @@ def test_right_keys_need_no_signature_but_wrong_unsigned_ones_cost_the_agent_its
     asyncio.run(scenario())
 
 
-def test_the_budget_caps_what_a_viewer_signs(published, domain, tmp_path):
+def test_the_budget_caps_what_a_viewer_signs(published, chain, tmp_path):
     async def scenario():
-        async with Network(published, domain, tmp_path) as net:
+        async with Network(published, chain, tmp_path) as net:
             stream = net.viewer(Account.create(), budget=5 * PRICE)
             with pytest.raises(StreamError, match="budget"):
                 await play(stream)
@@ -411,7 +422,7 @@ def test_the_budget_caps_what_a_viewer_signs(published, domain, tmp_path):
     asyncio.run(scenario())
 
 
-def test_a_seeder_sending_garbage_is_banned_and_never_paid(published, domain, tmp_path):
+def test_a_seeder_sending_garbage_is_banned_and_never_paid(published, chain, tmp_path):
     """The key-less seeder's copy is corrupted in every slice: each bad piece it sends fails
     its Merkle check, it is banned, the viewer finishes from the creator, and no cheque
     ever names the liar."""
@@ -424,13 +435,14 @@ def test_a_seeder_sending_garbage_is_banned_and_never_paid(published, domain, tm
     (liar_copy / done.torrent.name).write_bytes(bytes(raw))
 
     async def scenario():
-        async with Network(published, domain, tmp_path, seeder_serves=False) as net:
+        async with Network(published, chain, tmp_path, seeder_serves=False) as net:
             liar_node = net.nodes[1]
             # seed the corrupt copy without the store's start-up check, as a lying peer would
             path = liar_copy / done.torrent.name
             store = PieceStore(done.torrent, path, final_path=path, resume_path=None,
                                have=bytearray([1]) * done.torrent.piece_count)
-            liar_service = MarketService(liar_node.seed(store), payee=net.seeder_wallet.address, domain=domain)
+            liar_service = MarketService(liar_node.seed(store), payee=net.seeder_wallet.address, domain=chain.cheque_domain,
+                                          cover_lookup=chain.guarantee)
             net.seeders.append(liar_node)
             stream = net.viewer(Account.create())
             got = await play(stream)
@@ -477,13 +489,13 @@ def _reachable_bytes(*roots, limit=200_000):
     return found
 
 
-def test_a_seeders_disk_and_memory_hold_no_plaintext_or_keys(published, domain, tmp_path):
+def test_a_seeders_disk_and_memory_hold_no_plaintext_or_keys(published, chain, tmp_path):
     done, _, plaintext, tmp = published
     keys = [done.keys.tree_root.key, done.keys.metadata_key] + [done.keys.tree_root.leaf_key(i) for i in range(done.torrent.piece_count)]
     probes = [plaintext[i : i + 48] for i in range(0, len(plaintext) - 48, 4096)]
 
     async def scenario():
-        async with Network(published, domain, tmp_path) as net:
+        async with Network(published, chain, tmp_path) as net:
             stream = net.viewer(Account.create())
             await play(stream)
             seeder_state = _reachable_bytes(net.seeder_service, net.nodes[1])

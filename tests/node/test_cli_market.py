@@ -79,7 +79,8 @@ def test_serve_play_earn_across_processes(tmp_path):
         ok(veil(viewer, "wallet", "faucet", "1", *chain))
         ok(veil(viewer, "wallet", "deposit", "0.1", *chain))
 
-        server, banner = start(creator, "serve", cid, "--keys", *chain, ready="magnet ")
+        # the creator also seeds its ciphertext to plain peers (a new seeder or a buyer fetches it)
+        server, banner = start(creator, "serve", cid, "--keys", "--serve-plain", *chain, ready="magnet ")
         address = re.search(r"serving [0-9a-f]{64} on ([\d.]+:\d+)", banner)[1]
         magnet = re.search(r"magnet (\S+)", banner)[1]
 

@@ -582,8 +582,7 @@ class ChainClient:
     def guarantee(self, viewer: str, content_id: bytes | str, payee: str) -> Guarantee:
         """What the chain promises `payee` of `viewer`'s cheques for the content."""
         cid, who, to = content_id_bytes(content_id), checksum_address(viewer), checksum_address(payee)
-        ceiling, until = self._view(self.wallet.functions.guarantee(who, cid, to))
-        cashed = self._view(self.wallet.functions.cashed(who, cid, to))
+        ceiling, until, cashed = self._view(self.wallet.functions.guarantee(who, cid, to))
         return Guarantee(int(ceiling), int(until), int(cashed))
 
     def sign_cheque(self, content_id: bytes | str, seeder: str, cumulative_amount: int) -> SignedCheque:

@@ -32,6 +32,11 @@ def _hkdf(seed: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"veilstream", info=info).derive(seed)
 
 
+def evm_address_of_key(private_key: bytes) -> str:
+    """The address of a secp256k1 private key."""
+    return evm_address(coincurve.PrivateKey(private_key).public_key.format(compressed=False)[1:])
+
+
 def evm_address(public_key_xy: bytes) -> str:
     """EIP-55 checksummed address of a 64-byte uncompressed secp256k1 public key."""
     from eth_hash.auto import keccak

@@ -5,6 +5,10 @@ history; the agent anchors the head on chain now and then (the `Anchor` contract
 which no past release can be hidden or rewritten without the anchor disagreeing. Entries
 are JSON lines, fsynced before a release is acknowledged; a torn last line left by a crash
 (never acknowledged) is dropped when the log is opened.
+
+A log cut short at a line boundary, or an older copy restored, reads as a valid shorter
+history: only something outside it can tell. So a log is opened against the latest head
+anchored on chain (`anchored_head`) and refused if that head is not in it.
 """
 
 from __future__ import annotations
@@ -51,12 +55,17 @@ def _entry_hash(previous: bytes, seq: int, release: Release) -> bytes:
 
 
 class AuditLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, anchored_head: bytes | None = None) -> None:
         self.path = Path(path)
         self.head = GENESIS
         self.count = 0
         self._by_viewer: dict[tuple[str, str], list[Release]] = {}  # (viewer, content id hex) → its releases
+        self._heads: set[bytes] = {GENESIS}
         self._load()
+        if anchored_head is not None and anchored_head not in self._heads:
+            raise AuditLogError(
+                f"audit log {self.path} is behind its on-chain anchor ({anchored_head.hex()[:16]}… is not in it): "
+                "it was cut short or an older copy was restored; restore the newest copy before selling keys")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "ab")
 
@@ -77,6 +86,7 @@ class AuditLog:
             if seq != self.count or _entry_hash(self.head, seq, release) != recorded:
                 raise AuditLogError(f"audit log {self.path} breaks its hash chain at entry {self.count}")
             self.head, self.count = recorded, self.count + 1
+            self._heads.add(recorded)
             self._index(release)
             good_bytes += len(line) + 1
         if torn:  # a crash mid-append: that release was never acknowledged
@@ -94,6 +104,7 @@ class AuditLog:
         self._file.flush()
         _sync_data(self._file.fileno())
         self.head, self.count = digest, self.count + 1
+        self._heads.add(digest)
         self._index(release)
         return digest
 

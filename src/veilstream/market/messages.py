@@ -35,6 +35,7 @@ class Terms:
     chain_id: int
     wallet_contract: bytes  # 20 bytes: cheques are signed for this Wallet contract
     serves_keys: bool = False
+    key_agent: bytes = b""  # 20 bytes when `serves_keys`: the address that signs its key deliveries
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,11 @@ class GrantClaim:
 
 
 @dataclass(frozen=True)
+class LanesOpened:
+    """The viewer has (re)opened lanes in the Wallet: look up this payee's cover again."""
+
+
+@dataclass(frozen=True)
 class MarketRefusal:
     """The peer refused a request; `code` says which kind, `text` says why."""
 
@@ -83,9 +89,11 @@ class RefusalCode:
     NO_KEYS = 3
     BAD_REQUEST = 4
     GRANT_REFUSED = 5  # this seeder does not honour the grant: pay it as for any slice
+    SESSION_EXPIRED = 6  # the key session ran out: offer a fresh one and ask again
+    NO_COVER = 7  # no lane holds the viewer's deposit for this payee: open one, then say so
 
 
-Message = Terms | ChequeMessage | SessionMessage | KeyRequest | SealedKeys | GrantClaim | MarketRefusal
+Message = Terms | ChequeMessage | SessionMessage | KeyRequest | SealedKeys | GrantClaim | LanesOpened | MarketRefusal
 
 
 def encode(message: Message) -> bytes:
@@ -99,6 +107,8 @@ def encode(message: Message) -> bytes:
                      b"share": message.seeder_share_bps, b"payee": message.payee,
                      b"window": message.credit_window_slices, b"chain": message.chain_id,
                      b"wallet": message.wallet_contract, b"keys": int(message.serves_keys)}
+            if message.key_agent:
+                body[b"agent"] = message.key_agent
         case ChequeMessage():
             body |= {b"t": b"cheque", b"c": message.cheque.to_bytes()}
         case SessionMessage():
@@ -112,6 +122,8 @@ def encode(message: Message) -> bytes:
                      b"sig": message.signature}
         case GrantClaim():
             body |= {b"t": b"grants", b"ids": list(message.grant_ids)}
+        case LanesOpened():
+            body |= {b"t": b"lanes"}
         case MarketRefusal():
             body |= {b"t": b"refusal", b"code": message.code, b"text": message.text.encode()[:MAX_ERROR_TEXT_BYTES]}
         case _:
@@ -141,6 +153,7 @@ def decode(payload: bytes) -> Message:
             chain_id=fields.int(b"chain", 2**64),
             wallet_contract=fields.raw(b"wallet", 20),
             serves_keys=bool(fields.int(b"keys", 1)),
+            key_agent=fields.raw(b"agent", 20) if b"agent" in body else b"",
         )
     if kind == b"cheque":
         try:
@@ -169,6 +182,8 @@ def decode(payload: bytes) -> Message:
                 or not all(isinstance(i, int) and 0 <= i < 2**256 for i in ids)):
             raise MarketProtocolError("a grant claim needs 1 to 64 grant ids")
         return GrantClaim(tuple(ids))
+    if kind == b"lanes":
+        return LanesOpened()
     if kind == b"refusal":
         return MarketRefusal(fields.int(b"code", 255), fields.bytes(b"text", MAX_ERROR_TEXT_BYTES).decode(errors="replace"))
     raise MarketProtocolError(f"unknown market message type {kind!r}")

@@ -64,6 +64,10 @@ class Payer:
             self._before[key] = self.signed_before(content_id, seeder) if self.signed_before else 0
         return self._before[key]
 
+    def signed_before_for(self, content_id: bytes, seeder: str) -> int:
+        """What earlier sessions signed `seeder` on this counter (read once, then kept)."""
+        return self._previous(content_id, seeder)
+
     def pay_for_slice(self, seeder: str) -> SignedCheque:
         """The next cheque to `seeder`: what was signed before plus one slice."""
         return self.pay(seeder, self.price_wei)

@@ -4,9 +4,15 @@ the playhead, check them, decrypt, and hand out plaintext in order.
 Payment follows delivery: when a slice verifies, the peer that delivered most of it gets a
 cheque raised by one price (a plain BitTorrent peer's slices are paid to the creator); the
 key agent, whose books sum cheques over seeders, is shown the newest of them with each
-key request. Keys come sealed to this stream's ephemeral session key and are checked
-against the manifest's key commitments before use; a wrong delivery is kept as evidence
-and the keys are asked of another agent. Closing the stream forgets the session key.
+key request. Payees extend credit only against a lane of the viewer's deposit held for
+them on chain, so the stream opens one (`LaneOpener`) for the creator at once and for
+every seeder as it meets it, and tells the seeder when it holds. Keys come sealed to this
+stream's ephemeral session key and are checked against the manifest's key commitments
+before use; a wrong delivery is kept as evidence and the keys are asked of another agent.
+The registered key agent is asked first; an agent that answers nothing in
+`key_request_timeout_s`, or keeps refusing what is paid for, is passed over, and when no
+agent is left the stream fails with a message that says so. The session key is renewed
+before it expires; closing the stream forgets it.
 
 A viewer holding on-chain grants (slices bought whole, the creator paid on chain) says so
 to every seeder, uses the keys it was issued for those slices, and pays seeders only their
@@ -30,9 +36,10 @@ from veilstream.content.crypto import open_slice, open_slice_into
 from veilstream.content.keytree import TreeNode
 from veilstream.content.unseal import verify_range_keys
 from veilstream.market import messages
-from veilstream.market.credit import seeder_part_wei
+from veilstream.market.credit import DIRECT_CONTENT_ID, seeder_part_wei
 from veilstream.market.errors import MarketError, MarketProtocolError, PaymentRefused
 from veilstream.market.key_session import ViewerKeySession, delivery_signer
+from veilstream.market.lanes import LaneOpener, NoCover
 from veilstream.market.payer import Payer
 from veilstream.market.settings import MarketSettings
 from veilstream.content.merkle import BLOCK_SIZE
@@ -71,6 +78,11 @@ class _Source:
     terms: messages.Terms | None = None  # None: a plain BitTorrent peer (or not yet said)
     speaks_market: bool = False
     refuses_grants: bool = False  # it charges granted slices in full
+    refusals: int = 0  # key requests it refused in a row
+
+    @property
+    def payee(self) -> str | None:
+        return _checksum(self.terms.payee) if self.terms is not None else None
 
 
 @dataclass(frozen=True)
@@ -125,6 +137,8 @@ class PaidStream:
         settings: MarketSettings = MarketSettings(),
         grants: HeldGrants | None = None,
         signed_before: Callable[[bytes, str], int] | None = None,
+        lanes: LaneOpener | None = None,
+        key_agent: str | None = None,
     ) -> None:
         self.content = content
         self.torrent = torrent
@@ -133,7 +147,15 @@ class PaidStream:
         self.creator = _checksum(self.manifest.creator_address)
         self.payer = Payer(wallet, domain, torrent.info_hash, self.manifest.terms.price_per_slice_wei, budget_wei,
                            signed_before, sign_ahead=7)
+        self._wallet = wallet
         self.session = ViewerKeySession(wallet.key, torrent.info_hash, int(time.time()) + settings.key_session_ttl_s)
+        self._old_sessions: list[ViewerKeySession] = []  # renewed: kept to open deliveries already sealed to them
+        self.lanes = lanes
+        self.key_agent = _checksum_text(key_agent) if key_agent else None  # the agent registered on chain
+        self._laned: dict[bytes, set[str]] = {}  # content id (or the direct id) → payees holding a lane
+        self._lane_wanted: dict[bytes, set[str]] = {}
+        self._lane_job: asyncio.Future | None = None
+        self._lane_job_payees: tuple[bytes, frozenset[str]] = (b"", frozenset())
         self.stats = StreamStats()
         self.on_cheque_signed: Callable[[SignedCheque], None] | None = None  # e.g. keep it durably before it goes out
         self.evidence: list[Evidence] = []
@@ -155,6 +177,7 @@ class PaidStream:
         self._keys_changed = asyncio.Event()
         self._distrusted: set[int] = set()
         self._key_request: tuple[int, int, int] | None = None  # (conn, first, end) in flight
+        self._key_timer: asyncio.TimerHandle | None = None
         self._shown: dict[int, dict[str, int]] = {}  # conn → seeder → the newest amount it was sent
         self._playhead = 0
         self._failure: StreamError | None = None
@@ -168,6 +191,9 @@ class PaidStream:
         """(index, plaintext) from slice `start` on, in order; `seek` restarts elsewhere.
         With `reuse`, every plaintext is a view of one buffer, valid until the next slice is
         asked for: for a consumer that writes each slice out at once (a file, a decoder)."""
+        if self.manifest.terms.price_per_slice_wei and self.lanes is None:
+            raise StreamError("paid content needs a chain to hold lanes of the deposit on; none was given")
+        self._want_lane(self.torrent.info_hash, self.creator)  # the creator's node and plain peers' slices
         self.seek(start)
         index = start
         out = bytearray(self.manifest.piece_length) if reuse else None
@@ -203,10 +229,13 @@ class PaidStream:
         return self.manifest.metadata(self.metadata_key)
 
     def close(self) -> None:
-        if self._batch_timer is not None:
-            self._batch_timer.cancel()
-            self._batch_timer = None
+        for timer in (self._batch_timer, self._key_timer):
+            if timer is not None:
+                timer.cancel()
+        self._batch_timer = self._key_timer = None
         self.session.close()
+        for old in self._old_sessions:
+            old.close()
 
     async def _unless_failed(self, awaitable):
         """Await `awaitable`, unless the stream fails first (then raise the failure)."""
@@ -244,8 +273,17 @@ class PaidStream:
         return index in self._keys or (self.grants is not None and self.grants.covers(index))
 
     def _key_agents(self) -> list[int]:
-        return [conn for conn, s in self._sources.items()
-                if s.terms is not None and s.terms.serves_keys and conn not in self._distrusted]
+        """Peers that sell keys and have not lost our trust, the registered agent first."""
+        agents = [conn for conn, s in self._sources.items()
+                  if s.terms is not None and s.terms.serves_keys and conn not in self._distrusted]
+        return sorted(agents, key=lambda conn: self._claims_registered_agent(conn) is not True)
+
+    def _claims_registered_agent(self, conn: int) -> bool | None:
+        """Does the peer say it is the registered key agent? None: no agent is registered."""
+        if self.key_agent is None:
+            return None
+        terms = self._sources[conn].terms
+        return bool(terms and terms.key_agent) and _checksum(terms.key_agent) == self.key_agent
 
     def _want_keys(self) -> None:
         if self._key_request is not None:
@@ -269,6 +307,8 @@ class PaidStream:
         agents = self._key_agents()
         if end <= first or not agents:
             return
+        if price and self.lanes is not None and not self._laned.get(self.torrent.info_hash):
+            return  # no lane yet: the agent could count nothing; asked once the first lane holds
         # Keys come in batches: each delivery costs both sides a key exchange, a proof and
         # a round trip. A batch is half the lookahead, but no more than the keys bought
         # since the start or the seek (so it starts at one key and doubles: a player
@@ -290,9 +330,111 @@ class PaidStream:
             self._batch_timer = None
         self._batch_waited = False
         conn = agents[0]
+        self._renew_session_if_due()
         self._key_request = (conn, first, end)
         self._show_cheques(conn)
         self._send(conn, messages.KeyRequest(first, end))
+        self._key_timer = asyncio.get_running_loop().call_later(
+            self.settings.key_request_timeout_s, self._key_request_timed_out, conn, first, end)
+
+    def _key_request_timed_out(self, conn: int, first: int, end: int) -> None:
+        self._key_timer = None
+        if self._key_request != (conn, first, end):
+            return
+        log.warning("key agent %s answered nothing in %.1f s; asking another", conn, self.settings.key_request_timeout_s)
+        self._pass_over(conn, f"the key agent answered nothing in {self.settings.key_request_timeout_s:g} s")
+
+    def _pass_over(self, conn: int, why: str) -> None:
+        """Stop asking `conn` for keys; ask another agent, or fail if none is left."""
+        self._distrusted.add(conn)
+        if self._key_request is not None and self._key_request[0] == conn:
+            self._end_key_request()
+        if not self._key_agents():
+            self._fail(StreamError(f"no key agent left to buy keys from: {why}"))
+            return
+        self._want_keys()
+
+    def _end_key_request(self) -> None:
+        self._key_request = None
+        if self._key_timer is not None:
+            self._key_timer.cancel()
+            self._key_timer = None
+
+    def _renew_session_if_due(self) -> None:
+        if time.time() >= self.session.offer.expires_at - self.settings.key_session_renew_s:
+            self.session = self._renewed_now()
+
+    # -- lanes --------------------------------------------------------------------------
+    def _want_lane(self, content_id: bytes, payee: str) -> None:
+        if self.lanes is None or not self.manifest.terms.price_per_slice_wei:
+            return
+        if payee in self._laned.get(content_id, ()):
+            return
+        self._lane_wanted.setdefault(content_id, set()).add(payee)
+        self._open_lanes()
+
+    def _lanes_coming(self) -> set[tuple[bytes, str]]:
+        content_id, payees = self._lane_job_payees
+        coming = {(content_id, p) for p in payees}
+        return coming | {(c, p) for c, wanted in self._lane_wanted.items() for p in wanted}
+
+    def _lane_want_wei(self, content_id: bytes) -> int:
+        """What one payee may end up being paid this session: the budget, or the whole
+        content's price if less (a seeder that honours no grant is paid in full for
+        granted slices too); for direct cheques, the seeders' part of the granted slices."""
+        terms = self.manifest.terms
+        if content_id == DIRECT_CONTENT_ID:
+            granted = sum(1 for i in range(self.manifest.slice_count) if self.grants.covers(i))
+            cost = seeder_part_wei(terms) * granted
+        else:
+            cost = terms.price_per_slice_wei * self.manifest.slice_count
+        return max(1, min(self.payer.budget_wei, cost))
+
+    def _open_lanes(self) -> None:
+        if self._lane_job is not None or not any(self._lane_wanted.values()):
+            return
+        content_id = next(c for c, wanted in self._lane_wanted.items() if wanted)
+        payees = sorted(self._lane_wanted[content_id])[:16]  # Wallet.MAX_LANES_PER_CALL
+        self._lane_wanted[content_id].difference_update(payees)
+        self._lane_job_payees = (content_id, frozenset(payees))
+        opener, want = self.lanes, self._lane_want_wei(content_id)
+        before = {payee: self.payer.signed_before_for(content_id, payee) for payee in payees}  # drawn on the same lane
+        self._lane_job = asyncio.get_running_loop().run_in_executor(
+            None, opener.open, content_id, payees, want, before.__getitem__)
+
+        def opened(done: asyncio.Future) -> None:
+            self._lane_job = None
+            self._lane_job_payees = (b"", frozenset())
+            if done.cancelled():
+                return
+            error = done.exception()
+            if error is not None:
+                log.warning("%s", error)
+                if not isinstance(error, NoCover):
+                    self._fail(StreamError(f"lanes could not be opened: {error}"))
+                elif not any(self._laned.values()):
+                    self._fail(StreamError(str(error)))
+                self._open_lanes()
+                return
+            got = set(done.result())
+            self._laned.setdefault(content_id, set()).update(got)
+            for conn, source in self._sources.items():
+                if source.payee in got:
+                    self._send(conn, messages.LanesOpened())
+                source.refusals = 0  # refusals before a lane held were no fault of the agent's
+            self._open_lanes()
+            self._want_keys()
+
+        self._lane_job.add_done_callback(opened)
+
+    def _open_sealed(self, sealed: bytes) -> bytes:
+        """Open a delivery with this session's key, or a renewed one's (sealed before the renewal)."""
+        for session in (self.session, *self._old_sessions):
+            try:
+                return session.open(sealed)
+            except (PaymentRefused, MarketError):
+                continue
+        raise PaymentRefused("a key delivery does not open with this stream's session keys")
 
     def _batch_wait_over(self) -> None:
         self._batch_timer = None
@@ -306,9 +448,9 @@ class PaidStream:
         still costs the agent our trust)."""
         if self._key_request is None or self._key_request[0] != conn:
             return  # unasked: ignore
-        self._key_request = None
+        self._end_key_request()
         try:
-            delivery = messages.decode_delivery(self.session.open(message.sealed))
+            delivery = messages.decode_delivery(self._open_sealed(message.sealed))
             nodes = [TreeNode(h, j, k) for h, j, k in delivery.nodes]
             keys = verify_range_keys(self.torrent, nodes, list(delivery.proof))
             if min(keys) != message.first or max(keys) + 1 != message.end:
@@ -331,6 +473,19 @@ class PaidStream:
                 self._fail(StreamError(f"the key agent sent keys that fail their commitments ({exc}); no other agent"))
             self._want_keys()
             return
+        source = self._sources.get(conn)
+        if source is not None:
+            source.refusals = 0
+        if self._claims_registered_agent(conn):
+            try:
+                signer = delivery_signer(self.torrent.info_hash, message.first, message.end, message.sealed,
+                                         message.signature)
+            except PaymentRefused:
+                signer = None
+            if signer != self.key_agent:  # right keys, but it is not who it says: ask the real one next
+                log.warning("peer %s claims to be the registered key agent but its deliveries are signed by %s",
+                            conn, signer)
+                self._distrusted.add(conn)
         if delivery.metadata_key is not None and self.metadata_key is None:
             self.metadata_key = delivery.metadata_key
         new_keys = sum(1 for index in keys if index not in self._keys)
@@ -433,6 +588,9 @@ class PaidStream:
                     log.info("peer %s prices on another chain or wallet; treated as a plain peer", event.conn)
                     return
                 source.terms = message
+                self._want_lane(self.torrent.info_hash, source.payee)
+                if self.grants is not None:
+                    self._want_lane(DIRECT_CONTENT_ID, source.payee)
                 self._want_keys()
             case messages.SealedKeys():
                 self._on_keys(event.conn, message)
@@ -441,11 +599,33 @@ class PaidStream:
                 if code == messages.RefusalCode.GRANT_REFUSED:
                     source.refuses_grants = True
                     return
+                if code == messages.RefusalCode.NO_COVER:
+                    content_id, payee = self.torrent.info_hash, source.payee
+                    if payee in self._laned.get(content_id, ()):
+                        self._send(event.conn, messages.LanesOpened())  # it looked before our lane was in
+                    elif payee is not None and (content_id, payee) not in self._lanes_coming():
+                        self._want_lane(content_id, payee)
+                    return
                 if self._key_request is not None and self._key_request[0] == event.conn:
-                    self._key_request = None  # asked too early: asked again after the next payment
-                    if code != messages.RefusalCode.PAYMENT_NEEDED:
-                        self._distrusted.add(event.conn)
+                    self._end_key_request()
+                    if code == messages.RefusalCode.SESSION_EXPIRED:
+                        self.session = self._renewed_now()
                         self._want_keys()
+                    elif code == messages.RefusalCode.PAYMENT_NEEDED:
+                        source.refusals += 1  # asked again after the next payment, a few times
+                        if source.refusals >= self.settings.key_refusals_while_paid:
+                            self._pass_over(event.conn, f"the key agent refused what was paid for: {text}")
+                    else:
+                        self._pass_over(event.conn, text)
+
+    def _renewed_now(self) -> ViewerKeySession:
+        self._old_sessions = [self.session, *self._old_sessions[:1]]
+        renewed = ViewerKeySession(self._wallet.key, self.torrent.info_hash,
+                                   int(time.time()) + self.settings.key_session_ttl_s)
+        for conn, source in self._sources.items():
+            if source.speaks_market:
+                self._send(conn, messages.SessionMessage(renewed.offer))
+        return renewed
 
     def _all_cheques(self) -> list[SignedCheque]:
         return [c for c in (self.payer.latest(s) for s in self.payer.owed) if c is not None]
@@ -464,4 +644,8 @@ class PaidStream:
 
 
 def _checksum(address: bytes) -> str:
+    return checksum_address(address)
+
+
+def _checksum_text(address: str) -> str:
     return checksum_address(address)

@@ -25,6 +25,8 @@ from veilstream.identity import Identity, generate_mnemonic
 from veilstream.market import messages
 from veilstream.market.audit import AuditLog
 from veilstream.market.key_agent import KeyAgent
+from veilstream.market.lanes import LaneOpener
+from veilstream.market.onchain import registered_record
 from veilstream.market.service import MarketService
 from veilstream.market.stream import PaidStream, viewer_swarm_settings
 from veilstream.node.sample import make_sample_video
@@ -176,15 +178,18 @@ async def run_network_demo(root: Path, seconds: float = 30.0, log: Callable[[str
         for node in nodes:
             await node.__aenter__()
         creator_node, seeder_nodes, viewer_node = nodes[0], nodes[1:3], nodes[3]
-        agent = KeyAgent(chain.cheque_domain, AuditLog(root / "creator-audit.log"), signing_key=creator.wallet_key)
+        project = tuple(chain.deployment.addresses.values())
+        agent = KeyAgent(chain.cheque_domain, AuditLog(root / "creator-audit.log"), signing_key=creator.wallet_key,
+                         unpayable=project)
         agent.offer(torrent, done.keys)
         creator_content = creator_node.seed(PieceStore.for_seeding(torrent, done.ciphertext_path))
         creator_service = MarketService(creator_content, payee=creator.wallet_address, domain=chain.cheque_domain,
-                                        key_agent=agent)
+                                        key_agent=agent, cover_lookup=chain.guarantee, unpayable=project)
         seeder_services = []
         for node, wallet, folder in zip(seeder_nodes, seeder_wallets, seeder_dirs):
             content = node.seed(PieceStore.for_seeding(torrent, folder / torrent.name))
-            seeder_services.append(MarketService(content, payee=wallet.address, domain=chain.cheque_domain))
+            seeder_services.append(MarketService(content, payee=wallet.address, domain=chain.cheque_domain,
+                                                 cover_lookup=chain.guarantee, unpayable=project))
         for node, service in zip([creator_node, *seeder_nodes], [creator_service, *seeder_services]):
             node.announce_to(service.content, tracker.url)
         await _until(lambda: lt_handle.status().is_seeding, PEERS_READY_TIMEOUT_S, "libtorrent to check its copy")
@@ -192,8 +197,10 @@ async def run_network_demo(root: Path, seconds: float = 30.0, log: Callable[[str
 
         requested = time.monotonic()  # the viewer asks for the content: it starts fetching (and paying) here
         viewer_content = viewer_node.fetch(torrent, root / "viewer")
+        record = registered_record(chain, torrent)  # the viewer checks who the registry pays
         stream = PaidStream(viewer_content, torrent, wallet=viewer.wallet, domain=chain.cheque_domain,
-                            budget_wei=DEMO_DEPOSIT_WEI)
+                            budget_wei=DEMO_DEPOSIT_WEI, lanes=LaneOpener(viewer_chain),
+                            key_agent=record.key_agent)
         viewer_node.announce_to(viewer_content, tracker.url)
         await _until(lambda: viewer_content.peers >= 4, PEERS_READY_TIMEOUT_S, "the viewer to reach all four sources")
         source_names = {("127.0.0.1", creator_node.listen_port): "creator (key agent)",

@@ -82,6 +82,7 @@ class Content:
         self.on_extension_message: Callable[[ExtensionMessageReceived], None] | None = None
         self.on_peer_ready: Callable[[PeerReady], None] | None = None
         self.on_piece_verified: Callable[[PieceVerified], None] | None = None
+        self.on_peer_dropped: Callable[[PeerDropped], None] | None = None
         self.dropped: list[PeerDropped] = []
         self.started_at = time.monotonic()
         self.first_piece_at: float | None = None
@@ -242,6 +243,8 @@ class Content:
         elif kind is PeerDropped:
             self.dropped.append(event)
             self.addresses.discard(event.address)
+            if self.on_peer_dropped is not None:
+                self.on_peer_dropped(event)
         elif kind is ExtensionMessageReceived:
             if self.on_extension_message is not None:
                 self.on_extension_message(event)

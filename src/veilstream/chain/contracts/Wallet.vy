@@ -408,13 +408,15 @@ def close_lane(content_id: bytes32, payee: address) -> uint256:
 
 @external
 @view
-def guarantee(viewer: address, content_id: bytes32, payee: address) -> (uint256, uint256):
+def guarantee(viewer: address, content_id: bytes32, payee: address) -> (uint256, uint256, uint256):
     """
-    @notice (a cumulative amount, a time): cheques from `viewer` to `payee` for this
-            content are sure to be paid up to that amount if cashed before that time.
+    @notice (a cumulative amount, a time, what is cashed): cheques from `viewer` to
+            `payee` for this content are sure to be paid up to that amount if cashed
+            before that time (the lane is not closed before it).
     """
     lane: Lane = self.lanes[viewer][content_id][payee]
-    return self.cashed[viewer][content_id][payee] + lane.amount, lane.until
+    cashed: uint256 = self.cashed[viewer][content_id][payee]
+    return cashed + lane.amount, lane.until, cashed
 
 
 @external

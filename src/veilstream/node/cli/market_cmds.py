@@ -26,9 +26,11 @@ from veilstream.errors import VeilError
 from veilstream.market import messages
 from veilstream.market.access import GrantResponder, held_grants, issued_keys
 from veilstream.market.audit import AuditLog
-from veilstream.market.cashier import Cashier
+from veilstream.market.cashier import Cashier, audit_anchor_kind
 from veilstream.market.credit import seeder_part_wei
 from veilstream.market.key_agent import KeyAgent
+from veilstream.market.lanes import LaneOpener
+from veilstream.market.onchain import ChainWatch, ShareChange, WithdrawalRequested, cashed_floor, registered_record
 from veilstream.market.service import MarketService
 from veilstream.market.settings import MarketSettings
 from veilstream.market.stream import PaidStream, viewer_swarm_settings
@@ -41,6 +43,7 @@ from veilstream.swarm.storage import PieceStore
 from veilstream.vault import atomic_writer
 
 GRANT_POLL_INTERVAL_S = 2.0  # how often a key agent looks for new on-chain purchases
+WATCH_INTERVAL_S = 2.0  # how often a payee looks for withdrawals and share changes on chain
 BUY_WAIT_S = 120.0  # how long `veil buy` waits for the key agent's answer
 
 
@@ -57,36 +60,46 @@ def serve(
     keys: bool = typer.Option(False, "--keys", help="Also sell the slice keys (the creator's node: the vault holds them)."),
     listen: str = typer.Option("127.0.0.1:0", "--listen", help="Where to accept peers, HOST:PORT."),
     tracker: list[str] = typer.Option([], "--tracker", help="Announce to this HTTP tracker (repeatable)."),
+    serve_plain: bool = typer.Option(False, "--serve-plain", help="Also seed the ciphertext, free, to plain BitTorrent "
+                                     "peers (they pay nothing; off by default for paid content)."),
     rpc: ChainRpc = None,
     deployment: ChainDeployment = None,
 ) -> None:
     """Serve a content for cheques (and, with --keys, sell its keys) until interrupted; cash on exit."""
     cid = parse_content_id(content_id)
     with _client(rpc, deployment) as (vault, client):
-        _serve(cid, vault, vault.identity(), client, keys, listen, tracker)
+        _serve(cid, vault, vault.identity(), client, keys, listen, tracker, serve_plain)
 
 
-def _serve(cid: str, vault, identity, client, keys: bool, listen: str, tracker: list[str]) -> None:
+def _serve(cid: str, vault, identity, client, keys: bool, listen: str, tracker: list[str],
+           serve_plain: bool = False) -> None:
     torrent = vault.torrent(cid)
     store = PieceStore.for_seeding(torrent, vault.ciphertext_path(cid))
     ledger = _ledger(vault)
     settings = MarketSettings()
+    terms = torrent.manifest.terms
+    project = tuple(client.deployment.addresses.values())
+    record = registered_record(client, torrent, required=False)
     agent = None
     if keys:
         ring = vault.keyring(cid)
         root = next((n for n in ring.nodes if n.first_leaf == 0 and n.end_leaf >= torrent.piece_count), None)
         if root is None or ring.metadata_key is None:
             raise MarketCommandError("this vault holds only part of the keys: only the creator's node can sell them")
-        agent = KeyAgent(client.cheque_domain, AuditLog(Path(vault.home) / "audit" / f"{cid}.log"), settings,
-                         signing_key=identity.wallet_key)
-        agent.offer(torrent, ContentKeys(root, ring.metadata_key))
-        record = client.content(torrent.info_hash)
-        terms = torrent.manifest.terms
         if record is None:
             client.register(torrent.info_bytes, price_per_slice=terms.price_per_slice_wei,
                             seeder_share_bps=terms.seeder_share_bps, slice_count=torrent.piece_count)
+            record = registered_record(client, torrent)
         elif record.price_per_slice != terms.price_per_slice_wei:
             raise MarketCommandError("the content is registered on chain with other terms than its manifest's")
+        anchored, _ = client.latest_anchor(identity.wallet_address, audit_anchor_kind(torrent.info_hash))
+        audit = AuditLog(Path(vault.home) / "audit" / f"{cid}.log", anchored_head=anchored)
+        floor, price = cashed_floor(client, torrent.info_hash), terms.price_per_slice_wei
+        agent = KeyAgent(client.cheque_domain, audit, settings, signing_key=identity.wallet_key, unpayable=project,
+                         released_floor=lambda viewer, _cid: floor.get(viewer, 0) // price if price else 0)
+        agent.offer(torrent, ContentKeys(root, ring.metadata_key))
+    elif terms.price_per_slice_wei:
+        record = registered_record(client, torrent)  # refuses an unregistered or squatted content
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -97,24 +110,58 @@ def _serve(cid: str, vault, identity, client, keys: bool, listen: str, tracker: 
             content = node.seed(store)
             service = MarketService(content, payee=identity.wallet_address, domain=client.cheque_domain,
                                     settings=settings, key_agent=agent, grant_lookup=client.grant,
+                                    cover_lookup=client.guarantee, unpayable=project,
+                                    serve_plain_peers=True if serve_plain else None,
                                     paid_before=_paid_before(ledger, client, identity.wallet_address))
             service.on_cheque_accepted = cashier.on_cheque
+            service.on_cover = cashier.note_cover
+
+            def terms_now(now_record) -> None:  # the registry's share in force and any cut ahead
+                service.terms_changed(now_record.seeder_share_bps, now_record.scheduled_seeder_share_bps,
+                                      now_record.share_effective_at)
+                cut = now_record.scheduled_seeder_share_bps
+                if cut is not None and cut < terms.seeder_share_bps:
+                    cashier.cash_content_by(torrent.info_hash, now_record.share_effective_at)
+
+            if record is not None:
+                terms_now(record)
             if agent is not None:
-                agent.on_release = lambda head: cashier.on_audit_head(head, agent.audit.count)
+                agent.on_release = lambda head: cashier.on_audit_head(head, agent.audit.count, torrent.info_hash)
             for url in tracker:
                 node.announce_to(content, url)
             host, port = node.listen_address
             console.print(f"serving {cid} on {host}:{port}{' and selling keys' if agent else ''}")
+            if not service.serve_plain_peers:
+                err_console.print("plain BitTorrent peers get nothing from this node (--serve-plain seeds them free)")
             console.print(f"magnet {torrent.magnet}&x.pe={host}:{port}", soft_wrap=True)
             sys.stdout.flush()
             responder = GrantResponder(client, agent) if agent is not None else None
-            polled_at = 0.0
+            watch = ChainWatch(client, {torrent.info_hash})
+
+            def act_on(changes, now_record) -> None:  # on the loop: what the watch saw
+                for change in changes:
+                    if isinstance(change, WithdrawalRequested):
+                        cashier.on_withdrawal_requested(change.viewer)
+                if now_record is not None:
+                    terms_now(now_record)
+
+            def watch_chain() -> None:  # on the chain thread
+                changes = watch.poll()
+                if changes:
+                    shares = any(isinstance(change, ShareChange) for change in changes)
+                    loop.call_soon_threadsafe(act_on, changes, client.content(torrent.info_hash) if shares else None)
+
+            polled_at = watched_at = 0.0
             with Live(console=err_console, refresh_per_second=4, transient=True) as live:
                 while not stop.is_set():
                     now = loop.time()
                     if responder is not None and now - polled_at >= GRANT_POLL_INTERVAL_S and cashier.idle:
                         polled_at = now
                         cashier.run_later(responder.poll)  # on-chain purchases get their keys
+                    if now - watched_at >= WATCH_INTERVAL_S:
+                        watched_at = now
+                        cashier.run_later(watch_chain)
+                    cashier.tick()
                     live.update(f"{content.peers} peers · {service.stats.bytes_served / 2**20:.1f} MiB served · "
                                 f"{service.stats.cheques_accepted} cheques · earned {format_ether(service.earned_wei)}"
                                 + (f" · {service.stats.keys_released} keys released" if agent else "")
@@ -127,7 +174,7 @@ def _serve(cid: str, vault, identity, client, keys: bool, listen: str, tracker: 
 
     cashier = Cashier(client, ledger, settings)  # also cashes what an earlier run left uncashed
     run(main())
-    claimed = cashier.close(agent.audit.head if agent is not None and agent.audit.count else None)
+    claimed = cashier.close(agent.audit.head if agent is not None and agent.audit.count else None, torrent.info_hash)
     console.print(f"stopped; cashed and claimed {format_ether(claimed)} "
                   f"({cashier.batches_cashed} cash batches, {cashier.anchors_posted} audit anchors)")
 
@@ -162,10 +209,8 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
                     torrent = await _fetch_metadata(probe_node, cid, peers, tracker, scratch)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
-        record = client.content(torrent.info_hash)
         terms = torrent.manifest.terms
-        if terms.price_per_slice_wei and record is None:
-            raise MarketCommandError("this content is not registered on this chain: its seeders could not be paid")
+        record = registered_record(client, torrent, required=bool(terms.price_per_slice_wei))
         grants = held_grants(client, identity.wallet_key, identity.wallet_address, torrent)
         granted = set()
         if grants is not None:
@@ -174,7 +219,7 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
                               "seeders get only their share of those")
         cost = terms.price_per_slice_wei * (torrent.piece_count - len(granted)) + seeder_part_wei(terms) * len(granted)
         limit = parse_amount(budget) if budget else cost
-        cover = client.cheque_cover(identity.wallet_address)
+        cover = client.cheque_cover(identity.wallet_address) + client.held_of(identity.wallet_address)
         if limit > cover:
             raise MarketCommandError(f"your deposit covers {format_ether(cover)}; this needs {format_ether(limit)}: "
                                      "run `veil wallet deposit AMOUNT` first")
@@ -182,7 +227,8 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
             work = Path(vault.home) / "partial" / torrent.content_id
             content = node.fetch(torrent, work)
             stream = PaidStream(content, torrent, wallet=identity.wallet, domain=client.cheque_domain, budget_wei=limit,
-                                grants=grants, signed_before=_signed_before(ledger, client, identity.wallet_address))
+                                grants=grants, signed_before=_signed_before(ledger, client, identity.wallet_address),
+                                lanes=LaneOpener(client), key_agent=record.key_agent if record else None)
             # every cheque is kept before it goes out: the next session's counters go on from it
             stream.on_cheque_signed = lambda signed: ledger.record(client.cheque_domain, signed, Direction.ISSUED)
             for host, port in peers:
@@ -247,6 +293,7 @@ def buy(
     cid = parse_content_id(content_id)
     with _client(rpc, deployment) as (vault, client):
         torrent = vault.torrent(cid)
+        registered_record(client, torrent)  # never pay for a content registered to someone else
         count = count or torrent.piece_count - first
         if first + count > torrent.piece_count:
             raise MarketCommandError(f"the content has {torrent.piece_count} slices; [{first}, {first + count}) is past its end")

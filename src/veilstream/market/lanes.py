@@ -1,0 +1,70 @@
+"""The viewer's lanes: part of its deposit held in the Wallet for each payee it pays.
+
+A payee extends credit only against its own lane (the chain's `guarantee`: what is
+cashed plus what the lane still holds), so before a seeder serves a slice or a key agent
+releases a key, the viewer holds a lane for it. One transaction opens lanes for every
+payee met so far; opening again tops a lane up and extends its time, so a later session
+reuses what an earlier one held. Each lane holds up to what the viewer means to spend
+(any one payee may end up serving everything) on top of what its earlier cheques to that
+payee still owe (they draw on the same lane), bounded by the free deposit shared among
+the payees of the call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from veilstream.chain.client import ChainClient
+from veilstream.chain.errors import ChainError
+from veilstream.market.errors import MarketError
+from veilstream.market.settings import MarketSettings
+
+log = logging.getLogger("veilstream.market")
+
+
+class NoCover(MarketError):
+    """The viewer's free deposit cannot hold a lane for a payee."""
+
+
+class LaneOpener:
+    def __init__(self, client: ChainClient, settings: MarketSettings = MarketSettings()) -> None:
+        self.client = client
+        self.settings = settings
+        self.transactions = 0
+
+    def open(self, content_id: bytes, payees: Sequence[str], want_wei: int,
+             signed_before: Callable[[str], int] | None = None) -> list[str]:
+        """Hold up to `want_wei` for each of `payees`, beyond what the cheques signed them
+        before (`signed_before(payee)`) still owe; returns the payees that now hold a lane.
+        Raises `NoCover` when the free deposit holds none."""
+        client, me = self.client, self.client.address
+        now = client.timestamp()
+        margin = self.settings.lane_cash_margin_s
+        until = now + max(self.settings.lane_duration_s, client.deployment.settings.lane_min_duration_s + 2 * margin)
+        targets: dict[int, list[str]] = {}
+        held: dict[str, int] = {}
+        for payee in payees:
+            promised = client.guarantee(me, content_id, payee)
+            owed = max(0, (signed_before(payee) if signed_before else 0) - promised.cashed_wei)
+            target = want_wei + owed
+            if promised.lane_wei >= target and promised.until >= now + self.settings.lane_duration_s // 2:
+                continue  # held well enough already
+            targets.setdefault(target, []).append(payee)
+            held[payee] = promised.lane_wei
+        free = client.cheque_cover(me)
+        for target, group in sorted(targets.items()):
+            # Each lane is topped up to `amount`; one holding h costs amount - h, so this
+            # keeps the whole top-up within the free deposit.
+            amount = min(target, free // len(group) + min(held[p] for p in group))
+            if amount <= 0:
+                raise NoCover(f"your free deposit ({free} wei) cannot hold a lane for {len(group)} payee(s): "
+                              "run `veil wallet deposit AMOUNT` first")
+            try:
+                client.open_lanes(content_id, group, amount, until)
+            except ChainError as exc:
+                raise NoCover(f"lanes for {len(group)} payee(s) could not be opened: {exc}") from None
+            free -= sum(max(0, amount - held[p]) for p in group)
+            self.transactions += 1
+            log.info("holding up to %s wei for each of %s until %s", amount, ", ".join(group), until)
+        return list(payees)
