@@ -12,9 +12,11 @@ peer; the reference is the fastest of the three (medians), so the ratio is the m
 cost against the best plain streaming measured. The paid viewer streams the same slices in
 order through the market: it pays each slice with a cheque, buys keys ahead of the
 playhead from the creator's key agent, checks them against the commitments and decrypts.
-Time ratio = paid ÷ reference. First byte is from the start of the request to the first
-decrypted byte. On-chain transactions are those of the session: deposit, the seeders' and
-creator's cashes and claims. Last line: JSON.
+Payees extend credit only against the lanes the viewer holds for them on chain, so the
+chain is anvil (the seeders, in their processes, look the lanes up over JSON-RPC) and the
+paid run includes opening them. Time ratio = paid ÷ reference. First byte is from the
+start of the request to the first decrypted byte. On-chain transactions are those of the
+session: deposit, lanes, the seeders' and creator's cashes and claims. Last line: JSON.
 """
 
 from __future__ import annotations
@@ -33,13 +35,16 @@ from pathlib import Path
 
 from eth_account import Account
 
-from veilstream.chain.cheque import ChequeDomain, SignedCheque
-from veilstream.chain.client import ChainClient
+from veilstream.chain.anvil import ANVIL_DEV_KEY, Anvil
+from veilstream.chain.cheque import SignedCheque
+from veilstream.chain.client import ChainClient, connect_rpc
+from veilstream.chain.deployment import Deployment
 from veilstream.content import PublishOptions, Terms, publish_file
 from veilstream.identity import Identity
 from veilstream.market import messages
 from veilstream.market.audit import AuditLog
 from veilstream.market.key_agent import KeyAgent
+from veilstream.market.lanes import LaneOpener
 from veilstream.market.service import MarketService
 from veilstream.market.settings import MarketSettings
 from veilstream.market import stream as stream_module
@@ -86,7 +91,8 @@ def seeder_process(conn, torrent_path: str, ciphertext: str, market_args: dict |
             content = node.seed(PieceStore.for_seeding(torrent, Path(ciphertext)))
             service = None
             if market_args:
-                domain = ChequeDomain(market_args["chain_id"], market_args["wallet"])
+                chain = ChainClient.connect(market_args["rpc"], Deployment.from_json(market_args["deployment"]))
+                domain = chain.cheque_domain
                 agent = None
                 if market_args.get("tree_root"):
                     agent = KeyAgent(domain, AuditLog(Path(market_args["audit"])), market_args["settings"],
@@ -94,7 +100,8 @@ def seeder_process(conn, torrent_path: str, ciphertext: str, market_args: dict |
                     depth, root, meta = market_args["tree_root"]
                     agent.offer(torrent, ContentKeys(TreeNode(depth, 0, root), meta))
                 service = MarketService(content, payee=market_args["payee"], domain=domain,
-                                        settings=market_args["settings"], key_agent=agent)
+                                        settings=market_args["settings"], key_agent=agent,
+                                        cover_lookup=chain.guarantee)
             conn.send(node.listen_port)
             loop = asyncio.get_running_loop()
             while not await loop.run_in_executor(None, conn.poll, 0.05):
@@ -164,8 +171,9 @@ async def paid_run(done, work: Path, chain: ChainClient, market: MarketSettings 
     if chain.content(torrent.info_hash) is None:
         creator_chain.register(torrent.info_bytes, price_per_slice=PRICE, seeder_share_bps=2_000, slice_count=torrent.piece_count)
     first_block = chain.block_number() + 1
-    chain.with_account(viewer).deposit(ETHER // 10)
-    base = {"chain_id": chain.chain_id, "wallet": chain.cheque_domain.wallet, "settings": market}
+    viewer_chain = chain.with_account(viewer)
+    viewer_chain.deposit(ETHER // 10)
+    base = {"rpc": chain.w3.provider.endpoint_uri, "deployment": chain.deployment.to_json(), "settings": market}
     payees = [CREATOR.wallet_address] + [w.address for w in seeder_wallets]
     markets = [dict(base, payee=payees[0], signing_key=CREATOR.wallet_key, audit=str(work / "audit.log"),
                     tree_root=(done.keys.tree_root.height, done.keys.tree_root.key, done.keys.metadata_key))]
@@ -175,8 +183,9 @@ async def paid_run(done, work: Path, chain: ChainClient, market: MarketSettings 
     try:
         async with market_node(viewer_swarm_settings(SLICE, market)) as node:
             content = node.fetch(torrent, work / "viewer")
-            stream = PaidStream(content, torrent, wallet=viewer, domain=chain.cheque_domain, budget_wei=ETHER // 10,
-                                settings=market)
+            stream = PaidStream(content, torrent, wallet=viewer, domain=chain.cheque_domain, budget_wei=ETHER // 30,
+                                settings=market, lanes=LaneOpener(viewer_chain, market),
+                                key_agent=CREATOR.wallet_address)
             for port in seeders.ports:
                 content.add_peer("127.0.0.1", port)
             started = time.perf_counter()
@@ -246,7 +255,9 @@ def main() -> None:
     breakdown = Breakdown() if args.breakdown else None
     folder = Path(__file__).resolve().parent / "out" / "stream"
     done = prepare(folder, args.size_mib << 20)
-    chain = ChainClient.embedded(None)
+    anvil = Anvil()
+    anvil.__enter__()
+    chain = ChainClient.connect(anvil.url, ChainClient.deploy(connect_rpc(anvil.url), Account.from_key(ANVIL_DEV_KEY)))
     # The plain viewer under three settings; the reference is the fastest of them, so the
     # ratio is the market's cost against the best plain streaming measured, not against a
     # setting that happens to suit the plain swarm badly.
@@ -274,6 +285,7 @@ def main() -> None:
                   f"{session_txs} on-chain txs for {done.torrent.piece_count} slices from {payees} payees", file=sys.stderr)
     finally:
         chain.close()
+        anvil.__exit__(None, None, None)
         for path in done.torrent_path.parent.iterdir():
             path.unlink()
         done.torrent_path.parent.rmdir()

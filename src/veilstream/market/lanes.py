@@ -13,6 +13,7 @@ the payees of the call.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from veilstream.chain.client import ChainClient
@@ -32,6 +33,12 @@ class LaneOpener:
         self.client = client
         self.settings = settings
         self.transactions = 0
+        self._clock_offset: float | None = None  # chain time − wall time, read once
+
+    def _chain_now(self) -> int:
+        if self._clock_offset is None:
+            self._clock_offset = self.client.timestamp() - time.time()
+        return int(time.time() + self._clock_offset)
 
     def open(self, content_id: bytes, payees: Sequence[str], want_wei: int,
              signed_before: Callable[[str], int] | None = None) -> list[str]:
@@ -39,7 +46,7 @@ class LaneOpener:
         before (`signed_before(payee)`) still owe; returns the payees that now hold a lane.
         Raises `NoCover` when the free deposit holds none."""
         client, me = self.client, self.client.address
-        now = client.timestamp()
+        now = self._chain_now()
         margin = self.settings.lane_cash_margin_s
         until = now + max(self.settings.lane_duration_s, client.deployment.settings.lane_min_duration_s + 2 * margin)
         targets: dict[int, list[str]] = {}

@@ -21,4 +21,5 @@ class MarketSettings:
     # long; a payee stops counting on a lane this margin before its time and cashes by then.
     lane_duration_s: int = 24 * 3_600
     lane_cash_margin_s: int = 1_800
+    lane_gather_s: float = 0.05  # the first lanes wait this long for peers met at start, to open in one transaction
     cover_lookups_per_connection: int = 64  # chain lookups of lanes one peer can cost a payee

@@ -156,6 +156,8 @@ class PaidStream:
         self._lane_wanted: dict[bytes, set[str]] = {}
         self._lane_job: asyncio.Future | None = None
         self._lane_job_payees: tuple[bytes, frozenset[str]] = (b"", frozenset())
+        self._lanes_gathered = False
+        self._gather_timer: asyncio.TimerHandle | None = None
         self.stats = StreamStats()
         self.on_cheque_signed: Callable[[SignedCheque], None] | None = None  # e.g. keep it durably before it goes out
         self.evidence: list[Evidence] = []
@@ -229,10 +231,10 @@ class PaidStream:
         return self.manifest.metadata(self.metadata_key)
 
     def close(self) -> None:
-        for timer in (self._batch_timer, self._key_timer):
+        for timer in (self._batch_timer, self._key_timer, self._gather_timer):
             if timer is not None:
                 timer.cancel()
-        self._batch_timer = self._key_timer = None
+        self._batch_timer = self._key_timer = self._gather_timer = None
         self.session.close()
         for old in self._old_sessions:
             old.close()
@@ -373,6 +375,11 @@ class PaidStream:
         self._lane_wanted.setdefault(content_id, set()).add(payee)
         self._open_lanes()
 
+    def _lanes_gathered_now(self) -> None:
+        self._gather_timer = None
+        self._lanes_gathered = True
+        self._open_lanes()
+
     def _lanes_coming(self) -> set[tuple[bytes, str]]:
         content_id, payees = self._lane_job_payees
         coming = {(content_id, p) for p in payees}
@@ -392,6 +399,13 @@ class PaidStream:
 
     def _open_lanes(self) -> None:
         if self._lane_job is not None or not any(self._lane_wanted.values()):
+            return
+        if not self._lanes_gathered:
+            # The first transaction waits a moment for the peers being connected to say who
+            # they are, so one transaction holds lanes for all of them.
+            if self._gather_timer is None:
+                self._gather_timer = asyncio.get_running_loop().call_later(
+                    self.settings.lane_gather_s, self._lanes_gathered_now)
             return
         content_id = next(c for c, wanted in self._lane_wanted.items() if wanted)
         payees = sorted(self._lane_wanted[content_id])[:16]  # Wallet.MAX_LANES_PER_CALL
@@ -589,6 +603,10 @@ class PaidStream:
                     return
                 source.terms = message
                 self._want_lane(self.torrent.info_hash, source.payee)
+                if not self._lanes_gathered and self._gather_timer is not None and all(
+                        s.terms is not None for s in self._sources.values() if s.speaks_market):
+                    self._gather_timer.cancel()
+                    self._lanes_gathered_now()
                 if self.grants is not None:
                     self._want_lane(DIRECT_CONTENT_ID, source.payee)
                 self._want_keys()
