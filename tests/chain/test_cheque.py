@@ -145,3 +145,21 @@ def test_fast_signing_equals_eth_accounts_typed_data_signature():
         fast, reference = domain.sign(account, cheque), domain.sign_with_eth_account(account, cheque)
         assert fast == reference
         domain.verify(fast)
+
+
+
+def test_every_new_embedded_chain_has_its_own_cheque_domain():
+    """Fixed deployer keys gave every embedded chain and devnet the same Wallet address,
+    so a cheque signed on one was paid on another. Each chain now deploys from an
+    account of its own."""
+    from veilstream.chain import ChainClient
+
+    domains = []
+    for _ in range(2):
+        with ChainClient.embedded(None) as chain:
+            domains.append(chain.cheque_domain)
+    assert domains[0].wallet != domains[1].wallet
+    viewer = Account.create()
+    signed = domains[0].sign(viewer, Cheque(viewer.address, bytes(range(32)), Account.create().address, 10))
+    with pytest.raises(ChequeError):
+        domains[1].verify(signed)

@@ -116,3 +116,12 @@ def test_a_corrupted_share_is_refused():
 def test_impossible_share_schemes_are_refused(threshold, count):
     with pytest.raises(MnemonicError):
         split_into_shares(generate_mnemonic(), threshold, count)
+
+
+def test_a_mistyped_word_is_not_echoed():
+    """A mistyped word is most of a secret word; the error names its position only."""
+    from veilstream.identity.mnemonic import MnemonicError, validate_mnemonic
+
+    with pytest.raises(MnemonicError) as caught:
+        validate_mnemonic("abandon " * 11 + "zebrx")
+    assert "zebrx" not in str(caught.value) and "word 12" in str(caught.value)

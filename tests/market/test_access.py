@@ -69,3 +69,31 @@ def test_a_bought_range_is_answered_on_chain_and_opens(tmp_path):
         assert creator_chain.claim() == PRICE * 9 * (10_000 - 2_000) // 10_000
     finally:
         chain.close()
+
+
+def test_one_grant_that_cannot_be_answered_does_not_hold_up_the_rest(tmp_path):
+    """A grant past its deadline makes post_key revert; the grants after it on the same page
+    are still answered, and only what was posted is in the audit log."""
+    chain = ChainClient.embedded(None)
+    try:
+        creator, buyer = Identity.from_mnemonic(generate_mnemonic()), Account.create()
+        for who in (creator.wallet_address, buyer.address):
+            chain.dev.fund(who, ETHER)
+        (tmp_path / "in.bin").write_bytes(os.urandom(100_000))
+        (tmp_path / "out").mkdir()
+        done = publish_file(tmp_path / "in.bin", tmp_path / "out", creator,
+                            PublishOptions(16 * 1024, terms=Terms(PRICE, 2_000)))
+        torrent = done.torrent
+        creator_chain = chain.with_account(creator.wallet)
+        creator_chain.register(torrent.info_bytes, price_per_slice=PRICE, seeder_share_bps=2_000, slice_count=torrent.piece_count)
+        agent = KeyAgent(chain.cheque_domain, AuditLog(tmp_path / "audit.log"), signing_key=creator.wallet_key)
+        agent.offer(torrent, done.keys)
+        buyer_chain = chain.with_account(buyer)
+        late = buyer_chain.buy(torrent.info_hash, 0, 2)
+        chain.dev.advance_time(chain.deployment.settings.key_deadline_s + 1)
+        fresh = buyer_chain.buy(torrent.info_hash, 2, 2)
+        assert GrantResponder(creator_chain, agent).poll() == [fresh]
+        assert chain.grant(late).state is GrantState.OPEN and chain.grant(fresh).state is GrantState.ISSUED
+        assert [(e["first"], e["end"]) for e in agent.audit.entries()] == [(2, 4)]
+    finally:
+        chain.close()

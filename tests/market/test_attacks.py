@@ -408,3 +408,30 @@ def test_an_audit_log_behind_its_anchor_is_refused_and_cashed_cheques_buy_nothin
     answer = restored.on_key_request("c", cid, 22, 24)  # the window only: the 20 paid are spent
     assert isinstance(answer, messages.SealedKeys)
     assert not isinstance(restored.on_key_request("c", cid, 24, 25), messages.SealedKeys)
+
+
+# -- per-address state is bounded --------------------------------------------------------------
+
+
+def test_books_of_viewers_gone_are_forgotten_past_a_bound(published, chain, tmp_path):
+    """An attacker cycling through fresh addresses must not grow a payee's memory without
+    end: past `max_idle_books`, the books of viewers with no connection are dropped (their
+    payments are in the ledger and with the cashier)."""
+    from veilstream.swarm.swarm import PeerDropped
+
+    done = published[0]
+    market = replace(MarketSettings(), max_idle_books=5)
+
+    async def scenario():
+        async with market_node() as node:
+            service = MarketService(node.seed(PieceStore.for_seeding(done.torrent, done.ciphertext_path)),
+                                    payee=Account.create().address, domain=chain.cheque_domain, settings=market,
+                                    key_agent=agent_for(published, chain, tmp_path), cover_lookup=chain.guarantee)
+            for _ in range(20):
+                viewer = Account.create().address
+                service.account(viewer)
+                service.key_agent.account(viewer, done.torrent.info_hash)
+                service._on_peer_dropped(PeerDropped(1, ("127.0.0.1", 1), "gone", False))
+            assert len(service.accounts) <= market.max_idle_books + 1
+            assert len(service.key_agent._accounts) <= market.max_idle_books + 1
+    asyncio.run(scenario())

@@ -8,6 +8,7 @@ import pytest
 from eth_account import Account
 
 from veilstream.chain.client import AnchorKind, ChainClient
+from veilstream.chain.errors import ChainUnavailable
 from veilstream.chain.ledger import ChequeLedger
 from veilstream.market.cashier import Cashier
 from veilstream.market.settings import MarketSettings
@@ -54,3 +55,31 @@ def test_threshold_batches_anchor_and_close(chain, tmp_path):
     assert chain.earnings(creator.address) == 12 * PRICE - claimed
     assert chain.latest_anchor(seeder.address, AnchorKind.AUDIT_LOG)[0] == b"\x02" * 32
     assert cashier.anchors_posted == 1 and not cashier.failures
+
+
+def test_a_batch_that_failed_is_cashed_again(chain, tmp_path):
+    """A cash transaction that fails (the chain was down) is handed over again, not
+    forgotten until the next run."""
+    creator, seeder, viewer = Account.create(), Account.create(), Account.create()
+    for who in (creator, seeder, viewer):
+        chain.dev.fund(who.address, ETHER)
+    info, content = info_naming(creator.address)
+    chain.with_account(creator).register(info, price_per_slice=PRICE, seeder_share_bps=2_500, slice_count=100)
+    chain.with_account(viewer).deposit(ETHER // 10)
+    payee = chain.with_account(seeder)
+    cashier = Cashier(payee, ChequeLedger(tmp_path / "cheques.sqlite"), replace(MarketSettings(), cash_threshold_wei=PRICE))
+    real_cash = payee.cash
+    outage = [True]
+
+    def flaky(cheques):
+        if outage[0]:
+            raise ChainUnavailable("the chain is down")
+        return real_cash(cheques)
+    payee.cash = flaky
+    cashier.on_cheque(chain.with_account(viewer).sign_cheque(content, seeder.address, 3 * PRICE))
+    cashier._worker.submit(lambda: None).result()
+    assert chain.cashed(viewer.address, content, seeder.address) == 0 and cashier.uncashed_wei == 3 * PRICE
+    outage[0] = False
+    cashier.close()
+    assert chain.cashed(viewer.address, content, seeder.address) == 3 * PRICE
+    assert cashier.failures == ["the chain is down"]

@@ -141,3 +141,24 @@ def test_cheques_signed_ahead_are_the_cheques_signed_on_demand_and_stay_in_budge
     assert served_ahead >= 3 and ahead.owed == plain.owed and ahead.spent_wei == 8 * PRICE
     with pytest.raises(BudgetExceeded):
         ahead.pay(seeders[0], PRICE)
+
+
+def test_an_expired_session_is_refused_with_its_own_code_and_a_newer_one_takes_over(published, domain, tmp_path):
+    """The viewer renews an expiring session; an agent that sees an expired one says so
+    distinctly (the viewer then renews instead of distrusting an honest agent)."""
+    done, _ = published
+    cid = done.torrent.info_hash
+    clock = [NOW]
+    agent = KeyAgent(domain, AuditLog(tmp_path / "audit.log"), clock=lambda: clock[0], signing_key=AGENT_KEY)
+    agent.offer(done.torrent, done.keys)
+    wallet = Account.create()
+    first = ViewerKeySession(wallet.key, cid, NOW + 60)
+    agent.on_session(first.offer, CHANNEL)
+    agent.set_cover(wallet.address, cid, agent.creator_of(cid), LANE)
+    clock[0] = NOW + 61
+    expired = agent.on_key_request(CHANNEL, cid, 0, 1)
+    assert isinstance(expired, messages.MarketRefusal) and expired.code == messages.RefusalCode.SESSION_EXPIRED
+    renewed = ViewerKeySession(wallet.key, cid, NOW + 3600)
+    agent.on_session(renewed.offer, CHANNEL)
+    keys, _ = open_delivery(renewed, done.torrent, agent.on_key_request(CHANNEL, cid, 0, 1))
+    assert sorted(keys) == [0]

@@ -254,3 +254,16 @@ def test_demo_runs_the_whole_network_and_verifies(tmp_path):
         assert claim in result.stdout, claim
     for name in ("seeder-1", "seeder-2", "libtorrent"):  # seeders got ciphertext and nothing else
         assert [p.name.startswith("veil-") for p in (tmp_path / "demo" / name).iterdir()] == [True]
+
+
+def test_the_passphrase_is_taken_out_of_the_environment(monkeypatch):
+    """Children (relay, anvil, a shell the user opens) must not inherit it."""
+    import os
+
+    from veilstream.node.cli import common
+
+    monkeypatch.setattr(common, "_remembered", [])
+    monkeypatch.setenv("VEIL_PASSPHRASE", "s3cret")
+    assert common.read_passphrase() == "s3cret"
+    assert "VEIL_PASSPHRASE" not in os.environ
+    assert common.read_passphrase() == "s3cret"  # still known to this process

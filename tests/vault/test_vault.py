@@ -138,3 +138,85 @@ def test_atomic_writer_reports_a_full_disk(tmp_path):
     assert "disk full" in child.stdout
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["big"]
+
+
+def test_a_passphrase_change_rotates_the_data_key(vault, words):
+    """With the old key file and the old passphrase (a backup, a shoulder-surfed
+    passphrase) nothing written after the change opens: the data key is new."""
+    ring = KeyRing((TreeNode(2, 0, os.urandom(32)),), os.urandom(32))
+    vault.store_keyring("ab" * 32, ring)
+    old_key_file = (vault.home / "vault.json").read_bytes()
+    vault.change_passphrase("battery staple", FAST_KDF)
+    again = Vault.open(vault.home).unlock("battery staple")
+    assert again.identity().mnemonic == words and again.keyring("ab" * 32) == ring
+    (vault.home / "vault.json").write_bytes(old_key_file)
+    with pytest.raises(VaultError, match="damaged or belongs to another vault"):
+        Vault.open(vault.home).unlock("correct horse").identity()
+
+
+@pytest.mark.parametrize("cut", ["before the commit", "after the commit"])
+def test_a_passphrase_change_cut_short_leaves_a_working_vault(vault, words, cut, monkeypatch):
+    """A crash while secrets are sealed again: before the key file is replaced the old
+    passphrase still opens everything; after it, the new one does."""
+    from veilstream.vault import store
+
+    ring = KeyRing((TreeNode(2, 0, os.urandom(32)),), os.urandom(32))
+    vault.store_keyring("cd" * 32, ring)
+    real = store.UnlockedVault._finish_rotation
+    if cut == "before the commit":
+        real_write = store.write_atomic
+
+        def crash_at_commit(path, data, mode=0o600):
+            if path.name == "vault.json":
+                raise OSError("power cut")
+            return real_write(path, data, mode)
+        monkeypatch.setattr(store, "write_atomic", crash_at_commit)
+    else:
+        monkeypatch.setattr(store.UnlockedVault, "_finish_rotation", lambda self: None)
+    with pytest.raises(OSError):
+        if cut == "after the commit":
+            vault.change_passphrase("battery staple", FAST_KDF)
+            raise OSError("power cut")
+        vault.change_passphrase("battery staple", FAST_KDF)
+    monkeypatch.setattr(store, "write_atomic", store.write_atomic)
+    monkeypatch.setattr(store.UnlockedVault, "_finish_rotation", real)
+    passphrase = "correct horse" if cut == "before the commit" else "battery staple"
+    again = Vault.open(vault.home).unlock(passphrase)
+    assert again.identity().mnemonic == words and again.keyring("cd" * 32) == ring
+    assert not list(vault.home.rglob("*.next"))
+
+
+@pytest.mark.parametrize("params", [(1, 1024, 1), (0, 65536, 1), (1, 2**40, 1), (10**9, 65536, 1)])
+def test_a_key_file_with_a_cost_out_of_bounds_is_refused(vault, params):
+    """Argon2id with next to no memory would let a stolen key file be guessed cheaply; with
+    absurd costs a hostile key file would exhaust the machine."""
+    import json
+
+    doc = json.loads((vault.home / "vault.json").read_bytes())
+    doc["time_cost"], doc["memory_kib"], doc["parallelism"] = params
+    (vault.home / "vault.json").write_text(json.dumps(doc))
+    with pytest.raises(VaultError, match="out of bounds"):
+        Vault.open(vault.home).unlock("correct horse")
+
+
+def test_a_home_made_with_wider_rights_is_made_private(tmp_path, words):
+    home = tmp_path / "wide"
+    home.mkdir(mode=0o755)
+    os.chmod(home, 0o755)
+    Vault.create(home, "pw", words, FAST_KDF)
+    assert home.stat().st_mode & 0o777 == 0o700
+    os.chmod(home, 0o755)
+    Vault.open(home)
+    assert home.stat().st_mode & 0o777 == 0o700
+
+
+def test_user_output_follows_the_umask():
+    from veilstream.vault import user_file_mode
+
+    old = os.umask(0o077)
+    try:
+        assert user_file_mode() == 0o600
+        os.umask(0o022)
+        assert user_file_mode() == 0o644
+    finally:
+        os.umask(old)

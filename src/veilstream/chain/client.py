@@ -44,6 +44,7 @@ from veilstream.chain.errors import ChainError, ChainUnavailable, ContractRevert
 # Receipts come at once from an auto-mining node; a real chain may take a while.
 RECEIPT_TIMEOUT_S = 120.0
 RECEIPT_POLL_S = 0.05
+DEPLOY_FUNDS_WEI = 10**17  # gas for deploying the four contracts, with room
 # Where the manifest starts in a Veilstream info dict (ContentRegistry.CREATOR_MARK).
 MANIFEST_MARK = b"10:veilstreamd7:creator20:"
 # Public RPC endpoints cap eth_getLogs ranges (10,000 blocks is a common limit).
@@ -340,7 +341,7 @@ class ChainClient:
                         "hold; move the directory aside to start a new chain"
                     )
             else:
-                deployment = cls.deploy(chain.w3, chain.deployer_account, settings or ChainSettings())
+                deployment = cls.deploy_fresh(chain.w3, chain.deployer_account, settings or ChainSettings())
                 if path is not None:
                     deployment.save(path)
             dev = DevControls("embedded", chain.w3, embedded=chain)
@@ -365,6 +366,17 @@ class ChainClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @staticmethod
+    def deploy_fresh(w3: Web3, funder: LocalAccount, settings: ChainSettings | None = None) -> Deployment:
+        """Deploy from a new account that `funder` pays for: the contracts' addresses (and so
+        the cheques' EIP-712 domain) differ from every other chain's, so a cheque signed on
+        one development chain is void on any other."""
+        from eth_account import Account
+
+        deployer = Account.create()
+        _transact(w3, funder, None, to=deployer.address, value=DEPLOY_FUNDS_WEI, chain_id=w3.eth.chain_id)
+        return ChainClient.deploy(w3, deployer, settings)
 
     @staticmethod
     def deploy(w3: Web3, deployer: LocalAccount, settings: ChainSettings | None = None) -> Deployment:

@@ -78,7 +78,7 @@ class Devnet:
                     known = replace(known, rpc_url=self.anvil.url)
                     known.save(self.deployment_path)
                 return known
-        deployment = ChainClient.deploy(w3, Account.from_key(ANVIL_DEV_KEY), self.settings)
+        deployment = ChainClient.deploy_fresh(w3, Account.from_key(ANVIL_DEV_KEY), self.settings)
         deployment = replace(deployment, rpc_url=self.anvil.url)
         deployment.save(self.deployment_path)
         self.deployed_now = True

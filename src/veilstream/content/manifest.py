@@ -37,6 +37,11 @@ class Terms:
             raise ManifestError(f"seeder share is in basis points, 0–{MAX_BASIS_POINTS}")
 
 
+MAX_METADATA_TEXT = 4096  # characters of a name or MIME type
+MAX_METADATA_BYTES = 16 * 1024  # a name, a MIME type and two numbers, with room to spare
+MAX_METADATA_BRACKETS = 64  # one object; names may hold a few brackets of their own
+
+
 @dataclass(frozen=True)
 class Metadata:
     """What the content is. Encrypted: a seeder never learns it."""
@@ -51,15 +56,30 @@ class Metadata:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Metadata:
+        """Parse decrypted metadata; anything but the fields of `to_bytes` is `ManifestError`."""
+        # A creator writes these bytes and every viewer parses them: bound the work, and
+        # the nesting (deeply nested JSON exhausts the C stack under a raised recursion limit).
+        if len(raw) > MAX_METADATA_BYTES or raw.count(b"[") + raw.count(b"{") > MAX_METADATA_BRACKETS:
+            raise ManifestError("metadata is malformed: too large or too deeply nested")
         try:
             fields = json.loads(raw)
-            meta = cls(
-                name=str(fields["name"]),
-                mime_type=str(fields["mime_type"]),
-                size=int(fields["size"]),
-                duration_s=None if fields.get("duration_s") is None else float(fields["duration_s"]),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
+            if not isinstance(fields, dict):
+                raise TypeError("not an object")
+            name, mime, size, duration = fields["name"], fields["mime_type"], fields["size"], fields.get("duration_s")
+            if not isinstance(name, str) or not isinstance(mime, str):
+                raise TypeError("name and MIME type must be text")
+            if len(name) > MAX_METADATA_TEXT or len(mime) > MAX_METADATA_TEXT:
+                raise ValueError("name or MIME type too long")
+            if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 2**63:
+                raise ValueError("size must be a whole number of bytes")
+            if duration is not None:
+                if isinstance(duration, bool) or not isinstance(duration, int | float):
+                    raise TypeError("duration must be a number")
+                duration = float(duration)
+                if not 0 <= duration < 1e12:  # also refuses NaN and infinities
+                    raise ValueError("duration out of range")
+            meta = cls(name=name, mime_type=mime, size=size, duration_s=duration)
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
             raise ManifestError(f"metadata is malformed: {exc}") from None
         return meta
 

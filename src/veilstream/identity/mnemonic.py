@@ -36,9 +36,11 @@ def validate_mnemonic(words: str) -> str:
     count = len(phrase.split())
     if count not in (12, 15, 18, 21, 24):
         raise MnemonicError(f"a mnemonic has 12, 15, 18, 21 or 24 words; this one has {count}")
-    unknown = [w for w in phrase.split() if w not in _wordlist.wordlist]
+    unknown = [n for n, w in enumerate(phrase.split(), start=1) if w not in _wordlist.wordlist]
     if unknown:
-        raise MnemonicError(f"not a BIP-39 word: {unknown[0]!r}")
+        # The position only: a mistyped word is still most of a secret word, and errors end
+        # up on screens and in logs.
+        raise MnemonicError(f"word {unknown[0]} of the mnemonic is not a BIP-39 word")
     if not _wordlist.check(phrase):
         raise MnemonicError("the mnemonic's checksum does not match: a word is wrong or out of order")
     return phrase

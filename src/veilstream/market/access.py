@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from eth_account.typed_transactions import TypedTransaction
 
 from veilstream.chain.client import ChainClient, GrantState
+from veilstream.chain.errors import ChainError
 from veilstream.content import KeyRing, Torrent
 from veilstream.content.keytree import TreeNode
 from veilstream.content.unseal import verify_range_keys
@@ -105,7 +106,7 @@ class GrantResponder:
             try:
                 self._answer(grant, event.tx_hash)
                 answered.append(grant.grant_id)
-            except (AccessError, ValueError) as exc:
+            except (AccessError, ChainError, ValueError) as exc:  # one bad grant must not hold up the rest
                 log.warning("grant %s not answered: %s", grant.grant_id, exc)
         self.issued += answered
         return answered
@@ -119,8 +120,10 @@ class GrantResponder:
         sealed = seal_to_wallet(public, messages.encode_delivery(delivery))
         if len(sealed) > MAX_SEALED_KEY_BYTES:
             raise AccessError(f"the sealed keys ({len(sealed)} bytes) exceed the contract's {MAX_SEALED_KEY_BYTES}")
-        self.agent.record_release(grant.buyer, grant.content_id, first, end, grant.amount, PAID_BY_GRANT)
+        # The keys leave in the transaction: logged once it is mined (the chain's KeyIssued
+        # is the record meanwhile), so a post that fails leaves no release in the log.
         self.client.post_key(grant.grant_id, sealed)
+        self.agent.record_release(grant.buyer, grant.content_id, first, end, grant.amount, PAID_BY_GRANT)
 
 
 def issued_keys(client: ChainClient, wallet_key: bytes, grant_id: int, torrent: Torrent) -> KeyRing | None:

@@ -152,6 +152,11 @@ class KeyAgent:
         self._sessions[(channel, offer.content_id)] = (viewer, offer)
         return viewer
 
+    def forget(self, viewer: str, content_id: bytes) -> None:
+        """Drop a viewer's book; it is rebuilt from the audit log if the viewer returns
+        (its cheques come again with its next key request)."""
+        self._accounts.pop((viewer, content_id), None)
+
     def end_channel(self, channel: Hashable) -> None:
         """The connection closed: forget its sessions."""
         for key in [k for k in self._sessions if k[0] == channel]:

@@ -270,6 +270,22 @@ class MarketService:
         self._peers.pop(event.conn, None)
         if self.key_agent is not None:
             self.key_agent.end_channel((id(self), event.conn))
+        if len(self.accounts) > self.settings.max_idle_books:
+            self._forget_idle_viewers()
+
+    def _forget_idle_viewers(self) -> None:
+        """Per-viewer state must not grow without end. Viewers with no connection left are
+        forgotten: what they paid is in the ledger (`paid_before`) and with the cashier, and
+        a returning viewer's books are rebuilt from there (the agent's from its audit log)."""
+        live = {state.viewer for state in self._peers.values()}
+        for viewer in [v for v in self.accounts if v not in live]:
+            del self.accounts[viewer]
+            self.granted.pop(viewer, None)
+            self.direct_books.accounts.pop(viewer, None)
+            if self.key_agent is not None:
+                self.key_agent.forget(viewer, self.content_id)
+        for key in [k for k in self._covers if k[0] not in live]:
+            del self._covers[key]
 
     def _may_upload(self, conn: int, piece: int, length: int) -> bool:
         state = self._peers.get(conn)

@@ -23,3 +23,4 @@ class MarketSettings:
     lane_cash_margin_s: int = 1_800
     lane_gather_s: float = 0.05  # the first lanes wait this long for peers met at start, to open in one transaction
     cover_lookups_per_connection: int = 64  # chain lookups of lanes one peer can cost a payee
+    max_idle_books: int = 10_000  # past this many viewers' books, those of viewers gone are forgotten

@@ -180,6 +180,7 @@ class PaidStream:
         self._distrusted: set[int] = set()
         self._key_request: tuple[int, int, int] | None = None  # (conn, first, end) in flight
         self._key_timer: asyncio.TimerHandle | None = None
+        self._retry_timer: asyncio.TimerHandle | None = None
         self._shown: dict[int, dict[str, int]] = {}  # conn → seeder → the newest amount it was sent
         self._playhead = 0
         self._failure: StreamError | None = None
@@ -231,7 +232,7 @@ class PaidStream:
         return self.manifest.metadata(self.metadata_key)
 
     def close(self) -> None:
-        for timer in (self._batch_timer, self._key_timer, self._gather_timer):
+        for timer in (self._batch_timer, self._key_timer, self._gather_timer, self._retry_timer):
             if timer is not None:
                 timer.cancel()
         self._batch_timer = self._key_timer = self._gather_timer = None
@@ -630,9 +631,12 @@ class PaidStream:
                         self.session = self._renewed_now()
                         self._want_keys()
                     elif code == messages.RefusalCode.PAYMENT_NEEDED:
-                        source.refusals += 1  # asked again after the next payment, a few times
+                        source.refusals += 1  # asked again after the next payment, or a moment later
                         if source.refusals >= self.settings.key_refusals_while_paid:
                             self._pass_over(event.conn, f"the key agent refused what was paid for: {text}")
+                        else:
+                            self._retry_timer = asyncio.get_running_loop().call_later(
+                                self.settings.key_batch_wait_s * 10 * source.refusals, self._want_keys)
                     else:
                         self._pass_over(event.conn, text)
 

@@ -1,10 +1,10 @@
 """Local storage: ciphertext, torrents, an index, and secrets encrypted at rest."""
 
-from veilstream.vault.atomic import StorageError, atomic_writer, write_atomic
+from veilstream.vault.atomic import StorageError, atomic_writer, user_file_mode, write_atomic
 from veilstream.vault.sealing import KdfParams, VaultError
 from veilstream.vault.store import HeldContent, UnlockedVault, Vault
 
 __all__ = [
     "HeldContent", "KdfParams", "StorageError", "UnlockedVault", "Vault", "VaultError",
-    "atomic_writer", "write_atomic",
+    "atomic_writer", "user_file_mode", "write_atomic",
 ]

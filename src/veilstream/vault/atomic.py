@@ -27,6 +27,14 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+def user_file_mode() -> int:
+    """The mode a new file of the user's gets under their umask (0644 under 022, 0600 under
+    077): for what the user asked to have written, such as decrypted output."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def describe_os_error(exc: OSError, target: Path) -> str:
     if exc.errno in DISK_FULL_ERRNOS:
         return f"disk full while writing {target}; nothing was changed"

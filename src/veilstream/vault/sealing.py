@@ -24,6 +24,14 @@ class VaultError(VeilError):
     """The vault is missing, locked with another passphrase, or damaged."""
 
 
+# What a vault's key file may ask of Argon2id. Below the floor a passphrase falls to a
+# cheap guessing attack (OWASP's least: 19 MiB, 2 passes; tests go lower on purpose, hence
+# an 8 MiB floor); above the ceiling a hostile key file would exhaust the machine.
+MIN_MEMORY_KIB, MAX_MEMORY_KIB = 8 * 1024, 4 * 1024 * 1024
+MIN_TIME_COST, MAX_TIME_COST = 1, 64
+MAX_PARALLELISM = 64
+
+
 @dataclass(frozen=True)
 class KdfParams:
     """Argon2id cost: RFC 9106's second recommended option (64 MiB, 3 passes)."""
@@ -31,6 +39,12 @@ class KdfParams:
     time_cost: int = 3
     memory_kib: int = 64 * 1024
     parallelism: int = 2
+
+    def __post_init__(self) -> None:
+        if not (MIN_MEMORY_KIB <= self.memory_kib <= MAX_MEMORY_KIB and MIN_TIME_COST <= self.time_cost <= MAX_TIME_COST
+                and 1 <= self.parallelism <= MAX_PARALLELISM):
+            raise VaultError(f"key derivation cost out of bounds ({self.memory_kib} KiB, {self.time_cost} passes, "
+                             f"{self.parallelism} lanes): at least {MIN_MEMORY_KIB} KiB and {MIN_TIME_COST} pass")
 
     def derive(self, passphrase: str, salt: bytes) -> bytes:
         return hash_secret_raw(
@@ -79,6 +93,8 @@ class DataKey:
                 raise VaultError(f"unknown key derivation {fields['kdf']!r}")
             params = KdfParams(int(fields["time_cost"]), int(fields["memory_kib"]), int(fields["parallelism"]))
             salt, nonce, wrapped = (bytes.fromhex(fields[k]) for k in ("salt", "nonce", "wrapped_key"))
+        except VaultError as exc:
+            raise VaultError(f"the vault's key file is refused: {exc}") from None
         except (ValueError, KeyError, TypeError):
             raise VaultError("the vault's key file is damaged") from None
         kek = params.derive(passphrase, salt)

@@ -65,6 +65,7 @@ class Vault:
             home.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise StorageError(describe_os_error(exc, home)) from None
+        _keep_private(home)
         write_atomic(home / "identity.sealed", data_key.seal(identity.mnemonic.encode(), "identity"))
         write_atomic(home / "identity.json", json.dumps(identity.public_summary(), indent=2).encode(), 0o644)
         write_atomic(home / "vault.json", data_key.wrap(passphrase, kdf))  # last: marks the vault complete
@@ -76,6 +77,7 @@ class Vault:
     def open(cls, home: Path) -> Vault:
         if not cls.exists(home):
             raise VaultError(f"no vault at {home}: run `veil init` first (or set VEIL_HOME)")
+        _keep_private(Path(home))
         vault = cls(home)
         vault._init_index()
         vault._sweep_abandoned_work()
@@ -83,7 +85,9 @@ class Vault:
 
     def unlock(self, passphrase: str) -> UnlockedVault:
         data_key = DataKey.unwrap((self.home / "vault.json").read_bytes(), passphrase)
-        return UnlockedVault(self.home, data_key)
+        vault = UnlockedVault(self.home, data_key)
+        vault._finish_rotation()
+        return vault
 
     def public_identity(self) -> dict[str, str]:
         return json.loads((self.home / "identity.json").read_bytes())
@@ -174,6 +178,9 @@ class Vault:
                 shutil.rmtree(entry, ignore_errors=True)
 
 
+ROTATION_SUFFIX = ".next"  # a secret sealed under the next data key, during a passphrase change
+
+
 class UnlockedVault(Vault):
     """A vault opened with its passphrase: secrets can be read and stored."""
 
@@ -204,9 +211,53 @@ class UnlockedVault(Vault):
         return KeyRing(nodes, bytes.fromhex(meta) if meta else None)
 
     def change_passphrase(self, new_passphrase: str, kdf: KdfParams = KdfParams()) -> None:
+        """A new passphrase and a new data key: every secret is sealed again, so a copy of
+        the old key file with the old passphrase opens nothing written from now on.
+
+        Crash-safe: the secrets are first sealed under the new key beside the old ones
+        (`.next`), then the new key file replaces the old one (the commit), then the
+        `.next` files replace theirs. Unlocking finishes or discards a rotation cut short."""
         if not new_passphrase:
             raise VaultError("the new passphrase is empty")
-        write_atomic(self.home / "vault.json", self._data_key.wrap(new_passphrase, kdf))
+        new_key = DataKey.generate()
+        for path, purpose in self._sealed_files():
+            plaintext = self._data_key.open(path.read_bytes(), purpose)
+            write_atomic(path.with_name(path.name + ROTATION_SUFFIX), new_key.seal(plaintext, purpose))
+        write_atomic(self.home / "vault.json", new_key.wrap(new_passphrase, kdf))  # the commit
+        self._data_key = new_key
+        self._finish_rotation()
+
+    def _sealed_files(self) -> list[tuple[Path, str]]:
+        files = [(self.home / "identity.sealed", "identity")]
+        keys = self.home / "keys"
+        if keys.is_dir():
+            files += [(p, f"keys {p.name.removesuffix('.sealed')}") for p in sorted(keys.glob("*.sealed"))]
+        return files
+
+    def _finish_rotation(self) -> None:
+        """`.next` files left by a rotation: ours if the current key opens them (the key
+        file was committed: put them in place), else the abandoned attempt's (drop them)."""
+        for path, purpose in self._sealed_files():
+            pending = path.with_name(path.name + ROTATION_SUFFIX)
+            if not pending.exists():
+                continue
+            try:
+                self._data_key.open(pending.read_bytes(), purpose)
+            except VaultError:
+                pending.unlink()
+                continue
+            os.replace(pending, path)
+        fsync_directory(self.home)
+
+
+def _keep_private(home: Path) -> None:
+    """The vault's folder is its owner's alone (the index, ledgers and audit logs say who
+    paid whom): a home made before, or by hand, with wider rights is narrowed to 0700."""
+    try:
+        if home.stat().st_mode & 0o077:
+            os.chmod(home, 0o700)
+    except OSError as exc:
+        raise StorageError(describe_os_error(exc, home)) from None
 
 
 def _process_alive(pid: int) -> bool:

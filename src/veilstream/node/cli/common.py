@@ -16,13 +16,21 @@ def veil_home() -> Path:
     return Path(os.environ.get("VEIL_HOME") or Path.home() / ".veil").expanduser()
 
 
+_remembered: list[str] = []  # this process's passphrase, once read from the environment
+
+
 def read_passphrase(confirm: bool = False) -> str:
     """`VEIL_PASSPHRASE`, or ask on the terminal (twice when setting one)."""
     from veilstream.vault import VaultError
 
-    env = os.environ.get("VEIL_PASSPHRASE")
+    # Taken out of the environment once read: child processes (relay, anvil, a shell) must
+    # not inherit the passphrase.
+    env = os.environ.pop("VEIL_PASSPHRASE", None)
     if env is not None:
+        _remembered.append(env)
         return env
+    if _remembered:
+        return _remembered[0]
     import typer
 
     if not os.isatty(0):

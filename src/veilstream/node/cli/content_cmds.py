@@ -22,7 +22,7 @@ from veilstream.content import (
 from veilstream.content.publish import check_source
 from veilstream.node.cli.common import console, open_vault, unlock_identity
 from veilstream.node.cli.progress import byte_progress
-from veilstream.vault import atomic_writer
+from veilstream.vault import atomic_writer, user_file_mode
 
 _UNITS = {"": 1, "b": 1, "kib": 1 << 10, "k": 1 << 10, "kb": 1000, "mib": 1 << 20, "m": 1 << 20, "mb": 1000**2}
 
@@ -74,7 +74,7 @@ def open_content(
     if str(out) == "-":
         decrypt_to(torrent, ciphertext, ring, sys.stdout.buffer)
         return
-    with byte_progress() as bar, atomic_writer(out, mode=0o644) as handle:
+    with byte_progress() as bar, atomic_writer(out, mode=user_file_mode()) as handle:
         task = bar.add_task("verifying and decrypting", total=torrent.manifest.plaintext_length)
         meta = decrypt_to(torrent, ciphertext, ring, handle, progress=lambda n: bar.advance(task, n))
     console.print(f"[green]✓[/] {torrent.piece_count} slices verified and decrypted → {out}")

@@ -40,7 +40,7 @@ from veilstream.node.cli.swarm_cmds import _settings, parse_host_port
 from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
 from veilstream.swarm.node import SwarmNode, run
 from veilstream.swarm.storage import PieceStore
-from veilstream.vault import atomic_writer
+from veilstream.vault import atomic_writer, user_file_mode
 
 GRANT_POLL_INTERVAL_S = 2.0  # how often a key agent looks for new on-chain purchases
 WATCH_INTERVAL_S = 2.0  # how often a payee looks for withdrawals and share changes on chain
@@ -92,6 +92,10 @@ def _serve(cid: str, vault, identity, client, keys: bool, listen: str, tracker: 
             record = registered_record(client, torrent)
         elif record.price_per_slice != terms.price_per_slice_wei:
             raise MarketCommandError("the content is registered on chain with other terms than its manifest's")
+        if record.key_agent != identity.wallet_address:
+            # One set of books per content: a second agent would sell the same cheques' worth again.
+            raise MarketCommandError(f"the registry names {record.key_agent} as this content's key agent, not this "
+                                     "node: only that agent sells its keys (`set_key_agent` moves it)")
         anchored, _ = client.latest_anchor(identity.wallet_address, audit_anchor_kind(torrent.info_hash))
         audit = AuditLog(Path(vault.home) / "audit" / f"{cid}.log", anchored_head=anchored)
         floor, price = cashed_floor(client, torrent.info_hash), terms.price_per_slice_wei
@@ -240,7 +244,7 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=err_console, transient=True)
             sink = sys.stdout.buffer if str(out) == "-" else None
             try:
-                with progress, (atomic_writer(out, 0o644) if sink is None else nullcontext(sink)) as handle:
+                with progress, (atomic_writer(out, user_file_mode()) if sink is None else nullcontext(sink)) as handle:
                     task = progress.add_task("streaming", total=torrent.piece_count, status="")
                     async for index, plaintext in stream.slices(0, reuse=True):
                         handle.write(plaintext)
