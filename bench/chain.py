@@ -37,10 +37,18 @@ SEEDER_SHARE_BPS = 3_000
 SLICES_IN_CONTENT = 100_000
 BATCH = 50
 MAX_BATCH = 256
-# A sealed key: one X25519 sealed box (48 bytes of overhead) around the tree nodes that
-# open the range: 1 node for the whole content, 2*log2(n) at worst for a range.
-SEALED_WHOLE = 32 + 48
-SEALED_RANGE = 2 * 17 * 32 + 48
+DISPUTED_SLICES = 256  # a dispute re-derives every key under the bad node: gas grows with its slices
+
+
+def content_keys():
+    """A real key tree and commitment tree for the bench content: AccessSales checks every
+    delivery against the registered root."""
+    from veilstream.content import merkle
+    from veilstream.content.keytree import TreeNode, tree_depth
+    from veilstream.content.unseal import all_commitments
+
+    root = TreeNode(tree_depth(SLICES_IN_CONTENT), 0, keccak(b"bench content key"))
+    return root, merkle.MerkleTree(all_commitments(root, SLICES_IN_CONTENT))
 
 
 def actor(name: str):
@@ -58,12 +66,12 @@ def open_chain(kind: str, stack: ExitStack) -> ChainClient:
     return ChainClient.connect(node.url, deployment)
 
 
-def info_naming(creator: str, label: bytes) -> tuple[bytes, bytes]:
+def info_naming(creator: str, label: bytes, key_root: bytes | None = None) -> tuple[bytes, bytes]:
     """An info dict laid out as a Veilstream torrent's (a name, then the manifest), naming
     `creator`, and its content id: what registration proves the creator with."""
     name = b"veil-" + keccak(label)[:16].hex().encode()
     info = (b"d4:name37:" + name + b"10:veilstreamd7:creator20:" + bytes.fromhex(creator[2:]) + b"13:creator nostr32:"
-            + bytes(32) + b"8:key root32:" + keccak(label) + b"1:vi1eee")
+            + bytes(32) + b"8:key root32:" + (key_root or keccak(label)) + b"1:vi1eee")
     return info, hashlib.sha256(info).digest()
 
 
@@ -74,7 +82,8 @@ def measure_gas(base: ChainClient) -> dict[str, int]:
     viewers = [base.with_account(actor(f"gas viewer {i}")) for i in range(BATCH + 1)]
     for client in [creator, seeder, *viewers]:
         base.dev.fund(client.address, 10 * ETHER)
-    info, cid = info_naming(creator.address, b"bench content")
+    keys, commitments = content_keys()
+    info, cid = info_naming(creator.address, b"bench content", commitments.root)
 
     gas["register"] = creator.register(
         info, price_per_slice=PRICE_PER_SLICE, seeder_share_bps=SEEDER_SHARE_BPS, slice_count=SLICES_IN_CONTENT
@@ -93,13 +102,31 @@ def measure_gas(base: ChainClient) -> dict[str, int]:
     gas["cash_50_again"] = seeder.cash(batch).receipt.gas_used
     gas["claim"] = seeder._send(seeder.wallet.functions.claim()).gas_used
 
+    from dataclasses import replace as replaced
+
+    from veilstream.market.access import OneTimeKey, seal_delivery
+
     buyer = viewers[1]
-    grant = buyer.buy(cid, 0, SLICES_IN_CONTENT)
+    key = OneTimeKey.generate()
+    grant = buyer.buy(cid, 0, 65_536, key.public)  # AccessSales.MAX_GRANT_SLICES at once
     receipt = buyer.events(base.block_number(), names={"GrantOpened"})
     gas["buy"] = base.w3.eth.get_transaction_receipt(receipt.events[0].tx_hash)["gasUsed"]
-    gas["post_key"] = creator.post_key(grant, b"\x07" * SEALED_WHOLE).gas_used
-    grant = buyer.buy(cid, 1_000, 50_000)
-    gas["post_key_range"] = creator.post_key(grant, b"\x07" * SEALED_RANGE).gas_used
+    gas["post_key"] = creator.post_key(grant, seal_delivery(keys, commitments, None, base.grant(grant), key.public)).gas_used
+    gas["confirm"] = buyer.confirm(grant).gas_used
+    grant = buyer.buy(cid, 1_000, 50_000, key.public)
+    gas["post_key_range"] = creator.post_key(
+        grant, seal_delivery(keys, commitments, None, base.grant(grant), key.public)).gas_used
+    base.dev.advance_time(base.deployment.settings.dispute_window_s + 1)
+    gas["settle"] = viewers[0].settle(grant).gas_used
+    grant = buyer.buy(cid, 0, DISPUTED_SLICES, key.public)
+    honest = seal_delivery(keys, commitments, None, base.grant(grant), key.public)
+    node = honest.nodes[0]
+    bad = replaced(honest, nodes=(replaced(node, sealed_key=bytes(32)), *honest.nodes[1:]))
+    creator.post_key(grant, bad)
+    gas[f"dispute_{DISPUTED_SLICES}_slices"] = buyer.dispute(grant, key.secret, bad, 0).gas_used
+    lanes = [Account.create().address for _ in range(3)]
+    until = base.timestamp() + 2 * base.deployment.settings.lane_min_duration_s
+    gas["open_lanes_3"] = viewers[3].open_lanes(cid, lanes, ETHER // 100, until).gas_used
 
     gas["withdraw_request"] = viewers[2].request_withdrawal(ETHER // 10).gas_used
     base.dev.advance_time(base.deployment.settings.withdrawal_delay_s)

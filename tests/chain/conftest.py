@@ -23,7 +23,7 @@ from veilstream.chain.client import _transact, connect_rpc
 
 BACKENDS = ["embedded", "anvil"]
 TEST_SETTINGS = ChainSettings(withdrawal_delay_s=1_000, withdrawal_window_s=2_000, lane_min_duration_s=300,
-                              key_deadline_s=600, terms_delay_s=500)
+                              key_deadline_s=600, dispute_window_s=700, terms_delay_s=500)
 ETHER = 10**18
 PRICE_PER_SLICE = 10**12
 SEEDER_SHARE_BPS = 2_000
@@ -32,6 +32,20 @@ VIEWER_DEPOSIT = ETHER
 VIEWER2_DEPOSIT = ETHER // 100
 ACTORS = ("creator", "agent", "seeder", "seeder2", "viewer", "viewer2", "stranger")
 ATTACKER_SOURCE = Path(__file__).parent / "contracts" / "Attacker.vy"
+
+
+def _test_keys():
+    """The test content's key tree and key-commitment tree: AccessSales checks deliveries
+    against the registered root, so the content has real ones."""
+    from veilstream.content import merkle
+    from veilstream.content.keytree import TreeNode, tree_depth
+    from veilstream.content.unseal import all_commitments
+
+    root = TreeNode(tree_depth(SLICE_COUNT), 0, keccak(b"veilstream test content key"))
+    return root, merkle.MerkleTree(all_commitments(root, SLICE_COUNT))
+
+
+TEST_KEYS, TEST_COMMITMENTS = _test_keys()
 
 
 def actor_account(name: str) -> LocalAccount:
@@ -111,7 +125,7 @@ def _world(request) -> Iterator[tuple[World, list]]:
             account = actor_account(name)
             base.dev.fund(account.address, 1_000 * ETHER)
             clients[name] = base.with_account(account)
-        info, content_id = fake_info(clients["creator"].address, b"veilstream test content")
+        info, content_id = fake_info(clients["creator"].address, b"veilstream test content", TEST_COMMITMENTS.root)
         clients["creator"].register(
             info,
             price_per_slice=PRICE_PER_SLICE,

@@ -8,7 +8,7 @@ from eth_hash.auto import keccak
 
 from veilstream.chain import ContractRevert
 
-from .conftest import PRICE_PER_SLICE, SEEDER_SHARE_BPS, SLICE_COUNT, World, fake_info
+from .conftest import PRICE_PER_SLICE, SEEDER_SHARE_BPS, SLICE_COUNT, TEST_COMMITMENTS, World, fake_info
 
 MILLI = 10**15
 
@@ -37,7 +37,7 @@ def test_changes_to_unknown_content_are_refused(chain: World):
 
 
 def test_ids_are_unique(chain: World):
-    info, cid = fake_info(chain.creator.address, b"veilstream test content")
+    info, cid = fake_info(chain.creator.address, b"veilstream test content", TEST_COMMITMENTS.root)
     assert cid == chain.content_id
     with pytest.raises(ContractRevert, match="already registered"):
         chain.creator.register(info, price_per_slice=1, seeder_share_bps=0, slice_count=1)

@@ -71,7 +71,7 @@ def test_a_built_tree_gives_the_root_and_the_proofs_of_a_fresh_computation(leave
     end = data.draw(st.integers(min_value=first + 1, max_value=len(leaves)))
     width = merkle.next_power_of_two(len(leaves))
     padded = leaves + [merkle.ZERO_LEAF] * (width - len(leaves))
-    fresh = [merkle.root(padded[j << h : (j + 1) << h]) for h, j in merkle._outside_subtrees(first, end, width)]
+    fresh = [merkle.root(padded[j << h : (j + 1) << h]) for h, j in merkle.outside_subtrees(first, end, width)]
     assert tree.range_proof(first, end) == fresh
 
 

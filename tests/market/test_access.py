@@ -10,23 +10,12 @@ from veilstream.chain.client import ChainClient, GrantState
 from veilstream.content import PublishOptions, Terms, publish_file
 from veilstream.content.unseal import open_verified_slice
 from veilstream.identity import Identity, generate_mnemonic
-from veilstream.market.access import AccessError, GrantResponder, issued_keys, open_with_wallet, seal_to_wallet
+from veilstream.market.access import BadDelivery, GrantResponder, OneTimeKey, issued_keys
 from veilstream.market.audit import AuditLog
 from veilstream.market.key_agent import KeyAgent
 
 ETHER = 10**18
 PRICE = 10**14
-
-
-def test_seal_to_wallet_round_trip():
-    wallet = Account.create()
-    import coincurve
-
-    public = coincurve.PrivateKey(bytes(wallet.key)).public_key.format(compressed=False)[1:]
-    sealed = seal_to_wallet(public, b"range keys")
-    assert open_with_wallet(bytes(wallet.key), sealed) == b"range keys"
-    with pytest.raises(AccessError):
-        open_with_wallet(bytes(Account.create().key), sealed)
 
 
 def test_a_bought_range_is_answered_on_chain_and_opens(tmp_path):
@@ -47,13 +36,14 @@ def test_a_bought_range_is_answered_on_chain_and_opens(tmp_path):
         responder = GrantResponder(creator_chain, agent)
 
         buyer_chain = chain.with_account(buyer)
-        grant_id = buyer_chain.buy(torrent.info_hash, 3, 9)
-        assert issued_keys(chain, bytes(buyer.key), grant_id, torrent) is None  # nothing posted yet
+        one_time = OneTimeKey.generate()
+        grant_id = buyer_chain.buy(torrent.info_hash, 3, 9, one_time.public)
+        assert issued_keys(chain, one_time.secret, grant_id, torrent) is None  # nothing posted yet
         assert responder.poll() == [grant_id]
         assert responder.poll() == []  # answered once
         assert chain.grant(grant_id).state is GrantState.ISSUED
 
-        ring = issued_keys(chain, bytes(buyer.key), grant_id, torrent)
+        ring = issued_keys(chain, one_time.secret, grant_id, torrent)
         assert ring.metadata_key == done.keys.metadata_key
         with open(done.ciphertext_path, "rb") as f:
             for i in range(3, 12):
@@ -62,10 +52,12 @@ def test_a_bought_range_is_answered_on_chain_and_opens(tmp_path):
                 open_verified_slice(torrent, i, f.read(length), ring.slice_key(i))
         with pytest.raises(Exception):
             ring.slice_key(12)  # only what was bought
-        with pytest.raises(AccessError):  # a stranger reading the chain learns nothing
-            issued_keys(chain, bytes(Account.create().key), grant_id, torrent)
+        with pytest.raises(BadDelivery):  # a stranger reading the chain learns nothing
+            issued_keys(chain, OneTimeKey.generate().secret, grant_id, torrent)
         assert agent.audit.count == 1
-        # price × slices × (1 − seeder share), to the creator: seeders are paid by the holder later
+        # price × slices × (1 − seeder share), to the creator once the buyer confirms
+        assert creator_chain.earnings() == 0
+        buyer_chain.confirm(grant_id)
         assert creator_chain.claim() == PRICE * 9 * (10_000 - 2_000) // 10_000
     finally:
         chain.close()
@@ -89,9 +81,9 @@ def test_one_grant_that_cannot_be_answered_does_not_hold_up_the_rest(tmp_path):
         agent = KeyAgent(chain.cheque_domain, AuditLog(tmp_path / "audit.log"), signing_key=creator.wallet_key)
         agent.offer(torrent, done.keys)
         buyer_chain = chain.with_account(buyer)
-        late = buyer_chain.buy(torrent.info_hash, 0, 2)
+        late = buyer_chain.buy(torrent.info_hash, 0, 2, OneTimeKey.generate().public)
         chain.dev.advance_time(chain.deployment.settings.key_deadline_s + 1)
-        fresh = buyer_chain.buy(torrent.info_hash, 2, 2)
+        fresh = buyer_chain.buy(torrent.info_hash, 2, 2, OneTimeKey.generate().public)
         assert GrantResponder(creator_chain, agent).poll() == [fresh]
         assert chain.grant(late).state is GrantState.OPEN and chain.grant(fresh).state is GrantState.ISSUED
         assert [(e["first"], e["end"]) for e in agent.audit.entries()] == [(2, 4)]

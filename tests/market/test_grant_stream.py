@@ -13,7 +13,7 @@ from veilstream.chain.client import ChainClient
 from veilstream.content import PublishOptions, Terms, publish_file
 from veilstream.identity import Identity, generate_mnemonic
 from veilstream.market import messages
-from veilstream.market.access import GrantResponder, issued_keys
+from veilstream.market.access import GrantResponder, OneTimeKey, issued_keys
 from veilstream.market.audit import AuditLog
 from veilstream.market.credit import DIRECT_CONTENT_ID, DirectBooks
 from veilstream.market.key_agent import KeyAgent
@@ -60,9 +60,10 @@ def world(tmp_path_factory):
     buyer_chain = chain.with_account(buyer)
     buyer_chain.deposit(ETHER // 10)
     first, end = GRANTED
-    grant_id = buyer_chain.buy(torrent.info_hash, first, end - first)
+    one_time = OneTimeKey.generate()
+    grant_id = buyer_chain.buy(torrent.info_hash, first, end - first, one_time.public)
     assert GrantResponder(creator_chain, agent).poll() == [grant_id]
-    ring = issued_keys(chain, bytes(buyer.key), grant_id, torrent)
+    ring = issued_keys(chain, one_time.secret, grant_id, torrent)
     yield dict(chain=chain, creator=creator, seeder=seeder, buyer=buyer, done=done, tmp=tmp,
                plaintext=plaintext, grants=HeldGrants((grant_id,), (GRANTED,), ring))
     chain.close()

@@ -14,6 +14,7 @@ from veilstream.chain.client import (
     ChainClient,
     ChainEvent,
     ContentRecord,
+    DeliveryNode,
     DevControls,
     EventPage,
     Grant,
@@ -23,6 +24,7 @@ from veilstream.chain.client import (
     PendingWithdrawal,
     Receipt,
     RejectReason,
+    SealedDelivery,
 )
 from veilstream.chain.deployment import ChainSettings, Deployment
 from veilstream.chain.devnet import Devnet, open_chain
@@ -44,6 +46,7 @@ __all__ = [
     "ContentRecord",
     "ContractRevert",
     "Deployment",
+    "DeliveryNode",
     "DevControls",
     "Devnet",
     "Direction",
@@ -56,6 +59,7 @@ __all__ = [
     "PendingWithdrawal",
     "Receipt",
     "RejectReason",
+    "SealedDelivery",
     "SignedCheque",
     "content_id_bytes",
     "open_chain",

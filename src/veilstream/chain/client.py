@@ -65,8 +65,9 @@ class RejectReason(IntEnum):
 class GrantState(IntEnum):
     NONE = 0
     OPEN = 1
-    ISSUED = 2
+    ISSUED = 2  # keys posted; the payment waits out the dispute window
     REFUNDED = 3
+    SETTLED = 4  # the creator was credited
 
 
 class AnchorKind(IntEnum):
@@ -128,6 +129,31 @@ class Grant:
     amount: int
     deadline: int
     state: GrantState
+    one_time_key: str = ""  # the address of the key the grant's keys are sealed to
+    issued_at: int = 0
+
+
+@dataclass(frozen=True)
+class DeliveryNode:
+    """One subtree of a grant's delivery (AccessSales.Node): inside the range it carries
+    the masked key-tree node key; every one carries its key-commitment subtree root."""
+
+    height: int
+    index: int
+    root: bytes
+    sealed_key: bytes = bytes(32)
+    inside: bool = False
+
+
+@dataclass(frozen=True)
+class SealedDelivery:
+    ephemeral_key: bytes  # 33 bytes, compressed
+    nodes: tuple[DeliveryNode, ...]
+    sealed_metadata_key: bytes = bytes(32)
+
+    def as_contract_args(self) -> tuple:
+        return (self.ephemeral_key, [(n.height, n.index, n.root, n.sealed_key, n.inside) for n in self.nodes],
+                self.sealed_metadata_key)
 
 
 @dataclass(frozen=True)
@@ -394,7 +420,7 @@ class ChainClient:
         registry = create("ContentRegistry", settings.terms_delay_s)
         wallet = create("Wallet", registry, settings.withdrawal_delay_s, settings.withdrawal_window_s,
                         settings.lane_min_duration_s)
-        sales = create("AccessSales", registry, settings.key_deadline_s)
+        sales = create("AccessSales", registry, settings.key_deadline_s, settings.dispute_window_s)
         anchor = create("Anchor")
         return Deployment(
             chain_id=chain_id,
@@ -418,6 +444,10 @@ class ChainClient:
             raise ContractRevert(_revert_reason(exc)) from None
         except (Web3Exception, OSError) as exc:
             raise ChainUnavailable(f"chain request failed: {exc}") from None
+        except Exception as exc:
+            if type(exc).__name__ == "TransactionFailed":  # the embedded EVM's revert of a call
+                raise ContractRevert(_revert_reason(exc)) from None
+            raise
 
     def _view(self, fn) -> Any:
         return self._call_rpc(fn.call)
@@ -698,17 +728,30 @@ class ChainClient:
         fn = self.sales.functions.quote(content_id_bytes(content_id), int(first_slice), int(slice_count))
         return self._view(fn)
 
-    def buy(self, content_id: bytes | str, first_slice: int, slice_count: int, *, value: int | None = None) -> int:
-        """Buy a range; returns the grant id. `value` defaults to the current quote."""
+    def buy(self, content_id: bytes | str, first_slice: int, slice_count: int, one_time_key: bytes, *,
+            value: int | None = None) -> int:
+        """Buy a range, its keys to be sealed to `one_time_key` (64 bytes, the public half of
+        a key made for this purchase); returns the grant id. `value` defaults to the quote."""
         cid = content_id_bytes(content_id)
         if value is None:
             value = self.quote(cid, first_slice, slice_count)
-        fn = self.sales.functions.buy(cid, int(first_slice), int(slice_count))
+        fn = self.sales.functions.buy(cid, int(first_slice), int(slice_count), bytes(one_time_key))
         receipt = self._send(fn, value=value)
         return int(receipt.named("GrantOpened")[0].args["grant_id"])
 
-    def post_key(self, grant_id: int, sealed_key: bytes) -> Receipt:
-        return self._send(self.sales.functions.post_key(int(grant_id), bytes(sealed_key)))
+    def post_key(self, grant_id: int, delivery: SealedDelivery) -> Receipt:
+        return self._send(self.sales.functions.post_key(int(grant_id), *delivery.as_contract_args()))
+
+    def dispute(self, grant_id: int, one_time_secret: int, delivery: SealedDelivery, position: int) -> Receipt:
+        """Prove node `position` of the delivery bad (reverts if it is good); refunds the buyer."""
+        return self._send(self.sales.functions.dispute(int(grant_id), int(one_time_secret),
+                                                       *delivery.as_contract_args(), int(position)))
+
+    def confirm(self, grant_id: int) -> Receipt:
+        return self._send(self.sales.functions.confirm(int(grant_id)))
+
+    def settle(self, grant_id: int) -> Receipt:
+        return self._send(self.sales.functions.settle(int(grant_id)))
 
     def refund(self, grant_id: int) -> Receipt:
         return self._send(self.sales.functions.refund(int(grant_id)))
@@ -726,7 +769,23 @@ class ChainClient:
             amount=int(raw[4]),
             deadline=int(raw[5]),
             state=GrantState(int(raw[6])),
+            one_time_key=to_checksum_address(raw[7]),
+            issued_at=int(raw[8]),
         )
+
+    def delivery(self, grant_id: int) -> SealedDelivery | None:
+        """What the key agent posted for a grant (its KeyIssued event), or None."""
+        grant = self.grant(grant_id)
+        if grant is None or not grant.issued_at:
+            return None
+        for event in self.events(names=["KeyIssued"]).events:
+            if event.args["grant_id"] == grant_id:
+                return SealedDelivery(
+                    bytes(event.args["ephemeral_key"]),
+                    tuple(DeliveryNode(int(n["height"]), int(n["index"]), bytes(n["root"]), bytes(n["sealed_key"]),
+                                       bool(n["inside"])) for n in event.args["nodes"]),
+                    bytes(event.args["sealed_metadata_key"]))
+        return None
 
     # -- anchors -----------------------------------------------------------------------
 

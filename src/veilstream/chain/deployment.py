@@ -29,18 +29,21 @@ class ChainSettings:
     lane_min_duration_s: int = 2 * 3600
     # A bought grant waits this long for its key before the buyer may take the money back.
     key_deadline_s: int = 3600
+    # After its keys are posted, a grant's payment waits this long for the buyer to prove a
+    # bad delivery (or to confirm) before the creator is credited.
+    dispute_window_s: int = 24 * 3600
     # A new seeder share applies this long after the creator sets it, so seeders can cash
     # what they served under the old one.
     terms_delay_s: int = 24 * 3600
 
     def __post_init__(self) -> None:
         for name in ("withdrawal_delay_s", "withdrawal_window_s", "lane_min_duration_s", "key_deadline_s",
-                     "terms_delay_s"):
+                     "dispute_window_s", "terms_delay_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ChainError(f"{name} must be a non-negative whole number of seconds")
-        if self.key_deadline_s == 0 or self.withdrawal_window_s == 0:
-            raise ChainError("key_deadline_s and withdrawal_window_s must be positive")
+        if self.key_deadline_s == 0 or self.withdrawal_window_s == 0 or self.dispute_window_s == 0:
+            raise ChainError("key_deadline_s, withdrawal_window_s and dispute_window_s must be positive")
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ def verify_proof(leaf: bytes, index: int, path: list[bytes], expected_root: byte
         raise MerkleError(f"proof for leaf {index} does not reach the root")
 
 
-def _outside_subtrees(first: int, end: int, width: int) -> list[tuple[int, int]]:
+def outside_subtrees(first: int, end: int, width: int) -> list[tuple[int, int]]:
     """(height, index) of the maximal subtrees covering [0, first) and [end, width)."""
     depth = width.bit_length() - 1
     outside = []
@@ -145,7 +145,7 @@ class MerkleTree:
         rebuild the root. At most 2·log2(width) hashes, however long the range."""
         if not 0 <= first < end <= self.leaf_count:
             raise IndexError(f"range [{first}, {end}) outside {self.leaf_count} leaves")
-        return [self.levels[h][j] for h, j in _outside_subtrees(first, end, self.width)]
+        return [self.levels[h][j] for h, j in outside_subtrees(first, end, self.width)]
 
 
 def range_proof(leaves: list[bytes], first: int, end: int) -> list[bytes]:
@@ -161,7 +161,7 @@ def verify_range_proof(range_leaves: list[bytes], first: int, path: list[bytes],
     if not range_leaves or not 0 <= first < end <= leaf_count:
         raise MerkleError("range proof has the wrong shape for this tree")
     width = next_power_of_two(leaf_count)
-    outside = _outside_subtrees(first, end, width)
+    outside = outside_subtrees(first, end, width)
     if len(path) != len(outside):
         raise MerkleError("range proof has the wrong number of hashes")
     depth = width.bit_length() - 1

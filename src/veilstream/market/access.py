@@ -1,31 +1,38 @@
 """Access sales: a buyer pays on chain for a range of slices in one transaction; the key
-agent answers on chain (`KeyIssued`) with the range's keys sealed to the buyer.
+agent answers on chain (`KeyIssued`) with the range's keys sealed to a one-time key the
+buyer named in its purchase. The payment waits out a dispute window: a buyer who got bad
+keys proves it on chain and is refunded; one who got good keys confirms (or lets the
+window pass) and the creator is credited.
 
-The buyer's wallet public key is recovered from the signature of its own `buy`
-transaction, so a purchase needs nothing but that transaction: the agent seals to it with
-ECIES (ephemeral secp256k1 ECDH, HKDF-SHA256, ChaCha20-Poly1305) and only the buyer's
-wallet key opens it. The delivery carries the commitment proof, so the buyer checks every
-key before use, exactly as a streamed delivery is checked.
+The delivery is built so the contract can check it (AccessSales.vy says how):
+
+- its nodes are the dyadic subtrees of the key-commitment tree in order, those inside the
+  range each opening at most `MAX_NODE_HEIGHT` levels of slices (a dispute re-derives
+  them all), each with its commitment subtree root; `post_key` checks the roots rebuild
+  the registered key root;
+- sealing: the agent's ephemeral secp256k1 key e, the buyer's one-time key B = b·G; the
+  secret is the address of e·B = b·E, and word i is masked with keccak256(S, grant, i).
+
+The one-time secret opens this grant only; the buyer keeps it (sealed in its vault) to
+open the keys again or to prove them bad.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import coincurve
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from eth_account.typed_transactions import TypedTransaction
+from eth_hash.auto import keccak
 
-from veilstream.chain.client import ChainClient, GrantState
+from veilstream.chain.client import ChainClient, DeliveryNode, Grant, GrantState, SealedDelivery
 from veilstream.chain.errors import ChainError
 from veilstream.content import KeyRing, Torrent
-from veilstream.content.keytree import TreeNode
-from veilstream.content.unseal import verify_range_keys
+from veilstream.content import merkle
+from veilstream.content.crypto import key_commitment
+from veilstream.content.keytree import SequentialLeafKeys, TreeNode, range_cover
 from veilstream.identity.keys import evm_address
-from veilstream.market import messages
 from veilstream.market.audit import PAID_BY_GRANT
 from veilstream.market.errors import MarketError
 from veilstream.market.key_agent import KeyAgent
@@ -33,57 +40,127 @@ from veilstream.market.stream import HeldGrants
 
 log = logging.getLogger("veilstream.market")
 
-SEAL_INFO = b"veilstream wallet seal v1"
-EPHEMERAL_KEY_BYTES = 33
-MAX_SEALED_KEY_BYTES = 4096  # AccessSales.vy's limit
+MAX_NODE_HEIGHT = 12  # AccessSales.MAX_NODE_HEIGHT
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+METADATA_WORD = 2**256 - 1  # the mask index of the sealed metadata key
 
 
 class AccessError(MarketError):
     """A purchase's keys could not be issued or opened."""
 
 
-def _seal_key(shared: bytes, ephemeral: bytes) -> bytes:
-    return HKDF(hashes.SHA256(), 32, salt=None, info=SEAL_INFO + ephemeral).derive(shared)
+class BadDelivery(AccessError):
+    """The keys posted for a grant do not open what they commit to: `position` is the node
+    to prove it with (`ChainClient.dispute`)."""
+
+    def __init__(self, grant_id: int, position: int, why: str) -> None:
+        super().__init__(f"the keys posted for grant {grant_id} are bad ({why}): dispute them for a refund")
+        self.grant_id = grant_id
+        self.position = position
 
 
-def seal_to_wallet(public_key_xy: bytes, payload: bytes) -> bytes:
-    """ECIES to a 64-byte secp256k1 public key: ephemeral key (33) ‖ ciphertext ‖ tag."""
-    ephemeral = coincurve.PrivateKey()
-    ephemeral_public = ephemeral.public_key.format(compressed=True)
-    shared = ephemeral.ecdh(coincurve.PublicKey(b"\x04" + public_key_xy).format())
-    return ephemeral_public + ChaCha20Poly1305(_seal_key(shared, ephemeral_public)).encrypt(bytes(12), payload, ephemeral_public)
+@dataclass(frozen=True)
+class OneTimeKey:
+    """A key made for one purchase: its public half goes into `buy`, its secret opens that
+    grant's keys (and proves them bad in a dispute)."""
+
+    secret: int
+
+    @classmethod
+    def generate(cls) -> OneTimeKey:
+        return cls(int.from_bytes(coincurve.PrivateKey().secret, "big"))
+
+    @property
+    def public(self) -> bytes:
+        return coincurve.PrivateKey(self.secret.to_bytes(32, "big")).public_key.format(compressed=False)[1:]
 
 
-def open_with_wallet(wallet_key: bytes, sealed: bytes) -> bytes:
-    ephemeral_public = sealed[:EPHEMERAL_KEY_BYTES]
+def _shared(private: int, public: coincurve.PublicKey) -> bytes:
+    """The address (20 bytes) of private·public: the secret both sides derive."""
+    point = public.multiply(private.to_bytes(32, "big")).format(compressed=False)[1:]
+    return bytes.fromhex(evm_address(point)[2:])
+
+
+def _mask(shared: bytes, grant_id: int, word: int) -> bytes:
+    return keccak(bytes(12) + shared + grant_id.to_bytes(32, "big") + word.to_bytes(32, "big"))
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(32, "big")
+
+
+def delivery_layout(first: int, end: int, slice_count: int) -> list[tuple[int, int, bool]]:
+    """(height, index, inside) of a delivery's nodes, in order: the range's cover split to
+    at most MAX_NODE_HEIGHT, and the subtrees around it."""
+    width = merkle.next_power_of_two(slice_count)
+    depth = width.bit_length() - 1
+    inside = []
+    for height, index in range_cover(first, end, depth):
+        if height <= MAX_NODE_HEIGHT:
+            inside.append((height, index, True))
+        else:
+            shift = height - MAX_NODE_HEIGHT
+            inside += [(MAX_NODE_HEIGHT, (index << shift) + k, True) for k in range(1 << shift)]
+    outside = [(h, j, False) for h, j in merkle.outside_subtrees(first, end, width)]
+    return sorted(inside + outside, key=lambda node: node[1] << node[0])
+
+
+def seal_delivery(keys: TreeNode, commitments: merkle.MerkleTree, metadata_key: bytes | None, grant: Grant,
+                  one_time_key: bytes) -> SealedDelivery:
+    """The agent's side: the grant's range sealed to the buyer's one-time key."""
+    buyer = coincurve.PublicKey(b"\x04" + one_time_key)
+    while True:  # the contract reads E's x as an ecrecover r: it must be below the group order
+        ephemeral = coincurve.PrivateKey()
+        compressed = ephemeral.public_key.format(compressed=True)
+        if int.from_bytes(compressed[1:], "big") < SECP256K1_N:
+            break
+    shared = _shared(int.from_bytes(ephemeral.secret, "big"), buyer)
+    nodes = []
+    end = grant.first_slice + grant.slice_count
+    for position, (height, index, inside) in enumerate(delivery_layout(grant.first_slice, end, commitments.leaf_count)):
+        root = commitments.levels[height][index]
+        sealed = _xor(keys.descendant(height, index).key, _mask(shared, grant.grant_id, position)) if inside else bytes(32)
+        nodes.append(DeliveryNode(height, index, root, sealed, inside))
+    meta = _xor(metadata_key, _mask(shared, grant.grant_id, METADATA_WORD)) if metadata_key else bytes(32)
+    return SealedDelivery(compressed, tuple(nodes), meta)
+
+
+def commitment_root(node: TreeNode) -> bytes:
+    """The key-commitment subtree root of every slice key under a key-tree node."""
+    walker = SequentialLeafKeys(node)
+    return merkle.root([key_commitment(walker.key(i)) for i in range(1 << node.height)])
+
+
+def open_delivery(secret: int, grant: Grant, delivery: SealedDelivery, torrent: Torrent | None) -> KeyRing:
+    """The buyer's side: the grant's keys, each node checked against the commitment root
+    the contract made the agent stand by (the metadata key against the torrent's
+    metadata, if given). Raises `BadDelivery` naming the node to dispute."""
     try:
-        shared = coincurve.PrivateKey(wallet_key).ecdh(ephemeral_public)
-        return ChaCha20Poly1305(_seal_key(shared, ephemeral_public)).decrypt(
-            bytes(12), sealed[EPHEMERAL_KEY_BYTES:], ephemeral_public)
-    except (InvalidTag, ValueError):
-        raise AccessError("the issued key does not open with this wallet: not sealed to you") from None
-
-
-def sender_public_key(client: ChainClient, tx_hash: bytes) -> bytes:
-    """The 64-byte public key that signed a (typed, EIP-1559) transaction."""
-    tx = client.w3.eth.get_transaction(tx_hash)
-    fields = {k: tx[k] for k in ("type", "chainId", "nonce", "maxPriorityFeePerGas", "maxFeePerGas", "gas", "to",
-                                 "value", "input", "accessList") if k in tx}
-    fields["data"] = fields.pop("input")
-    signing_hash = TypedTransaction.from_dict(fields).hash()
-
-    def word(value) -> bytes:
-        return value.to_bytes(32, "big") if isinstance(value, int) else bytes(value).rjust(32, b"\0")
-
-    parity = int(tx["y_parity"] if "y_parity" in tx else tx["yParity"] if "yParity" in tx else tx["v"])
-    signature = word(tx["r"]) + word(tx["s"]) + bytes([parity])
-    public = coincurve.PublicKey.from_signature_and_message(signature, signing_hash, hasher=None)
-    return public.format(compressed=False)[1:]
+        shared = _shared(secret, coincurve.PublicKey(delivery.ephemeral_key))
+    except ValueError:
+        shared = bytes(20)  # not a point: the contract unseals with the zero address too
+    nodes = []
+    for position, node in enumerate(delivery.nodes):
+        if not node.inside:
+            continue
+        key = TreeNode(node.height, node.index, _xor(node.sealed_key, _mask(shared, grant.grant_id, position)))
+        if node.height > MAX_NODE_HEIGHT or commitment_root(key) != node.root:
+            raise BadDelivery(grant.grant_id, position, f"node ({node.height}, {node.index}) fails its commitments")
+        nodes.append(key)
+    meta = delivery.sealed_metadata_key
+    metadata_key = _xor(meta, _mask(shared, grant.grant_id, METADATA_WORD)) if any(meta) else None
+    if metadata_key is not None and torrent is not None:
+        try:
+            torrent.manifest.metadata(metadata_key)
+        except Exception:  # noqa: BLE001 - a wrong metadata key is not what was bought: keep the slices
+            log.warning("grant %s came with a metadata key that does not open the metadata", grant.grant_id)
+            metadata_key = None
+    return KeyRing(tuple(nodes), metadata_key)
 
 
 class GrantResponder:
     """The key agent's watch on AccessSales: every open grant for a content it sells gets
-    its keys, sealed to the buyer and posted on chain (`KeyIssued`)."""
+    its keys, sealed to the buyer's one-time key and posted on chain (`KeyIssued`)."""
 
     def __init__(self, client: ChainClient, agent: KeyAgent) -> None:
         self.client = client
@@ -100,58 +177,69 @@ class GrantResponder:
             content_id = bytes(event.args["content_id"])
             if not self.agent.offers(content_id):
                 continue
-            grant = self.client.grant(event.args["grant_id"])
-            if grant is None or grant.state is not GrantState.OPEN:
-                continue
             try:
-                self._answer(grant, event.tx_hash)
+                grant = self.client.grant(event.args["grant_id"])
+                if grant is None or grant.state is not GrantState.OPEN:
+                    continue
+                self._answer(grant, bytes(event.args["one_time_key"]))
                 answered.append(grant.grant_id)
             except (AccessError, ChainError, ValueError) as exc:  # one bad grant must not hold up the rest
-                log.warning("grant %s not answered: %s", grant.grant_id, exc)
+                log.warning("grant %s not answered: %s", event.args["grant_id"], exc)
         self.issued += answered
         return answered
 
-    def _answer(self, grant, tx_hash: bytes) -> None:
-        public = sender_public_key(self.client, tx_hash)
-        if evm_address(public) != grant.buyer:
-            raise AccessError("the buy transaction was not signed by the grant's buyer")
-        first, end = grant.first_slice, grant.first_slice + grant.slice_count
-        delivery = self.agent.delivery(grant.content_id, first, end)
-        sealed = seal_to_wallet(public, messages.encode_delivery(delivery))
-        if len(sealed) > MAX_SEALED_KEY_BYTES:
-            raise AccessError(f"the sealed keys ({len(sealed)} bytes) exceed the contract's {MAX_SEALED_KEY_BYTES}")
+    def _answer(self, grant: Grant, one_time_key: bytes) -> None:
+        if len(one_time_key) != 64 or evm_address(one_time_key) != grant.one_time_key:
+            raise AccessError("the grant's one-time key is not the one it was bought with")
+        offering = self.agent.offering(grant.content_id)
+        delivery = seal_delivery(offering.keys.tree_root, offering.commitments, offering.keys.metadata_key, grant,
+                                 one_time_key)
         # The keys leave in the transaction: logged once it is mined (the chain's KeyIssued
         # is the record meanwhile), so a post that fails leaves no release in the log.
-        self.client.post_key(grant.grant_id, sealed)
+        self.client.post_key(grant.grant_id, delivery)
+        first, end = grant.first_slice, grant.first_slice + grant.slice_count
         self.agent.record_release(grant.buyer, grant.content_id, first, end, grant.amount, PAID_BY_GRANT)
 
 
-def issued_keys(client: ChainClient, wallet_key: bytes, grant_id: int, torrent: Torrent) -> KeyRing | None:
-    """The buyer's side: the keys posted for `grant_id`, opened and checked against the
-    content's key commitments; None while none is posted yet."""
-    for event in client.events(names=["KeyIssued"]).events:
-        if event.args["grant_id"] != grant_id:
-            continue
-        delivery = messages.decode_delivery(open_with_wallet(wallet_key, bytes(event.args["sealed_key"])))
-        nodes = [TreeNode(h, j, k) for h, j, k in delivery.nodes]
-        verify_range_keys(torrent, nodes, list(delivery.proof))  # raises WrongKeyError
-        return KeyRing(tuple(nodes), delivery.metadata_key)
-    return None
+def issued_keys(client: ChainClient, secret: int, grant_id: int, torrent: Torrent) -> KeyRing | None:
+    """The buyer's side: the keys posted for `grant_id`, opened and checked; None while
+    none is posted yet. Raises `BadDelivery` if they are bad (dispute them)."""
+    grant = client.grant(grant_id)
+    if grant is None or grant.state not in (GrantState.ISSUED, GrantState.SETTLED):
+        return None
+    delivery = client.delivery(grant_id)
+    if delivery is None:
+        return None
+    return open_delivery(secret, grant, delivery, torrent)
 
 
-def held_grants(client: ChainClient, wallet_key: bytes, buyer: str, torrent: Torrent) -> HeldGrants | None:
-    """Every grant `buyer` holds for this content with its keys issued: the granted ranges
-    and their keys (each delivery checked against the commitments), or None if none."""
+def dispute_delivery(client: ChainClient, secret: int, bad: BadDelivery) -> int:
+    """Prove the bad node on chain; returns the refund."""
+    delivery = client.delivery(bad.grant_id)
+    receipt = client.dispute(bad.grant_id, secret, delivery, bad.position)
+    return sum(e.args["amount"] for e in receipt.named("Disputed"))
+
+
+def held_grants(client: ChainClient, secret_for: Callable[[int], int | None], buyer: str,
+                torrent: Torrent) -> HeldGrants | None:
+    """Every grant `buyer` holds for this content with its keys issued and good: the
+    granted ranges and their keys, or None if none. `secret_for(grant_id)` is the grant's
+    one-time secret (None: not this vault's purchase)."""
     ids, ranges, nodes, metadata_key = [], [], [], None
     for event in client.events(names=["GrantOpened"]).events:
         if bytes(event.args["content_id"]) != torrent.info_hash or event.args["buyer"] != buyer:
             continue
-        grant = client.grant(event.args["grant_id"])
-        if grant is None or grant.state is not GrantState.ISSUED:
+        secret = secret_for(event.args["grant_id"])
+        if secret is None:
             continue
-        ring = issued_keys(client, wallet_key, grant.grant_id, torrent)
+        try:
+            ring = issued_keys(client, secret, event.args["grant_id"], torrent)
+        except BadDelivery as bad:
+            log.warning("%s", bad)
+            continue
         if ring is None:
             continue
+        grant = client.grant(event.args["grant_id"])
         ids.append(grant.grant_id)
         ranges.append((grant.first_slice, grant.first_slice + grant.slice_count))
         nodes.extend(ring.nodes)

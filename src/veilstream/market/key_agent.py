@@ -111,6 +111,10 @@ class KeyAgent:
     def set_cover(self, viewer: str, content_id: bytes, payee: str, cover: Guarantee) -> None:
         self.account(viewer, content_id).set_cover(payee, cover)
 
+    def offering(self, content_id: bytes) -> _Offering:
+        """What this agent sells of a content: its torrent, keys and commitment tree."""
+        return self._offering(content_id)
+
     def _offering(self, content_id: bytes) -> _Offering:
         offering = self._offerings.get(content_id)
         if offering is None:

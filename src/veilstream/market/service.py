@@ -398,7 +398,7 @@ class MarketService:
             state.lookups_pending -= 1
             if not done.cancelled() and done.exception() is None:
                 for grant in done.result():
-                    if grant is not None and grant.state in (GrantState.OPEN, GrantState.ISSUED):
+                    if grant is not None and grant.state in (GrantState.OPEN, GrantState.ISSUED, GrantState.SETTLED):
                         self._grants[grant.grant_id] = grant
             else:
                 log.warning("grant lookup failed: %s", done.exception() if not done.cancelled() else "cancelled")

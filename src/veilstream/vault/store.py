@@ -6,6 +6,7 @@
     <home>/index.db            SQLite (WAL) index of contents held
     <home>/content/<id>/       <id>.torrent and the ciphertext file
     <home>/keys/<id>.sealed    key rings, sealed with the data key
+    <home>/secrets/<n>.sealed  small secrets (purchases' one-time keys), sealed with the data key
     <home>/tmp/<pid>-*/        work in progress; moved into place by a rename when complete
 
 Every file is written atomically; a content directory appears whole or not at all.
@@ -210,6 +211,19 @@ class UnlockedVault(Vault):
         meta = fields.get("metadata_key")
         return KeyRing(nodes, bytes.fromhex(meta) if meta else None)
 
+    def store_secret(self, name: str, secret: bytes) -> None:
+        """Keep a small secret (a purchase's one-time key, say) sealed under the data key."""
+        write_atomic(self._secret_path(name), self._data_key.seal(secret, f"secret {name}"))
+
+    def secret(self, name: str) -> bytes | None:
+        path = self._secret_path(name)
+        return self._data_key.open(path.read_bytes(), f"secret {name}") if path.is_file() else None
+
+    def _secret_path(self, name: str) -> Path:
+        if not name or not all(c.isalnum() or c in "-_" for c in name):
+            raise VaultError(f"not a secret's name: {name!r}")
+        return self.home / "secrets" / f"{name}.sealed"
+
     def change_passphrase(self, new_passphrase: str, kdf: KdfParams = KdfParams()) -> None:
         """A new passphrase and a new data key: every secret is sealed again, so a copy of
         the old key file with the old passphrase opens nothing written from now on.
@@ -232,6 +246,9 @@ class UnlockedVault(Vault):
         keys = self.home / "keys"
         if keys.is_dir():
             files += [(p, f"keys {p.name.removesuffix('.sealed')}") for p in sorted(keys.glob("*.sealed"))]
+        secrets = self.home / "secrets"
+        if secrets.is_dir():
+            files += [(p, f"secret {p.name.removesuffix('.sealed')}") for p in sorted(secrets.glob("*.sealed"))]
         return files
 
     def _finish_rotation(self) -> None:

@@ -12,7 +12,7 @@ interface Wallet:
     def claim() -> uint256: nonpayable
 
 interface Sales:
-    def buy(content_id: bytes32, first_slice: uint256, slice_count: uint256) -> uint256: payable
+    def buy(content_id: bytes32, first_slice: uint256, slice_count: uint256, one_time_key: Bytes[64]) -> uint256: payable
     def refund(grant_id: uint256) -> uint256: nonpayable
     def claim() -> uint256: nonpayable
 
@@ -72,8 +72,8 @@ def claim_sales():
 
 @external
 @payable
-def buy(content_id: bytes32, first_slice: uint256, slice_count: uint256):
-    self.grant_id = extcall Sales(self.sales).buy(content_id, first_slice, slice_count, value=msg.value)
+def buy(content_id: bytes32, first_slice: uint256, slice_count: uint256, one_time_key: Bytes[64]):
+    self.grant_id = extcall Sales(self.sales).buy(content_id, first_slice, slice_count, one_time_key, value=msg.value)
 
 
 @external

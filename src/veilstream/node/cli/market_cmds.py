@@ -24,7 +24,7 @@ from veilstream.chain.ledger import Direction
 from veilstream.content import ContentKeys, Torrent, parse_content_id
 from veilstream.errors import VeilError
 from veilstream.market import messages
-from veilstream.market.access import GrantResponder, held_grants, issued_keys
+from veilstream.market.access import BadDelivery, GrantResponder, OneTimeKey, dispute_delivery, held_grants, issued_keys
 from veilstream.market.audit import AuditLog
 from veilstream.market.cashier import Cashier, audit_anchor_kind
 from veilstream.market.credit import seeder_part_wei
@@ -215,7 +215,7 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
                 shutil.rmtree(scratch, ignore_errors=True)
         terms = torrent.manifest.terms
         record = registered_record(client, torrent, required=bool(terms.price_per_slice_wei))
-        grants = held_grants(client, identity.wallet_key, identity.wallet_address, torrent)
+        grants = held_grants(client, _grant_secrets(vault, client), identity.wallet_address, torrent)
         granted = set()
         if grants is not None:
             granted = {i for first, end in grants.ranges for i in range(first, min(end, torrent.piece_count))}
@@ -302,20 +302,51 @@ def buy(
         if first + count > torrent.piece_count:
             raise MarketCommandError(f"the content has {torrent.piece_count} slices; [{first}, {first + count}) is past its end")
         price = client.quote(torrent.info_hash, first, count)
-        grant_id = client.buy(torrent.info_hash, first, count, value=price)
+        one_time = OneTimeKey.generate()  # the keys are sealed to it: it opens this purchase only
+        grant_id = client.buy(torrent.info_hash, first, count, one_time.public, value=price)
+        vault.store_secret(_grant_secret_name(client, grant_id), one_time.secret.to_bytes(32, "big"))
         console.print(f"bought slices [{first}, {first + count}) for {format_ether(price)}: grant {grant_id}")
-        wallet_key = vault.identity().wallet_key
         with err_console.status("waiting for the key agent to post the keys on chain"):
             ring = None
             deadline = time.monotonic() + BUY_WAIT_S
             while ring is None and time.monotonic() < deadline:
-                ring = issued_keys(client, wallet_key, grant_id, torrent)
+                try:
+                    ring = issued_keys(client, one_time.secret, grant_id, torrent)
+                except BadDelivery as bad:
+                    refunded = dispute_delivery(client, one_time.secret, bad)
+                    raise MarketCommandError(f"the key agent posted bad keys for grant {grant_id}: proven on chain, "
+                                             f"{format_ether(refunded)} refunded") from None
                 if ring is None:
                     time.sleep(1.0)
         if ring is None:
             raise MarketCommandError(f"no keys for grant {grant_id} yet; after its deadline `veil wallet` can refund it")
-        vault.store_keyring(cid, ring)
-        console.print(f"[green]✓[/] keys for {count} slices checked against the commitments and kept in the vault")
+        vault.store_keyring(cid, _merged(vault, cid, ring))
+        client.confirm(grant_id)  # the keys are good: the creator is paid now, not after the dispute window
+        console.print(f"[green]✓[/] keys for {count} slices checked against the commitments and kept in the vault; "
+                      "the creator is paid")
+
+
+def _grant_secret_name(client, grant_id: int) -> str:
+    return f"grant-{client.deployment.access_sales[2:].lower()}-{grant_id}"
+
+
+def _grant_secrets(vault, client):
+    """grant id → its one-time secret, for the purchases this vault made."""
+    def secret_for(grant_id: int) -> int | None:
+        raw = vault.secret(_grant_secret_name(client, grant_id))
+        return int.from_bytes(raw, "big") if raw else None
+    return secret_for
+
+
+def _merged(vault, cid: str, ring):
+    """The keys bought now beside those the vault already holds for the content."""
+    from veilstream.content import KeyRing
+
+    try:
+        held = vault.keyring(cid)
+    except VeilError:
+        return ring
+    return KeyRing(held.nodes + ring.nodes, held.metadata_key or ring.metadata_key)
 
 
 def _signed_before(ledger, client, viewer: str):
