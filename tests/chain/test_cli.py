@@ -155,3 +155,22 @@ def test_devnet_is_shared_by_processes_and_survives_a_restart(home, tmp_path):
         _stop_devnet(process, signal.SIGTERM)  # a plain kill stops anvil too
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0  # nothing listens: anvil is gone
+
+
+def test_lanes_are_listed_and_closed_after_their_time(home):
+    """What a viewer's deposit holds for payees, and getting it back once a lane's time is past."""
+    home, identity = home
+    ok(veil(home, "wallet", "faucet", "1"))
+    ok(veil(home, "wallet", "deposit", "0.5"))
+    assert "no lanes held" in ok(veil(home, "wallet", "lanes"))
+    payee = Account.create().address
+    with ChainClient.embedded(home / "chain" / "embedded", identity.wallet) as client:
+        until = client.timestamp() + client.deployment.settings.lane_min_duration_s + 60
+        client.open_lanes(keccak(b"a content"), [payee], ETHER // 10, until)
+    listed = ok(veil(home, "wallet", "lanes"))
+    assert payee in listed and "0.1 ETH" in listed and "held in lanes" in ok(veil(home, "wallet", "balance"))
+    assert "returned 0 ETH" in ok(veil(home, "wallet", "lanes", "--close"))  # not yet: still held
+    with ChainClient.embedded(home / "chain" / "embedded", identity.wallet) as client:
+        client.dev.advance_time(client.deployment.settings.lane_min_duration_s + 120)
+    assert "returned 0.1 ETH" in ok(veil(home, "wallet", "lanes", "--close"))
+    assert "0.5 ETH" in ok(veil(home, "wallet", "balance"))

@@ -18,21 +18,26 @@ ETHER = 10**18
 PRICE = 10**14
 
 
+def market(chain, tmp_path, size: int):
+    """A published, registered content, its creator's key agent, and a funded buyer."""
+    creator, buyer = Identity.from_mnemonic(generate_mnemonic()), Account.create()
+    for who in (creator.wallet_address, buyer.address):
+        chain.dev.fund(who, ETHER)
+    (tmp_path / "in.bin").write_bytes(os.urandom(size))
+    (tmp_path / "out").mkdir()
+    done = publish_file(tmp_path / "in.bin", tmp_path / "out", creator, PublishOptions(16 * 1024, terms=Terms(PRICE, 2_000)))
+    torrent = done.torrent
+    creator_chain = chain.with_account(creator.wallet)
+    creator_chain.register(torrent.info_bytes, price_per_slice=PRICE, seeder_share_bps=2_000, slice_count=torrent.piece_count)
+    agent = KeyAgent(chain.cheque_domain, AuditLog(tmp_path / "audit.log"), signing_key=creator.wallet_key)
+    agent.offer(torrent, done.keys)
+    return done, torrent, creator_chain, agent, buyer
+
+
 def test_a_bought_range_is_answered_on_chain_and_opens(tmp_path):
     chain = ChainClient.embedded(None)
     try:
-        creator, buyer = Identity.from_mnemonic(generate_mnemonic()), Account.create()
-        for who in (creator.wallet_address, buyer.address):
-            chain.dev.fund(who, ETHER)
-        (tmp_path / "in.bin").write_bytes(os.urandom(300_000))
-        (tmp_path / "out").mkdir()
-        done = publish_file(tmp_path / "in.bin", tmp_path / "out", creator,
-                            PublishOptions(16 * 1024, terms=Terms(PRICE, 2_000)))
-        torrent = done.torrent
-        creator_chain = chain.with_account(creator.wallet)
-        creator_chain.register(torrent.info_bytes, price_per_slice=PRICE, seeder_share_bps=2_000, slice_count=torrent.piece_count)
-        agent = KeyAgent(chain.cheque_domain, AuditLog(tmp_path / "audit.log"), signing_key=creator.wallet_key)
-        agent.offer(torrent, done.keys)
+        done, torrent, creator_chain, agent, buyer = market(chain, tmp_path, 300_000)
         responder = GrantResponder(creator_chain, agent)
 
         buyer_chain = chain.with_account(buyer)
@@ -68,18 +73,7 @@ def test_one_grant_that_cannot_be_answered_does_not_hold_up_the_rest(tmp_path):
     are still answered, and only what was posted is in the audit log."""
     chain = ChainClient.embedded(None)
     try:
-        creator, buyer = Identity.from_mnemonic(generate_mnemonic()), Account.create()
-        for who in (creator.wallet_address, buyer.address):
-            chain.dev.fund(who, ETHER)
-        (tmp_path / "in.bin").write_bytes(os.urandom(100_000))
-        (tmp_path / "out").mkdir()
-        done = publish_file(tmp_path / "in.bin", tmp_path / "out", creator,
-                            PublishOptions(16 * 1024, terms=Terms(PRICE, 2_000)))
-        torrent = done.torrent
-        creator_chain = chain.with_account(creator.wallet)
-        creator_chain.register(torrent.info_bytes, price_per_slice=PRICE, seeder_share_bps=2_000, slice_count=torrent.piece_count)
-        agent = KeyAgent(chain.cheque_domain, AuditLog(tmp_path / "audit.log"), signing_key=creator.wallet_key)
-        agent.offer(torrent, done.keys)
+        done, torrent, creator_chain, agent, buyer = market(chain, tmp_path, 100_000)
         buyer_chain = chain.with_account(buyer)
         late = buyer_chain.buy(torrent.info_hash, 0, 2, OneTimeKey.generate().public)
         chain.dev.advance_time(chain.deployment.settings.key_deadline_s + 1)

@@ -31,13 +31,19 @@ def info_naming(creator: str) -> tuple[bytes, bytes]:
     return info, sha256(info).digest()
 
 
-def test_threshold_batches_anchor_and_close(chain, tmp_path):
+def actors(chain):
+    """A registered content's creator, a seeder, and a viewer with a deposit."""
     creator, seeder, viewer = Account.create(), Account.create(), Account.create()
     for who in (creator, seeder, viewer):
         chain.dev.fund(who.address, ETHER)
     info, content = info_naming(creator.address)
     chain.with_account(creator).register(info, price_per_slice=PRICE, seeder_share_bps=2_500, slice_count=100)
     chain.with_account(viewer).deposit(ETHER // 10)
+    return creator, seeder, viewer, content
+
+
+def test_threshold_batches_anchor_and_close(chain, tmp_path):
+    creator, seeder, viewer, content = actors(chain)
     settings = replace(MarketSettings(), cash_threshold_wei=5 * PRICE, audit_anchor_every_entries=2)
     cashier = Cashier(chain.with_account(seeder), ChequeLedger(tmp_path / "cheques.sqlite"), settings)
     viewer_chain = chain.with_account(viewer)
@@ -60,12 +66,7 @@ def test_threshold_batches_anchor_and_close(chain, tmp_path):
 def test_a_batch_that_failed_is_cashed_again(chain, tmp_path):
     """A cash transaction that fails (the chain was down) is handed over again, not
     forgotten until the next run."""
-    creator, seeder, viewer = Account.create(), Account.create(), Account.create()
-    for who in (creator, seeder, viewer):
-        chain.dev.fund(who.address, ETHER)
-    info, content = info_naming(creator.address)
-    chain.with_account(creator).register(info, price_per_slice=PRICE, seeder_share_bps=2_500, slice_count=100)
-    chain.with_account(viewer).deposit(ETHER // 10)
+    _creator, seeder, viewer, content = actors(chain)
     payee = chain.with_account(seeder)
     cashier = Cashier(payee, ChequeLedger(tmp_path / "cheques.sqlite"), replace(MarketSettings(), cash_threshold_wei=PRICE))
     real_cash = payee.cash

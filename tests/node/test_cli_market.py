@@ -72,10 +72,11 @@ def test_serve_play_earn_across_processes(tmp_path):
     try:
         movie = tmp_path / "movie.bin"
         movie.write_bytes(os.urandom(700_000))
-        published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", "1000000000000",
-                            "--seeder-share", "2000"))
-        cid = re.search(r"content id\s+([0-9a-f]{64})", published)[1]
         ok(veil(creator, "wallet", "faucet", "1", *chain))
+        published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", "1000000000000",
+                            "--seeder-share", "2000", *chain))
+        cid = re.search(r"content id\s+([0-9a-f]{64})", published)[1]
+        assert "registered" in published and "not registered" not in published  # at once: nobody can squat it
         ok(veil(viewer, "wallet", "faucet", "1", *chain))
         ok(veil(viewer, "wallet", "deposit", "0.1", *chain))
 

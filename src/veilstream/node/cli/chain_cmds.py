@@ -117,6 +117,7 @@ def register(app: typer.Typer) -> None:
             table.add_row("address", me)
             table.add_row("account", format_ether(client.balance()))
             table.add_row("deposit", format_ether(client.deposit_of()))
+            table.add_row("held in lanes", f"{format_ether(client.held_of())} (`veil wallet lanes`)")
             pending = client.pending_withdrawal()
             if pending:
                 table.add_row(
@@ -220,6 +221,35 @@ def register(app: typer.Typer) -> None:
                 err_console.print(f"[yellow]{short} cheques bounced in part: their viewers' deposits ran short")
             if rejected:
                 err_console.print(f"[yellow]{rejected} cheques were refused by the contract")
+
+    @wallet.command("lanes")
+    def wallet_lanes(
+        close: Annotated[bool, typer.Option("--close", help="Return what lanes past their time hold to the deposit.")] = False,
+        rpc: ChainRpc = None,
+        deployment: ChainDeployment = None,
+    ) -> None:
+        """The parts of your deposit held for payees (lanes), and until when."""
+        with _client(rpc, deployment) as (_vault, client):
+            me, now = client.address, client.timestamp()
+            keys = {(bytes(e.args["content_id"]), e.args["payee"])
+                    for e in client.events(names=["LaneOpened"]).events if e.args["viewer"] == me}
+            lanes = [(cid, payee, client.lane(me, cid, payee)) for cid, payee in sorted(keys)]
+            lanes = [(cid, payee, lane) for cid, payee, lane in lanes if lane is not None]
+            if not lanes:
+                console.print("no lanes held")
+                return
+            table = Table("content", "payee", "holds", "until")
+            closed = 0
+            for cid, payee, lane in lanes:
+                due = lane.until <= now
+                if close and due:
+                    closed += client.close_lane(cid, payee).named("LaneClosed")[0].args["amount"]
+                    continue
+                table.add_row(cid.hex()[:16] + "…" if any(cid) else "(direct)", payee, format_ether(lane.amount),
+                              "its time is past (--close)" if due else _when(lane.until, now))
+            console.print(table)
+            if close:
+                console.print(f"returned {format_ether(closed)} to your deposit")
 
     @wallet.command("claim")
     def wallet_claim(rpc: ChainRpc = None, deployment: ChainDeployment = None) -> None:

@@ -20,6 +20,7 @@ from veilstream.content import (
     publish_file,
 )
 from veilstream.content.publish import check_source
+from veilstream.node.cli.chain_cmds import ChainDeployment, ChainRpc
 from veilstream.node.cli.common import console, open_vault, unlock_identity
 from veilstream.node.cli.progress import byte_progress
 from veilstream.vault import atomic_writer, user_file_mode
@@ -41,8 +42,11 @@ def publish(
     seeder_share: int = typer.Option(2000, "--seeder-share", min=0, max=10_000, help="Seeder's share of each payment, in basis points."),
     suite: CipherSuite = typer.Option(CipherSuite.AES_256_GCM, "--suite", help="AEAD cipher suite."),
     tracker: list[str] = typer.Option([], "--tracker", help="Tracker URL to announce to (repeatable)."),
+    rpc: ChainRpc = None,
+    deployment: ChainDeployment = None,
 ) -> None:
-    """Encrypt FILE into slices and add it to the vault; print its content id and magnet."""
+    """Encrypt FILE into slices and add it to the vault; print its content id and magnet;
+    register it on chain (priced content) so that nobody else can, and viewers can pay."""
     options = PublishOptions(parse_size(slice_size), suite, Terms(price, seeder_share), tuple(tracker))
     size = check_source(file)  # before the passphrase: a typo in the path should not cost an unlock
     vault, identity = unlock_identity()
@@ -58,7 +62,26 @@ def publish(
     table.add_row("slices", f"{torrent.piece_count} × {torrent.piece_length // 1024} KiB ({suite.value})")
     table.add_row("torrent", str(folder / done.torrent_path.name))
     table.add_row("ciphertext", str(folder / done.ciphertext_path.name))
+    if price:
+        table.add_row("on chain", _register(vault, identity, torrent, rpc, deployment))
     console.print(table)
+
+
+def _register(vault, identity, torrent, rpc, deployment) -> str:
+    """Register a priced content at once (a failure is said, and `veil serve --keys` retries)."""
+    from pathlib import Path as _Path
+
+    from veilstream.chain import ChainError, open_chain
+
+    terms = torrent.manifest.terms
+    try:
+        with open_chain(_Path(vault.home) / "chain", identity.wallet, rpc_url=rpc, deployment_path=deployment) as client:
+            if client.content(torrent.info_hash) is None:
+                client.register(torrent.info_bytes, price_per_slice=terms.price_per_slice_wei,
+                                seeder_share_bps=terms.seeder_share_bps, slice_count=torrent.piece_count)
+            return "registered (only you could: the registry reads the creator from the manifest)"
+    except ChainError as exc:
+        return f"[yellow]not registered yet: {exc}[/] (`veil wallet faucet` or fund the wallet, then `veil serve --keys`)"
 
 
 def open_content(
