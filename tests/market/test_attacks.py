@@ -435,3 +435,24 @@ def test_books_of_viewers_gone_are_forgotten_past_a_bound(published, chain, tmp_
             assert len(service.accounts) <= market.max_idle_books + 1
             assert len(service.key_agent._accounts) <= market.max_idle_books + 1
     asyncio.run(scenario())
+
+
+# -- 3. a registry record made by someone else ------------------------------------------------
+
+
+def test_a_record_that_names_another_creator_is_refused_by_every_client(published, chain, monkeypatch):
+    """The registry now takes a registration only from the manifest's creator (the chain
+    tests perform the squat); a client still refuses any record whose creator or key root
+    is not the manifest's — say, on a chain deployed before that rule."""
+    from veilstream.market.onchain import RegistrationError, registered_record
+
+    done = published[0]
+    record = chain.content(done.torrent.info_hash)
+    assert registered_record(chain, done.torrent) == record
+    squatted = replace(record, creator=Account.create().address)
+    monkeypatch.setattr(chain, "content", lambda _cid: squatted)
+    with pytest.raises(RegistrationError, match="not to its creator"):
+        registered_record(chain, done.torrent)
+    monkeypatch.setattr(chain, "content", lambda _cid: replace(record, key_root=bytes(range(32))))
+    with pytest.raises(RegistrationError, match="key-commitment root"):
+        registered_record(chain, done.torrent)
