@@ -456,3 +456,28 @@ def test_a_record_that_names_another_creator_is_refused_by_every_client(publishe
     monkeypatch.setattr(chain, "content", lambda _cid: replace(record, key_root=bytes(range(32))))
     with pytest.raises(RegistrationError, match="key-commitment root"):
         registered_record(chain, done.torrent)
+
+
+# -- the viewer's side: never pay far ahead of the keys it holds -------------------------------
+
+
+def test_with_no_key_agent_a_viewer_pays_at_most_its_pay_ahead_and_is_told(published, chain, fund, tmp_path):
+    """Issue 12's first finding: with no key agent reachable, a viewer paid a seeder for
+    every slice (40/40 here on the old code) and waited for ever. Now it fetches, and so
+    pays, at most `pay_ahead_slices` past the keys it holds, and stops with a message."""
+    done = published[0]
+    market = replace(MarketSettings(), pay_ahead_slices=4, no_key_agent_timeout_s=1.0)
+
+    async def scenario():
+        async with Network(published, chain, tmp_path, market) as net:
+            wallet = fund(Account.create(), 10**16)
+            content = net.nodes[2].fetch(done.torrent, tmp_path / "lonely")
+            stream = PaidStream(content, done.torrent, wallet=wallet, domain=chain.cheque_domain, budget_wei=10**16,
+                                settings=market, lanes=LaneOpener(chain.with_account(wallet), market),
+                                key_agent=net.creator.wallet_address)
+            content.add_peer("127.0.0.1", net.nodes[1].listen_port)  # the key-less seeder only
+            with pytest.raises(StreamError, match="no key agent answers"):
+                await play(stream, limit_s=30)
+            assert stream.payer.content_spent_wei <= market.pay_ahead_slices * PRICE
+            assert net.seeder_service.stats.bytes_served <= (market.pay_ahead_slices + WINDOW) * SLICE
+    asyncio.run(scenario())

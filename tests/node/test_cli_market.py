@@ -86,7 +86,7 @@ def test_serve_play_earn_across_processes(tmp_path):
         magnet = re.search(r"magnet (\S+)", banner)[1]
 
         out = tmp_path / "played.bin"
-        played = veil(viewer, "play", magnet, "--peer", address, "--out", str(out), *chain)
+        played = veil(viewer, "play", magnet, "--out", str(out), *chain)  # the magnet's x.pe names the peer
         ok(played)
         assert out.read_bytes() == movie.read_bytes()
         slices = -(-700_000 // (64 * 1024 - 16))

@@ -11,10 +11,15 @@ class MarketSettings:
     cash_threshold_wei: int = 10**15  # a payee cashes once its uncashed cheques pass this
     key_session_ttl_s: int = 3_600  # a viewer's ephemeral key-session key expires after this
     key_session_renew_s: int = 120  # a viewer renews its session this long before it expires
+    # A viewer fetches (and so pays for) at most this many slices past the keys it holds: what
+    # it risks to a key agent that stops answering (the seeders' and agent's credit windows
+    # are the other side's risk).
+    pay_ahead_slices: int = 32
     key_lookahead_slices: int = 32  # keys held ahead of the playhead (asked for in batches of half)
     key_batch_wait_s: float = 0.02  # a waiting player's short batch waits this long for payments to widen it
     key_request_timeout_s: float = 5.0  # a key agent that answers nothing in this long is passed over
-    key_refusals_while_paid: int = 5  # refusals in a row, though paid for, before an agent is passed over
+    key_refusals_while_paid: int = 5
+    no_key_agent_timeout_s: float = 10.0  # a player waiting for a key with no agent to ask gives up after this  # refusals in a row, though paid for, before an agent is passed over
     audit_anchor_every_entries: int = 1_000  # the key agent anchors its audit-log head this often
     max_slices_per_key_request: int = 4_096  # bounds the work one request can ask of a key agent
     # A viewer holds a lane of its deposit for each payee (the Wallet's `open_lanes`) this

@@ -168,6 +168,7 @@ class PaidStream:
         self._player_waits_for_key: int | None = None
         self._keys_since_seek = 0  # keys bought since the start or the last seek: batches grow with them
         self._key_frontier = 0  # the first slice from the playhead on whose key is not held
+        self._fetch_limit: int | None = None
         # Half the lookahead, but a player behind by a batch must still find its slices in
         # the swarm's memory of recent pieces, not read them back from disk.
         self._key_batch = max(1, min(settings.key_lookahead_slices // 2, RECENT_BYTES // (2 * self.manifest.piece_length)))
@@ -260,6 +261,7 @@ class PaidStream:
     async def _key_for(self, index: int) -> bytes:
         if self.grants is not None and self.grants.covers(index):
             return self.grants.keys.slice_key(index)  # derived from the issued tree nodes
+        without_agent_since = None
         while index not in self._keys:
             if self._failure is not None:
                 raise self._failure
@@ -267,10 +269,33 @@ class PaidStream:
             try:
                 self._want_keys()
                 event = self._keys_changed
-                await event.wait()
+                if self._key_agents():
+                    without_agent_since = None
+                    await event.wait()
+                    continue
+                # Nobody sells keys: wait a while for one (a peer still connecting), then say so.
+                loop = asyncio.get_running_loop()
+                without_agent_since = without_agent_since or loop.time()
+                left = self.settings.no_key_agent_timeout_s - (loop.time() - without_agent_since)
+                if left <= 0:
+                    who = f" (the registry names {self.key_agent})" if self.key_agent else ""
+                    self._fail(StreamError(
+                        f"no key agent answers for this content{who}: stopped after paying for "
+                        f"{self._keys_paid_without_key()} slices whose keys it has not sold; reach the creator's node "
+                        "(--peer HOST:PORT) and play again"))
+                    continue
+                try:
+                    async with asyncio.timeout(min(left, 0.5)):
+                        await event.wait()
+                except TimeoutError:
+                    pass
             finally:
                 self._player_waits_for_key = None
         return self._keys[index]
+
+    def _keys_paid_without_key(self) -> int:
+        price = self.manifest.terms.price_per_slice_wei
+        return max(0, self.payer.content_spent_wei // price - self._keys_bought) if price else 0
 
     def _have_key(self, index: int) -> bool:
         return index in self._keys or (self.grants is not None and self.grants.covers(index))
@@ -295,6 +320,7 @@ class PaidStream:
         while first < self.manifest.slice_count and self._have_key(first):
             first += 1
         self._key_frontier = first
+        self._limit_fetching()
         if first >= self.manifest.slice_count:
             return
         price = self.manifest.terms.price_per_slice_wei
@@ -450,6 +476,15 @@ class PaidStream:
             except (PaymentRefused, MarketError):
                 continue
         raise PaymentRefused("a key delivery does not open with this stream's session keys")
+
+    def _limit_fetching(self) -> None:
+        """Pay no more than `pay_ahead_slices` ahead of the keys held: a slice fetched is a
+        slice paid, and without its key it is worth nothing to the viewer."""
+        if self.manifest.terms.price_per_slice_wei:
+            end = self._key_frontier + self.settings.pay_ahead_slices
+            if end != self._fetch_limit:
+                self._fetch_limit = end
+                self.content.limit_fetching(end)
 
     def _batch_wait_over(self) -> None:
         self._batch_timer = None

@@ -197,6 +197,11 @@ class Content:
         self.swarm.seek(offset)
         self.node._flush(self)
 
+    def limit_fetching(self, end_piece: int | None) -> None:
+        """Fetch no piece at or past `end_piece` (None: no limit)."""
+        self.swarm.limit_fetching(end_piece)
+        self.node._flush(self)
+
     async def _wait_change(self) -> None:
         event = self._changed
         await event.wait()

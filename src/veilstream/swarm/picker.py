@@ -13,6 +13,9 @@ position on (then from the start): a player reading in order finds each piece in
 as it comes, instead of waiting for one while the rest of the file arrives. Rarest first
 serves the swarm's health; a paying viewer that just watches wants its slices in order.
 
+With `fetch_end` set, only pieces from the playback position up to it are started: a
+viewer that pays per verified piece fetches no further ahead than it means to pay for.
+
 With `whole_pieces` set, a piece's blocks go to the peer that started it (until that peer
 gives some back, or is late with a window block): a paying viewer pays per verified
 piece, and a seeder serves only a credit window ahead of payment, so pieces split across
@@ -66,6 +69,7 @@ class PiecePicker:
         self.whole_pieces = False
         self.endgame = True
         self.sequential = False
+        self.fetch_end: int | None = None  # set: no piece at or past it is started (a paying viewer's bound)
         self._sequential_cursor = 0  # pieces from the position up to it are had or being fetched
         self._rng = rng or random.Random()
         self._order: list[int] = []
@@ -211,6 +215,8 @@ class PiecePicker:
     def _take(self, piece: int, peer, count: int, out: list, now: float, late_after: float | None = None) -> None:
         progress = self.downloading.get(piece)
         if progress is None:
+            if self.fetch_end is not None and not self.position <= piece < self.fetch_end:
+                return
             progress = self.downloading[piece] = PieceProgress(piece, self.block_count(piece))
         if progress.started_at is None:
             progress.started_at = now

@@ -195,6 +195,7 @@ class Swarm:
         self.torrent: Torrent | None = None
         self.store: PieceStore | None = None
         self.picker: PiecePicker | None = None
+        self._fetch_end: int | None = None  # kept for a picker made later (a magnet's metadata)
         self.hash_server: HashServer | None = None
         self.shape: TreeShape | None = None
         self._assemblies: dict[int, _Assembly] = {}
@@ -355,6 +356,15 @@ class Swarm:
         if self.picker is not None and self.torrent is not None:
             self.picker.seek(max(0, offset) // self.torrent.piece_length)
             self._refill_all(self._now_hint)
+
+    def limit_fetching(self, end_piece: int | None) -> None:
+        """Start no piece at or past `end_piece` (None: no limit); a raised limit is asked for at once."""
+        self._fetch_end = end_piece
+        if self.picker is not None and self.picker.fetch_end != end_piece:
+            raised = end_piece is None or self.picker.fetch_end is None or end_piece > self.picker.fetch_end
+            self.picker.fetch_end = end_piece
+            if raised:
+                self._refill_all(self._now_hint)
 
     def follow_reader(self, offset: int) -> None:
         """The player reads at `offset`: move the playback window forward to it (never
@@ -967,6 +977,7 @@ class Swarm:
             self.picker.whole_pieces = self.settings.whole_pieces_per_peer
             self.picker.endgame = self.settings.endgame
             self.picker.sequential = self.settings.sequential
+            self.picker.fetch_end = self._fetch_end
             self.finished = store.complete
 
     # -- bookkeeping ----------------------------------------------------------------------------

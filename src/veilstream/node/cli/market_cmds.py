@@ -36,7 +36,7 @@ from veilstream.market.settings import MarketSettings
 from veilstream.market.stream import PaidStream, viewer_swarm_settings
 from veilstream.node.cli.chain_cmds import ChainDeployment, ChainRpc, _client, _ledger, format_ether, parse_amount
 from veilstream.node.cli.common import console, err_console
-from veilstream.node.cli.swarm_cmds import _settings, parse_host_port
+from veilstream.node.cli.swarm_cmds import _settings, magnet_hints, parse_host_port
 from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
 from veilstream.swarm.node import SwarmNode, run
 from veilstream.swarm.storage import PieceStore
@@ -194,7 +194,9 @@ def play(
 ) -> None:
     """Stream a content: fetch verified ciphertext, pay per slice, buy keys, decrypt in order."""
     cid = parse_content_id(content_id)
-    peers = [parse_host_port(p, what="--peer") for p in peer]
+    magnet_trackers, magnet_peers = magnet_hints(content_id)  # a magnet's own `tr` and `x.pe`, as `fetch` uses them
+    peers = [parse_host_port(p, what="--peer") for p in peer] + magnet_peers
+    tracker = [*tracker, *magnet_trackers]
     if not peers and not tracker:
         raise MarketCommandError("give at least one --peer HOST:PORT or --tracker URL to find the content")
     with _client(rpc, deployment) as (vault, client):

@@ -51,7 +51,7 @@ def _settings(listen: str | None, dht: bool) -> SwarmSettings:
     return settings
 
 
-def _magnet_extras(text: str) -> tuple[list[str], list[tuple[str, int]]]:
+def magnet_hints(text: str) -> tuple[list[str], list[tuple[str, int]]]:
     """Trackers (`tr`) and peer hints (`x.pe`, BEP 9) carried by a magnet link."""
     if not text.strip().lower().startswith("magnet:"):
         return [], []
@@ -167,7 +167,7 @@ def fetch(
 ) -> None:
     """Download ciphertext from peers, verifying every block; resumes if interrupted."""
     torrent, cid = _fetch_target(source)
-    extra_trackers, extra_peers = _magnet_extras(source)
+    extra_trackers, extra_peers = magnet_hints(source)
     trackers = list(tracker) + extra_trackers + (list(torrent.trackers) if torrent else [])
     peers = [parse_host_port(p, what="--peer") for p in peer] + extra_peers
     bootstrap = [parse_host_port(b, what="--dht-bootstrap") for b in dht_bootstrap]
