@@ -92,15 +92,16 @@ class Network:
         table = self.paid_before.get(payee, {})  # (a closure over the table only: not the whole network)
         return lambda viewer, content_id: table.get((viewer, content_id), 0)
 
-    def viewer(self, wallet, budget=10**16, stream_class=PaidStream, signed_before=None, deposit=10**16):
-        """A viewer with `deposit` in the Wallet (if it has none yet)."""
+    def viewer(self, wallet, budget=10**16, stream_class=PaidStream, signed_before=None, deposit=10**16, work=None,
+               **kwargs):
+        """A viewer with `deposit` in the Wallet (if it has none yet), storing in `work`."""
         if deposit and not self.chain.deposit_of(wallet.address) and not self.chain.held_of(wallet.address):
             self.chain.dev.fund(wallet.address, 10**18)
             self.chain.with_account(wallet).deposit(deposit)
-        content = self.viewer_node.fetch(self.done.torrent, self.tmp_path / f"viewer-{os.urandom(4).hex()}")
+        content = self.viewer_node.fetch(self.done.torrent, work or self.tmp_path / f"viewer-{os.urandom(4).hex()}")
         stream = stream_class(content, self.done.torrent, wallet=wallet, domain=self.domain, budget_wei=budget,
                               settings=self.market, signed_before=signed_before,
-                              lanes=LaneOpener(self.chain.with_account(wallet), self.market))
+                              lanes=LaneOpener(self.chain.with_account(wallet), self.market), **kwargs)
         for node in self.seeders:
             content.add_peer("127.0.0.1", node.listen_port)
         return stream
@@ -349,6 +350,47 @@ def test_a_returning_viewer_continues_its_cheques_and_old_payments_buy_nothing_n
 
     asyncio.run(second_session(ReplayingStream))
     asyncio.run(second_session(PaidStream))
+
+
+def test_a_later_session_goes_on_from_where_the_last_stopped_and_watching_again_is_free(published, chain, tmp_path):
+    """Issue 12: a second play of content already partly paid for stopped after 2 slices
+    and waited for ever (the pieces were on disk, so nothing new was paid, and only this
+    session's payments counted). The keys bought are kept and count, with what was paid
+    before: resuming pays only for what is new, and watching again pays nothing more."""
+    wallet, seeder_wallet = Account.create(), Account.create()
+    work = tmp_path / "viewer-store"
+    n = published[0].torrent.piece_count
+
+    async def session(stop_at=None, held=None, paid_before=0, signed=None, paid=None):
+        async with Network(published, chain, tmp_path, seeder_wallet=seeder_wallet, paid_before=paid or {}) as net:
+            cid = net.done.torrent.info_hash
+            stream = net.viewer(wallet, work=work, held_keys=held, paid_before_wei=paid_before,
+                                signed_before=(lambda c, s: (signed or {}).get(s, 0) if c == cid else 0))
+            got = {}
+            async with asyncio.timeout(TIMEOUT_S):
+                async for index, plaintext in stream.slices(0):
+                    got[index] = plaintext
+                    if stop_at is not None and index + 1 == stop_at:
+                        break
+            await net.viewer_node.drain()
+            owed = dict(stream.payer.owed)
+            received = {p: {(wallet.address, cid): s.account(wallet.address).paid_wei}
+                        for p, s in ((net.creator.wallet_address, net.creator_service),
+                                     (seeder_wallet.address, net.seeder_service))}
+            stream.close()
+            return got, stream, owed, received
+
+    first, stream, owed, received = asyncio.run(session(stop_at=n // 2))
+    assert sorted(first) == list(range(n // 2))
+    ring = stream.bought_keys()
+    paid_first = sum(owed.values())
+    second, stream, owed2, received = asyncio.run(session(held=ring, paid_before=paid_first, signed=owed, paid=received))
+    assert b"".join({**first, **second}[i] for i in range(n)) == published[2]  # the whole content, in the end
+    assert stream.payer.content_spent_wei <= (n - n // 2) * PRICE  # only what was new was paid
+    ring = stream.bought_keys()
+    third, stream, _, _ = asyncio.run(session(held=ring, paid_before=sum(owed2.values()), signed=owed2, paid=received))
+    assert b"".join(third[i] for i in range(n)) == published[2]
+    assert stream.payer.content_spent_wei == 0 and stream.stats.key_deliveries == 0  # watching again: free
 
 
 class LyingKeyAgent(KeyAgent):

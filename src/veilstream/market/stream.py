@@ -139,6 +139,8 @@ class PaidStream:
         signed_before: Callable[[bytes, str], int] | None = None,
         lanes: LaneOpener | None = None,
         key_agent: str | None = None,
+        held_keys: KeyRing | None = None,
+        paid_before_wei: int = 0,
     ) -> None:
         self.content = content
         self.torrent = torrent
@@ -164,7 +166,16 @@ class PaidStream:
         self.metadata_key: bytes | None = None
         self._sources: dict[int, _Source] = {}
         self._keys: dict[int, bytes] = {}
-        self._keys_bought = 0  # keys the key agents released to this stream (what their books count)
+        # Keys bought in earlier sessions (the vault's): watching again costs nothing, and
+        # they count, with what earlier sessions paid, as the key agent's books count them.
+        self.held_keys = held_keys
+        self._held = set()
+        if held_keys is not None:
+            self._held = {i for node in held_keys.nodes
+                          for i in range(node.first_leaf, min(node.end_leaf, self.manifest.slice_count))}
+        self._paid_before_wei = paid_before_wei
+        self._bought_nodes: list[TreeNode] = []  # the tree nodes delivered this session
+        self._keys_bought = sum(1 for i in self._held if not (grants is not None and grants.covers(i)))
         self._player_waits_for_key: int | None = None
         self._keys_since_seek = 0  # keys bought since the start or the last seek: batches grow with them
         self._key_frontier = 0  # the first slice from the playhead on whose key is not held
@@ -177,6 +188,8 @@ class PaidStream:
         self.grants = grants
         if grants is not None:
             self.metadata_key = grants.keys.metadata_key
+        if held_keys is not None and held_keys.metadata_key is not None:
+            self.metadata_key = held_keys.metadata_key
         self._keys_changed = asyncio.Event()
         self._distrusted: set[int] = set()
         self._key_request: tuple[int, int, int] | None = None  # (conn, first, end) in flight
@@ -261,6 +274,8 @@ class PaidStream:
     async def _key_for(self, index: int) -> bytes:
         if self.grants is not None and self.grants.covers(index):
             return self.grants.keys.slice_key(index)  # derived from the issued tree nodes
+        if index in self._held:
+            return self.held_keys.slice_key(index)
         without_agent_since = None
         while index not in self._keys:
             if self._failure is not None:
@@ -295,10 +310,19 @@ class PaidStream:
 
     def _keys_paid_without_key(self) -> int:
         price = self.manifest.terms.price_per_slice_wei
-        return max(0, self.payer.content_spent_wei // price - self._keys_bought) if price else 0
+        return max(0, self._paid_total_wei() // price - self._keys_bought) if price else 0
+
+    def _paid_total_wei(self) -> int:
+        """Paid for this content in cheques, this session and earlier ones."""
+        return self._paid_before_wei + self.payer.content_spent_wei
+
+    def bought_keys(self) -> KeyRing:
+        """Every key this stream holds, earlier sessions' included: what the vault keeps."""
+        nodes = list(self.held_keys.nodes) if self.held_keys is not None else []
+        return KeyRing(tuple(nodes + self._bought_nodes), self.metadata_key)
 
     def _have_key(self, index: int) -> bool:
-        return index in self._keys or (self.grants is not None and self.grants.covers(index))
+        return index in self._keys or index in self._held or (self.grants is not None and self.grants.covers(index))
 
     def _key_agents(self) -> list[int]:
         """Peers that sell keys and have not lost our trust, the registered agent first."""
@@ -326,7 +350,7 @@ class PaidStream:
         price = self.manifest.terms.price_per_slice_wei
         allowance = self.settings.key_lookahead_slices - (first - self._playhead)  # held ahead of the playhead
         if price:
-            paid_slices = self.payer.content_spent_wei // price
+            paid_slices = self._paid_total_wei() // price
             allowance = min(allowance, paid_slices + self.settings.credit_window_slices - self._keys_bought)
         if allowance <= 0:
             return
@@ -538,7 +562,8 @@ class PaidStream:
                 self._distrusted.add(conn)
         if delivery.metadata_key is not None and self.metadata_key is None:
             self.metadata_key = delivery.metadata_key
-        new_keys = sum(1 for index in keys if index not in self._keys)
+        new_keys = sum(1 for index in keys if index not in self._keys and index not in self._held)
+        self._bought_nodes.extend(nodes)
         self._keys_bought += new_keys
         self._keys_since_seek += new_keys
         self._keys.update(keys)

@@ -234,7 +234,9 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
             content = node.fetch(torrent, work)
             stream = PaidStream(content, torrent, wallet=identity.wallet, domain=client.cheque_domain, budget_wei=limit,
                                 grants=grants, signed_before=_signed_before(ledger, client, identity.wallet_address),
-                                lanes=LaneOpener(client), key_agent=record.key_agent if record else None)
+                                lanes=LaneOpener(client), key_agent=record.key_agent if record else None,
+                                held_keys=_held_keys(vault, cid),
+                                paid_before_wei=_paid_for(ledger, client, identity.wallet_address, torrent.info_hash))
             # every cheque is kept before it goes out: the next session's counters go on from it
             stream.on_cheque_signed = lambda signed: ledger.record(client.cheque_domain, signed, Direction.ISSUED)
             for host, port in peers:
@@ -258,6 +260,9 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
             finally:
                 for signed in stream.payer.all_signed():
                     ledger.record(client.cheque_domain, signed, Direction.ISSUED)
+                bought = stream.bought_keys()
+                if bought.nodes:  # watching again costs nothing: the keys stay, sealed, in the vault
+                    vault.store_keyring(cid, bought)
                 await node.drain()
                 stream.close()
             meta = stream.metadata()
@@ -326,6 +331,20 @@ def buy(
         client.confirm(grant_id)  # the keys are good: the creator is paid now, not after the dispute window
         console.print(f"[green]✓[/] keys for {count} slices checked against the commitments and kept in the vault; "
                       "the creator is paid")
+
+
+def _held_keys(vault, cid: str):
+    """The keys this vault already holds for the content (bought, or its creator's), if any."""
+    try:
+        return vault.keyring(cid)
+    except VeilError:
+        return None
+
+
+def _paid_for(ledger, client, viewer: str, content_id: bytes) -> int:
+    """What this viewer's cheques for the content add up to, over every payee (its ledger)."""
+    return sum(c.cheque.cumulative_amount for c in ledger.latest(client.cheque_domain, Direction.ISSUED)
+               if c.cheque.viewer == viewer and c.cheque.content_id == content_id)
 
 
 def _grant_secret_name(client, grant_id: int) -> str:
