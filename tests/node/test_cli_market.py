@@ -92,6 +92,10 @@ def test_serve_play_earn_across_processes(tmp_path):
         slices = -(-700_000 // (64 * 1024 - 16))
         assert re.search(rf"{slices} slices verified and decrypted", played.stderr)
         assert "0.000011 ETH in cheques" in played.stderr  # 11 slices × 10¹² wei
+        again = veil(viewer, "play", magnet, "--out", str(tmp_path / "again.bin"), *chain)  # watching again
+        ok(again)
+        assert (tmp_path / "again.bin").read_bytes() == movie.read_bytes()
+        assert re.search(r"paid\s+0 ETH in cheques", again.stderr)  # the keys are in the vault, the slices on disk
 
         # a second viewer buys a range on chain instead; the serving key agent answers
         buyer = tmp_path / "buyer"
