@@ -233,9 +233,9 @@ class MarketService:
         if self.key_agent is not None:
             for payee in self.key_agent.covers_wanted(viewer, self.content_id):
                 self._look_up_cover(conn, state, viewer, self.content_id, payee)
-            if again:  # lanes that did not hold (or no longer hold) anything may hold now
-                for payee, cover in list(self.key_agent.account(viewer, self.content_id).covers.items()):
-                    if payee != self.payee and cover.lane_wei <= 0:
+            if again:  # the viewer opened or topped up lanes: every cover the book counts may have grown
+                for payee in list(self.key_agent.account(viewer, self.content_id).covers):
+                    if payee != self.payee:
                         self._look_up_cover(conn, state, viewer, self.content_id, payee, True)
 
     def _waiting(self, state: _PeerState) -> bool:

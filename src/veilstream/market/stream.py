@@ -483,8 +483,8 @@ class PaidStream:
                 return
             got = set(done.result())
             self._laned.setdefault(content_id, set()).update(got)
-            for conn, source in self._sources.items():
-                if source.payee in got:
+            for conn, source in self._sources.items():  # the payees, and key agents (they count every lane)
+                if source.payee in got or (source.terms is not None and source.terms.serves_keys):
                     self._send(conn, messages.LanesOpened())
                 source.refusals = 0  # refusals before a lane held were no fault of the agent's
             self._open_lanes()
