@@ -285,3 +285,14 @@ def test_fuzz_atheris_target(tmp_path):
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Done" in done.stderr
+
+
+def test_cheque_amounts_in_json_are_whole_numbers_only():
+    """Found by the fuzz test: an amount of 1e999 escaped as OverflowError; 1.5 was cut to 1."""
+    for amount in (float("inf"), 1e999, 1.5, True, "1e3", "-5", None):
+        try:
+            SignedCheque.from_json({**SEED_CHEQUE.to_json(), "cumulative_amount": amount})
+        except ChainError:
+            continue
+        raise AssertionError(f"accepted {amount!r}")
+    assert SignedCheque.from_json(SEED_CHEQUE.to_json()) == SEED_CHEQUE

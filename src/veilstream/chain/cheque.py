@@ -196,16 +196,25 @@ class SignedCheque:
                 viewer=doc["viewer"],
                 content_id=doc["content_id"],
                 seeder=doc["seeder"],
-                cumulative_amount=int(doc["cumulative_amount"]),
+                cumulative_amount=_whole_wei(doc["cumulative_amount"]),
             )
             return cls(cheque, bytes.fromhex(doc["signature"]))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: an amount of 1e999
             raise ChequeError(f"malformed cheque: {exc}") from None
 
     def as_contract_tuple(self) -> tuple:
         """The `Cheque` struct as Wallet.cash takes it."""
         c = self.cheque
         return (c.viewer, c.content_id, c.seeder, c.cumulative_amount, self.v, self.r, self.s)
+
+
+def _whole_wei(value) -> int:
+    """A cheque amount from JSON: a whole number, or its decimal digits (never a float)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError("a cheque amount is a whole number of wei, written as digits")
+    if isinstance(value, str) and not value.isdigit():
+        raise ValueError(f"a cheque amount is digits, not {value[:40]!r}")
+    return int(value)
 
 
 @lru_cache(maxsize=16)
