@@ -652,6 +652,12 @@ class ChainClient:
                                    checksum_address(payee))
         return Lane(int(amount), int(until)) if until else None
 
+    def lanes_of(self, viewer: str, content_id: bytes | str, payees: Sequence[str]) -> list[Lane | None]:
+        """Each payee's lane for the content, in one call (None: no lane)."""
+        raw = self._read(self.wallet, "guarantees", checksum_address(viewer), content_id_bytes(content_id),
+                         [checksum_address(p) for p in payees])
+        return [Lane(int(amount), int(until)) if until else None for amount, until in raw]
+
     def guarantee(self, viewer: str, content_id: bytes | str, payee: str) -> Guarantee:
         """What the chain promises `payee` of `viewer`'s cheques for the content."""
         cid, who, to = content_id_bytes(content_id), checksum_address(viewer), checksum_address(payee)
@@ -692,10 +698,8 @@ class ChainClient:
         )
 
     def cashed(self, viewer: str, content_id: bytes | str, seeder: str) -> int:
-        fn = self.wallet.functions.cashed(
-            checksum_address(viewer), content_id_bytes(content_id), checksum_address(seeder)
-        )
-        return self._view(fn)
+        return self._read(self.wallet, "cashed", checksum_address(viewer), content_id_bytes(content_id),
+                          checksum_address(seeder))
 
     def shortfall(self, viewer: str, content_id: bytes | str, seeder: str) -> int:
         fn = self.wallet.functions.shortfall(

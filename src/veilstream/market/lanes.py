@@ -51,15 +51,17 @@ class LaneOpener:
         until = now + max(self.settings.lane_duration_s, client.deployment.settings.lane_min_duration_s + 2 * margin)
         targets: dict[int, list[str]] = {}
         held: dict[str, int] = {}
-        for payee in payees:
-            promised = client.guarantee(me, content_id, payee)
-            owed = max(0, (signed_before(payee) if signed_before else 0) - promised.cashed_wei)
+        for payee, lane in zip(payees, client.lanes_of(me, content_id, payees)):  # one call for all
+            before = signed_before(payee) if signed_before else 0
+            # What earlier cheques still owe draws on the same lane (read only if there were any).
+            owed = max(0, before - client.cashed(me, content_id, payee)) if before else 0
             target = want_wei + owed
-            if promised.lane_wei >= target and promised.until >= now + self.settings.lane_duration_s // 2:
+            amount, held_until = (lane.amount, lane.until) if lane else (0, 0)
+            if amount >= target and held_until >= now + self.settings.lane_duration_s // 2:
                 continue  # held well enough already
             targets.setdefault(target, []).append(payee)
-            held[payee] = promised.lane_wei
-        free = client.cheque_cover(me)
+            held[payee] = amount
+        free = client.deposit_of(me)  # a withdrawal under way takes from it only when executed
         for target, group in sorted(targets.items()):
             # Each lane is topped up to `amount`; one holding h costs amount - h, so this
             # keeps the whole top-up within the free deposit.

@@ -420,6 +420,16 @@ def guarantee(viewer: address, content_id: bytes32, payee: address) -> (uint256,
 
 
 @external
+@view
+def guarantees(viewer: address, content_id: bytes32, payees: DynArray[address, MAX_LANES_PER_CALL]) -> DynArray[Lane, MAX_LANES_PER_CALL]:
+    """@notice Each payee's lane (amount still held, until), in one call: a viewer about to open lanes."""
+    out: DynArray[Lane, MAX_LANES_PER_CALL] = []
+    for payee: address in payees:
+        out.append(self.lanes[viewer][content_id][payee])
+    return out
+
+
+@external
 @nonreentrant
 def claim() -> uint256:
     """@notice Sends the caller everything cheques have credited to it."""
