@@ -695,8 +695,10 @@ class PaidStream:
                         if source.refusals >= self.settings.key_refusals_while_paid:
                             self._pass_over(event.conn, f"the key agent refused what was paid for: {text}")
                         else:
+                            if self._retry_timer is not None:
+                                self._retry_timer.cancel()
                             self._retry_timer = asyncio.get_running_loop().call_later(
-                                self.settings.key_batch_wait_s * 10 * source.refusals, self._want_keys)
+                                self.settings.key_refusal_backoff_s * source.refusals, self._want_keys)
                     else:
                         self._pass_over(event.conn, text)
 
