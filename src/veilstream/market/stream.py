@@ -497,7 +497,7 @@ class PaidStream:
         for session in (self.session, *self._old_sessions):
             try:
                 return session.open(sealed)
-            except (PaymentRefused, MarketError):
+            except MarketError:  # PaymentRefused among them: not sealed to this session
                 continue
         raise PaymentRefused("a key delivery does not open with this stream's session keys")
 
@@ -703,6 +703,8 @@ class PaidStream:
                         self._pass_over(event.conn, text)
 
     def _renewed_now(self) -> ViewerKeySession:
+        for dropped in self._old_sessions[1:]:
+            dropped.close()  # forward secrecy: a session two renewals old has no delivery in flight
         self._old_sessions = [self.session, *self._old_sessions[:1]]
         renewed = ViewerKeySession(self._wallet.key, self.torrent.info_hash,
                                    int(time.time()) + self.settings.key_session_ttl_s)
