@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -85,17 +87,50 @@ def test_serve_play_earn_across_processes(tmp_path):
         address = re.search(r"serving [0-9a-f]{64} on ([\d.]+:\d+)", banner)[1]
         magnet = re.search(r"magnet (\S+)", banner)[1]
 
+        # a budget of 3 slices stops the play with the plaintext written so far kept in --out
         out = tmp_path / "played.bin"
-        played = veil(viewer, "play", magnet, "--out", str(out), *chain)  # the magnet's x.pe names the peer
+        short = veil(viewer, "play", magnet, "--out", str(out), "--budget", "3000000000000wei", *chain)
+        assert short.returncode == 1 and "Traceback" not in short.stderr, short.stderr
+        assert "the budget of 0.000003 ETH is spent at slice" in short.stderr, short.stderr
+        kept = int(re.search(r"keeps the first ([\d,]+) bytes", short.stderr)[1].replace(",", ""))
+        assert 0 < kept <= 3 * (64 * 1024 - 16) and out.read_bytes() == movie.read_bytes()[:kept]
+        # the same command goes on from there (the magnet's x.pe names the peer) and pays only for the rest
+        played = veil(viewer, "play", magnet, "--out", str(out), *chain)
         ok(played)
+        assert f"resuming {out} after slice" in played.stderr
         assert out.read_bytes() == movie.read_bytes()
         slices = -(-700_000 // (64 * 1024 - 16))
         assert re.search(rf"{slices} slices verified and decrypted", played.stderr)
-        assert "0.000011 ETH in cheques" in played.stderr  # 11 slices × 10¹² wei
-        again = veil(viewer, "play", magnet, "--out", str(tmp_path / "again.bin"), *chain)  # watching again
+        assert "0.000008 ETH in cheques" in played.stderr  # 11 slices × 10¹² wei in all, 3 paid before
+
+        # a finished output is not overwritten silently; --force replaces it, and watching again is free
+        refused = veil(viewer, "play", magnet, "--out", str(out), *chain)
+        assert refused.returncode == 1 and "exists" in refused.stderr and "--force" in refused.stderr
+        again = veil(viewer, "play", magnet, "--out", str(out), "--force", *chain)
         ok(again)
-        assert (tmp_path / "again.bin").read_bytes() == movie.read_bytes()
+        assert out.read_bytes() == movie.read_bytes()
         assert re.search(r"paid\s+0 ETH in cheques", again.stderr)  # the keys are in the vault, the slices on disk
+
+        # a FIFO is written to, never replaced by a file
+        fifo = tmp_path / "pipe"
+        os.mkfifo(fifo)
+        received = bytearray()
+        reader = threading.Thread(target=lambda: received.extend(fifo.read_bytes()))
+        reader.start()
+        ok(veil(viewer, "play", magnet, "--out", str(fifo), *chain))
+        reader.join(timeout=30)
+        assert bytes(received) == movie.read_bytes() and stat.S_ISFIFO(fifo.stat().st_mode)
+
+        # Ctrl-C says where it stopped, with no traceback (no peer answers here: it waits)
+        waiting = subprocess.Popen([sys.executable, "-m", "veilstream", "play", cid, "--peer", "127.0.0.1:9",
+                                    "--out", str(tmp_path / "cut.bin"), *chain], stderr=subprocess.PIPE, text=True,
+                                   env=env_for(viewer))
+        banner = waiting.stderr.readline()
+        assert banner.startswith("asking 1 peers and 0 trackers"), banner
+        waiting.send_signal(signal.SIGINT)
+        _, rest = waiting.communicate(timeout=60)
+        assert waiting.returncode == 130, rest
+        assert "interrupted before the content's metadata arrived; nothing was paid" in rest and "Traceback" not in rest
 
         # a second viewer buys a range on chain instead; the serving key agent answers
         buyer = tmp_path / "buyer"

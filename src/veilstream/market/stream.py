@@ -40,7 +40,7 @@ from veilstream.market.credit import DIRECT_CONTENT_ID, seeder_part_wei
 from veilstream.market.errors import MarketError, MarketProtocolError, PaymentRefused
 from veilstream.market.key_session import ViewerKeySession, delivery_signer
 from veilstream.market.lanes import LaneOpener, NoCover
-from veilstream.market.payer import Payer
+from veilstream.market.payer import BudgetExceeded, Payer
 from veilstream.market.settings import MarketSettings
 from veilstream.content.merkle import BLOCK_SIZE
 from veilstream.swarm.node import Content
@@ -70,6 +70,10 @@ def viewer_swarm_settings(piece_length: int, market: MarketSettings = MarketSett
 
 class StreamError(MarketError):
     """The stream cannot go on: no honest key agent, budget exhausted, or a swarm failure."""
+
+
+class BudgetSpent(StreamError):
+    """The budget the viewer set is spent: the stream stops before paying more."""
 
 
 @dataclass
@@ -215,6 +219,8 @@ class PaidStream:
         index = start
         out = bytearray(self.manifest.piece_length) if reuse else None
         while index < self.manifest.slice_count:
+            if not self._have_key(index) and self._budget_buys_no_more_keys():
+                raise BudgetSpent(f"the budget of {self.payer.budget_wei} wei buys no more keys")  # nor serving
             if not self.content.has_piece(index):
                 await self._unless_failed(self.content.wait_for_piece(index))
             key = await self._key_for(index)
@@ -282,6 +288,9 @@ class PaidStream:
                 raise self._failure
             self._player_waits_for_key = index
             try:
+                if self._budget_buys_no_more_keys():
+                    self._fail(BudgetSpent(f"the budget of {self.payer.budget_wei} wei buys no more keys"))
+                    continue
                 self._want_keys()
                 event = self._keys_changed
                 if self._key_agents():
@@ -307,6 +316,12 @@ class PaidStream:
             finally:
                 self._player_waits_for_key = None
         return self._keys[index]
+
+    def _budget_buys_no_more_keys(self) -> bool:
+        price = self.manifest.terms.price_per_slice_wei
+        if not price or self._key_request is not None:
+            return False
+        return (self._paid_before_wei + self.payer.budget_wei) // price <= self._keys_bought
 
     def _keys_paid_without_key(self) -> int:
         price = self.manifest.terms.price_per_slice_wei
@@ -351,7 +366,9 @@ class PaidStream:
         allowance = self.settings.key_lookahead_slices - (first - self._playhead)  # held ahead of the playhead
         if price:
             paid_slices = self._paid_total_wei() // price
-            allowance = min(allowance, paid_slices + self.settings.credit_window_slices - self._keys_bought)
+            payable_slices = (self._paid_before_wei + self.payer.budget_wei) // price  # no more can be paid for
+            allowance = min(allowance, paid_slices + self.settings.credit_window_slices - self._keys_bought,
+                            payable_slices - self._keys_bought)
         if allowance <= 0:
             return
         end = first
@@ -611,6 +628,9 @@ class PaidStream:
                         self._send(conn_of_payee[payee], messages.ChequeMessage(cheque))
                     else:
                         self._deliver_cheque(cheque, conn_of_payee.get(payee))
+        except BudgetExceeded as exc:
+            self._fail(BudgetSpent(str(exc)))
+            return
         except MarketError as exc:
             self._fail(StreamError(str(exc)))
             return

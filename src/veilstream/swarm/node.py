@@ -393,7 +393,12 @@ class SwarmNode:
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
         await self._shutdown()
-        await self._group.__aexit__(exc_type, exc, tb)
+        try:
+            await self._group.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            if exc is not None and group.exceptions == (exc,):
+                raise exc  # the block's own error, not a group around it (the caller reports it as is)
+            raise
 
     async def _shutdown(self) -> None:
         self._closed = True

@@ -53,6 +53,17 @@ def main() -> None:
     except VeilError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except BaseExceptionGroup as group:  # tasks that failed together: report what a user can act on
+        errors, _ = group.split(VeilError)
+        if errors is None:
+            raise
+        first = _leaves(errors)[0]
+        err_console.print(f"[bold red]error:[/] {first}", highlight=False, soft_wrap=True)
+        sys.exit(first.exit_code)
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]: nothing half-written was kept")
         sys.exit(130)
+
+
+def _leaves(group: BaseExceptionGroup) -> list:
+    return [leaf for exc in group.exceptions for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])]

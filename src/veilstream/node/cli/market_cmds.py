@@ -8,11 +8,12 @@ one and writes the deployment file); every command takes `--chain-rpc` and
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -33,14 +34,14 @@ from veilstream.market.lanes import LaneOpener
 from veilstream.market.onchain import ChainWatch, ShareChange, WithdrawalRequested, cashed_floor, registered_record
 from veilstream.market.service import MarketService
 from veilstream.market.settings import MarketSettings
-from veilstream.market.stream import PaidStream, viewer_swarm_settings
+from veilstream.market.stream import BudgetSpent, PaidStream, viewer_swarm_settings
 from veilstream.node.cli.chain_cmds import ChainDeployment, ChainRpc, _client, _ledger, format_ether, parse_amount
 from veilstream.node.cli.common import console, err_console
 from veilstream.node.cli.swarm_cmds import _settings, magnet_hints, parse_host_port
 from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
 from veilstream.swarm.node import SwarmNode, run
 from veilstream.swarm.storage import PieceStore
-from veilstream.vault import atomic_writer, user_file_mode
+from veilstream.vault import ResumableOutput, StorageError
 
 GRANT_POLL_INTERVAL_S = 2.0  # how often a key agent looks for new on-chain purchases
 WATCH_INTERVAL_S = 2.0  # how often a payee looks for withdrawals and share changes on chain
@@ -49,6 +50,10 @@ BUY_WAIT_S = 120.0  # how long `veil buy` waits for the key agent's answer
 
 class MarketCommandError(VeilError):
     pass
+
+
+class Interrupted(MarketCommandError):
+    exit_code = 130
 
 
 def _registry() -> ExtensionRegistry:
@@ -185,10 +190,12 @@ def _serve(cid: str, vault, identity, client, keys: bool, listen: str, tracker: 
 
 def play(
     content_id: str = typer.Argument(..., help="Content id or magnet link."),
-    out: Path = typer.Option(..., "--out", help="Where to write the plaintext (- for stdout)."),
+    out: Path = typer.Option(..., "--out", help="Where to write the plaintext, in order as it arrives (- for stdout); "
+                             "an unfinished output of the same content is resumed."),
     peer: list[str] = typer.Option([], "--peer", help="A peer to fetch from, HOST:PORT (repeatable)."),
     tracker: list[str] = typer.Option([], "--tracker", help="An HTTP tracker to find peers (repeatable)."),
     budget: str = typer.Option(None, "--budget", help="Most to spend, e.g. 0.01 (ETH); default: what the content costs."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it is some other existing file."),
     rpc: ChainRpc = None,
     deployment: ChainDeployment = None,
 ) -> None:
@@ -200,21 +207,40 @@ def play(
     if not peers and not tracker:
         raise MarketCommandError("give at least one --peer HOST:PORT or --tracker URL to find the content")
     with _client(rpc, deployment) as (vault, client):
-        _play(cid, vault, vault.identity(), client, out, peers, tracker, budget)
+        _play(cid, vault, vault.identity(), client, out, peers, tracker, budget, force)
 
 
-def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str], budget: str | None) -> None:
+@dataclass
+class _PlayReport:
+    """How far a play got: what an interruption or a failure tells the user."""
+    slices: int = 0
+    played: int = 0
+    paid_wei: int = 0
+    output: ResumableOutput | None = None
+
+    def kept(self) -> str:
+        if self.output is None or not self.output.resumable:
+            return ""
+        return (f"; {self.output.target} keeps the first {self.output.bytes_written:,} bytes and the same command "
+                "goes on from there")
+
+
+def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str], budget: str | None,
+          force: bool = False) -> None:
     ledger = _ledger(vault)
+    report = _PlayReport()
 
     async def main() -> int:
         torrent = _known_torrent(vault, cid)
         if torrent is None:
             scratch = Path(vault.home) / "partial" / f"{cid}.metadata"
+            err_console.print(f"asking {len(peers)} peers and {len(tracker)} trackers for {cid[:16]}…'s metadata")
             try:
                 async with SwarmNode(_settings(None, False), registry=_registry()) as probe_node:
                     torrent = await _fetch_metadata(probe_node, cid, peers, tracker, scratch)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
+        report.slices = torrent.piece_count
         terms = torrent.manifest.terms
         record = registered_record(client, torrent, required=bool(terms.price_per_slice_wei))
         grants = held_grants(client, _grant_secrets(vault, client), identity.wallet_address, torrent)
@@ -229,6 +255,14 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
         if limit > cover:
             raise MarketCommandError(f"your deposit covers {format_ether(cover)}; this needs {format_ether(limit)}: "
                                      "run `veil wallet deposit AMOUNT` first")
+        sink = None if str(out) == "-" else out
+        output = report.output = (ResumableOutput.open(out, _output_record(vault, cid, out), cid, replace=force)
+                                  if sink is not None else None)
+        start = output.start_slice if output is not None else 0
+        err_console.print(f"playing {torrent.content_id[:16]}… ({torrent.piece_count} slices at "
+                          f"{format_ether(terms.price_per_slice_wei)} each) into {out}", soft_wrap=True)
+        if start:
+            err_console.print(f"resuming {out} after slice {start} ({output.bytes_written:,} bytes already written)")
         async with SwarmNode(viewer_swarm_settings(torrent.piece_length), registry=_registry()) as node:
             work = Path(vault.home) / "partial" / torrent.content_id
             content = node.fetch(torrent, work)
@@ -243,39 +277,94 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
                 content.add_peer(host, port)
             for url in tracker:
                 node.announce_to(content, url)
-            written = 0
             progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=err_console, transient=True)
-            sink = sys.stdout.buffer if str(out) == "-" else None
+            keys_kept = KeysKeeper(vault, cid, stream)
             try:
-                with progress, (atomic_writer(out, user_file_mode()) if sink is None else nullcontext(sink)) as handle:
-                    task = progress.add_task("streaming", total=torrent.piece_count, status="")
-                    async for index, plaintext in stream.slices(0, reuse=True):
-                        handle.write(plaintext)
-                        written += len(plaintext)
+                with progress:
+                    task = progress.add_task("streaming", total=torrent.piece_count, completed=start, status="")
+                    async for index, plaintext in stream.slices(start, reuse=True):
+                        if output is not None:
+                            output.write(index, plaintext)
+                        else:
+                            sys.stdout.buffer.write(plaintext)
+                        report.played = index + 1
+                        report.paid_wei = stream.payer.spent_wei
+                        keys_kept.now_and_then()
                         ahead = sum(content.store.have[index + 1 :]) if content.store else 0
                         progress.update(task, advance=1, status=(
                             f"{ahead} ahead · paid {format_ether(stream.payer.spent_wei)} · "
                             f"{content.peers} sources"))
+                if output is not None:
+                    output.finish()
+            except BudgetSpent:
+                raise MarketCommandError(
+                    f"the budget of {format_ether(limit)} is spent at slice {report.played}/{torrent.piece_count}"
+                    f"{report.kept()}; give a larger --budget (the whole content costs {format_ether(cost)})") from None
             finally:
                 for signed in stream.payer.all_signed():
                     ledger.record(client.cheque_domain, signed, Direction.ISSUED)
-                bought = stream.bought_keys()
-                if bought.nodes:  # watching again costs nothing: the keys stay, sealed, in the vault
-                    vault.store_keyring(cid, bought)
+                keys_kept.now()  # watching again costs nothing: the keys stay, sealed, in the vault
+                report.paid_wei = stream.payer.spent_wei
+                if output is not None:
+                    output.close()
                 await node.drain()
                 stream.close()
             meta = stream.metadata()
+        written = output.bytes_written if output is not None else None
         table = Table(show_header=False, box=None)
         table.add_row("played", f"{meta.name if meta else torrent.content_id} ({meta.mime_type if meta else '?'}), "
-                                f"{written:,} bytes, {torrent.piece_count} slices verified and decrypted")
-        table.add_row("paid", f"{format_ether(stream.payer.spent_wei)} in cheques to {len(stream.payer.owed)} payees")
+                                + (f"{written:,} bytes, " if written is not None else "")
+                                + f"{torrent.piece_count} slices verified and decrypted")
+        table.add_row("paid", f"{format_ether(stream.payer.spent_wei)} in cheques to {_payees(len(stream.payer.owed))}")
         for source, count in stream.stats.slices_by_source.most_common():
             table.add_row("", f"{count} slices from {source}")
         err_console.print(table)
         return 0
 
-    run(main())
+    try:
+        run(main())
+    except KeyboardInterrupt:
+        if not report.slices:
+            raise Interrupted("interrupted before the content's metadata arrived; nothing was paid") from None
+        raise Interrupted(f"interrupted at slice {report.played}/{report.slices} after paying "
+                          f"{format_ether(report.paid_wei)}{report.kept()}") from None
+    except StorageError as exc:
+        raise MarketCommandError(f"{exc} (paid {format_ether(report.paid_wei)} so far, kept in the ledger: "
+                                 "playing again pays nothing twice)") from None
+
+
+def _payees(count: int) -> str:
+    return f"{count} payee" + ("" if count == 1 else "s")
+
+
+def _output_record(vault, cid: str, out: Path) -> Path:
+    """Where the vault notes how much of `out` holds `cid`'s plaintext (one record per target)."""
+    tag = hashlib.sha256(str(Path(out).absolute()).encode()).hexdigest()[:16]
+    return Path(vault.home) / "partial" / f"{cid}.out-{tag}.json"
+
+
+class KeysKeeper:
+    """Bought keys go to the vault while the stream runs, not only at its end: a killed
+    play keeps what it paid for."""
+
+    EVERY_S = 2.0
+
+    def __init__(self, vault, cid: str, stream: PaidStream) -> None:
+        self._vault, self._cid, self._stream = vault, cid, stream
+        self._kept = len(stream.bought_keys().nodes)
+        self._at = time.monotonic()
+
+    def now_and_then(self) -> None:
+        if time.monotonic() - self._at >= self.EVERY_S:
+            self.now()
+
+    def now(self) -> None:
+        self._at = time.monotonic()
+        ring = self._stream.bought_keys()
+        if len(ring.nodes) != self._kept:
+            self._vault.store_keyring(self._cid, ring)
+            self._kept = len(ring.nodes)
 
 
 def earnings(rpc: ChainRpc = None, deployment: ChainDeployment = None) -> None:
