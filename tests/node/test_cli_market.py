@@ -153,6 +153,12 @@ def test_serve_play_earn_across_processes(tmp_path):
         bad = veil(viewer, "play", cid, "--out", str(tmp_path / "x"), *chain)
         assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--peer" in bad.stderr
 
+        # a third vault fetches the ciphertext now, and buys while the creator's node is down
+        late = tmp_path / "late"
+        Vault.create(late, PASS, generate_mnemonic(), CHEAP_KDF)
+        ok(veil(late, "wallet", "faucet", "1", *chain))
+        ok(veil(late, "fetch", magnet, "--peer", address))
+
         stopped = stop(server)
         server = None
         # cheques: 11 + 8.6 slices' worth, all to the creator (it seeds); the sale: 3 × 10¹² × 80%
@@ -160,6 +166,28 @@ def test_serve_play_earn_across_processes(tmp_path):
         assert "1 audit anchors" in stopped  # the audit head went on chain at exit
         earned = ok(veil(creator, "earnings", *chain))
         assert re.search(r"0\.000011 ETH\s+│?\s*0\.000011 ETH", earned) or earned.count("0.000011 ETH") >= 2
+
+        # no key agent: the purchase waits; `veil grants` collects the keys once the agent is back
+        waited = veil(late, "buy", cid, "--wait", "1", *chain)
+        assert waited.returncode == 1 and "Traceback" not in waited.stderr
+        assert "`veil grants` collects them once posted" in waited.stderr and "refunds" in waited.stderr
+        unopened = veil(late, "open", cid, "--out", str(tmp_path / "late.bin"))
+        assert unopened.returncode == 1 and "Traceback" not in unopened.stderr
+        assert "waiting for the key agent until" in ok(veil(late, "grants", *chain))
+        server, _ = start(creator, "serve", cid, "--keys", *chain, ready="magnet ")
+        collected = ok(veil(late, "grants", "--wait", "60", *chain))
+        assert "keys checked and kept in the vault" in collected, collected
+        ok(veil(late, "open", cid, "--out", str(tmp_path / "late.bin")))  # bought nodes that cover every slice
+        assert (tmp_path / "late.bin").read_bytes() == movie.read_bytes()
+        stop(server)
+        server = None
+
+        # a purchase never answered is refunded after its deadline (the devnet's clock moves on)
+        unanswered = veil(late, "buy", cid, "--first", "0", "--count", "1", "--wait", "0", *chain)
+        assert unanswered.returncode == 1 and "grant 3" in unanswered.stdout  # grants 1 and 2 were bought above
+        assert "chain time is now" in ok(veil(late, "chain", "advance", "2h", *chain))
+        refunded = ok(veil(late, "grants", *chain))
+        assert "no keys by the deadline: 0.0000008 ETH refunded now" in " ".join(refunded.split()), refunded
     finally:
         if server is not None:
             server.kill()

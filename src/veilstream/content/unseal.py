@@ -46,15 +46,39 @@ class KeyRing:
         return any(n.first_leaf == 0 and n.end_leaf >= slice_count for n in self.nodes)
 
 
-def verify_all_keys(torrent: Torrent, ring: KeyRing) -> None:
-    """Check every slice key against the manifest's key-commitment root at once (possible
-    when the ring opens every slice)."""
-    manifest = torrent.manifest
-    root_nodes = [n for n in ring.nodes if n.first_leaf == 0 and n.end_leaf >= manifest.slice_count]
-    if not root_nodes:
-        raise DecryptionError("the keys held open only part of this content")
-    if merkle.root(all_commitments(root_nodes[0], manifest.slice_count)) != manifest.key_root:
+def verify_all_keys(torrent: Torrent, ring: KeyRing) -> list[bytes]:
+    """Every slice key, checked at once against the manifest's key-commitment root (the
+    ring must open every slice: the creator's root, or a buyer's nodes that cover all)."""
+    keys = leaf_keys(ring, torrent.manifest.slice_count)
+    if merkle.root([key_commitment(key) for key in keys]) != torrent.manifest.key_root:
         raise WrongKeyError("the keys do not match the content's key commitments: wrong key")
+    return keys
+
+
+def leaf_keys(ring: KeyRing, slice_count: int) -> list[bytes]:
+    """The key of every slice from the ring's nodes; says which slices it lacks."""
+    keys: list[bytes | None] = [None] * slice_count
+    for node in sorted(ring.nodes, key=lambda n: n.end_leaf - n.first_leaf, reverse=True):
+        walker = SequentialLeafKeys(node)
+        for leaf in range(node.first_leaf, min(node.end_leaf, slice_count)):
+            if keys[leaf] is None:
+                keys[leaf] = walker.key(leaf - node.first_leaf)
+    missing = [i for i, key in enumerate(keys) if key is None]
+    if missing:
+        held = _ranges([i for i, key in enumerate(keys) if key is not None])
+        raise DecryptionError(f"the keys held open only part of this content ({slice_count - len(missing)} of "
+                              f"{slice_count} slices{': ' + held if held else ''}): `veil play` or `veil buy` the rest")
+    return keys  # type: ignore[return-value]
+
+
+def _ranges(indices: list[int]) -> str:
+    spans, start = [], None
+    for a, b in zip(indices, [*indices[1:], None]):
+        start = a if start is None else start
+        if b != a + 1:
+            spans.append(f"[{start}, {a + 1})")
+            start = None
+    return ", ".join(spans)
 
 
 def verify_slice_key(torrent: Torrent, index: int, key: bytes, proof: list[bytes]) -> None:
@@ -81,9 +105,8 @@ def decrypt_to(
     progress: Callable[[int], None] | None = None,
 ) -> Metadata | None:
     """Write the whole plaintext to `out`; return the metadata if the ring can read it."""
-    verify_all_keys(torrent, ring)
+    keys = verify_all_keys(torrent, ring)
     manifest = torrent.manifest
-    walker = SequentialLeafKeys(next(n for n in ring.nodes if n.first_leaf == 0))
     try:
         source = open(ciphertext_path, "rb")
     except OSError as exc:
@@ -98,7 +121,7 @@ def decrypt_to(
         for index in range(manifest.slice_count):
             _, length = manifest.slice_range(index)
             ciphertext = source.read(length)
-            plaintext = open_verified_slice(torrent, index, ciphertext, walker.key(index))
+            plaintext = open_verified_slice(torrent, index, ciphertext, keys[index])
             try:
                 out.write(plaintext)
             except OSError as exc:

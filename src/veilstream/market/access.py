@@ -247,3 +247,51 @@ def held_grants(client: ChainClient, secret_for: Callable[[int], int | None], bu
     if not ids:
         return None
     return HeldGrants(tuple(ids), tuple(ranges), KeyRing(tuple(nodes), metadata_key))
+
+
+@dataclass(frozen=True)
+class GrantOutcome:
+    """Where one of the buyer's purchases stands after `collect_grant` acted on it."""
+
+    grant: Grant
+    keys: KeyRing | None = None  # checked against the commitments: the vault keeps them
+    refunded_wei: int = 0  # came back now (a refund after the deadline, or a bad delivery proven)
+    disputed: bool = False
+
+    @property
+    def waiting(self) -> bool:
+        return self.grant.state == GrantState.OPEN and self.keys is None and not self.refunded_wei
+
+
+def collect_grant(client: ChainClient, secret: int, grant_id: int, torrent: Torrent, now: int) -> GrantOutcome:
+    """The buyer's side of a purchase, acted on: good keys are taken and confirmed (the
+    creator is paid now), bad ones proven on chain (refunded), and a grant left without
+    keys past its deadline refunded. `now` is the chain's time."""
+    grant = client.grant(grant_id)
+    if grant is None:
+        raise AccessError(f"grant {grant_id} does not exist on this chain")
+    if grant.state == GrantState.OPEN:
+        if now <= grant.deadline:
+            return GrantOutcome(grant)
+        receipt = client.refund(grant_id)
+        refunded = sum(e.args["amount"] for e in receipt.named("Refunded")) or grant.amount
+        return GrantOutcome(client.grant(grant_id), refunded_wei=refunded)
+    if grant.state not in (GrantState.ISSUED, GrantState.SETTLED):
+        return GrantOutcome(grant)
+    try:
+        ring = issued_keys(client, secret, grant_id, torrent)
+    except BadDelivery as bad:
+        if grant.state != GrantState.ISSUED:
+            raise AccessError(f"{bad}; but the dispute window has closed") from None
+        refunded = dispute_delivery(client, secret, bad)
+        return GrantOutcome(client.grant(grant_id), refunded_wei=refunded, disputed=True)
+    if ring is not None and grant.state == GrantState.ISSUED:
+        client.confirm(grant_id)  # the keys are good: the creator is paid now, not after the dispute window
+        grant = client.grant(grant_id)
+    return GrantOutcome(grant, keys=ring)
+
+
+def grants_bought(client: ChainClient, buyer: str, content_id: bytes | None = None) -> list[int]:
+    """The ids of the grants `buyer` opened (for one content, or all), oldest first."""
+    return [int(e.args["grant_id"]) for e in client.events(names=["GrantOpened"]).events
+            if e.args["buyer"] == buyer and (content_id is None or bytes(e.args["content_id"]) == content_id)]

@@ -56,6 +56,19 @@ def parse_amount(text: str) -> int:
     return int(value)
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """'90s', '30m', '24h', '2d' or plain seconds -> seconds."""
+    raw = text.strip().lower()
+    unit = raw[-1:] if raw[-1:] in DURATION_UNITS else "s"
+    number = raw[:-1] if raw[-1:] in DURATION_UNITS else raw
+    if not number.isdigit():
+        raise ChainError(f"{text!r} is not a duration: write e.g. 90s, 30m, 24h or 2d")
+    return int(number) * DURATION_UNITS[unit]
+
+
 def format_ether(wei: int) -> str:
     text = f"{Decimal(wei) / WEI_PER_ETHER:f}"
     if "." in text:
@@ -288,6 +301,20 @@ def register(app: typer.Typer) -> None:
             table.add_row("key deadline", f"{d.settings.key_deadline_s}s")
             table.add_row("terms delay", f"{d.settings.terms_delay_s}s")
             console.print(table)
+
+    @chain.command("advance")
+    def chain_advance(
+        duration: Annotated[str, typer.Argument(help="How far to move the clock, e.g. 90s, 30m, 24h, 2d.")],
+        rpc: ChainRpc = None,
+        deployment: ChainDeployment = None,
+    ) -> None:
+        """Move a development chain's clock forward (time locks, deadlines, lanes' time)."""
+        seconds = parse_duration(duration)
+        with _client(rpc, deployment) as (_vault, client):
+            if client.dev is None:
+                raise ChainError("only a development chain (embedded or `veil devnet`) can move its clock")
+            now = client.dev.advance_time(seconds)
+            console.print(f"chain time is now {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(now))} UTC")
 
     @app.command("devnet")
     def devnet(

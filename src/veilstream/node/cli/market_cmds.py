@@ -25,7 +25,9 @@ from veilstream.chain.ledger import Direction
 from veilstream.content import ContentKeys, Torrent, parse_content_id
 from veilstream.errors import VeilError
 from veilstream.market import messages
-from veilstream.market.access import BadDelivery, GrantResponder, OneTimeKey, dispute_delivery, held_grants, issued_keys
+from veilstream.chain.client import GrantState
+from veilstream.market.access import (AccessError, GrantResponder, OneTimeKey, collect_grant, grants_bought,
+                                     held_grants)
 from veilstream.market.audit import AuditLog
 from veilstream.market.cashier import Cashier, audit_anchor_kind
 from veilstream.market.credit import seeder_part_wei
@@ -386,40 +388,135 @@ def buy(
     content_id: str = typer.Argument(..., help="Content id held in the vault (fetch its torrent first)."),
     first: int = typer.Option(0, "--first", min=0, help="First slice to buy."),
     count: int = typer.Option(None, "--count", min=1, help="How many slices (default: to the end)."),
+    wait: float = typer.Option(BUY_WAIT_S, "--wait", min=0, help="Seconds to wait for the keys (then `veil grants`)."),
     rpc: ChainRpc = None,
     deployment: ChainDeployment = None,
 ) -> None:
     """Buy slices on chain in one transaction; wait for the key agent's sealed keys; keep them."""
     cid = parse_content_id(content_id)
     with _client(rpc, deployment) as (vault, client):
-        torrent = vault.torrent(cid)
+        torrent = _torrent_to_buy(vault, cid)
         registered_record(client, torrent)  # never pay for a content registered to someone else
         count = count or torrent.piece_count - first
         if first + count > torrent.piece_count:
-            raise MarketCommandError(f"the content has {torrent.piece_count} slices; [{first}, {first + count}) is past its end")
+            raise MarketCommandError(f"the content has {torrent.piece_count} slices; [{first}, {first + count}) is past "
+                                     f"its end (--first and --count take slice numbers 0 to {torrent.piece_count - 1})")
         price = client.quote(torrent.info_hash, first, count)
         one_time = OneTimeKey.generate()  # the keys are sealed to it: it opens this purchase only
         grant_id = client.buy(torrent.info_hash, first, count, one_time.public, value=price)
         vault.store_secret(_grant_secret_name(client, grant_id), one_time.secret.to_bytes(32, "big"))
         console.print(f"bought slices [{first}, {first + count}) for {format_ether(price)}: grant {grant_id}")
         with err_console.status("waiting for the key agent to post the keys on chain"):
-            ring = None
-            deadline = time.monotonic() + BUY_WAIT_S
-            while ring is None and time.monotonic() < deadline:
-                try:
-                    ring = issued_keys(client, one_time.secret, grant_id, torrent)
-                except BadDelivery as bad:
-                    refunded = dispute_delivery(client, one_time.secret, bad)
-                    raise MarketCommandError(f"the key agent posted bad keys for grant {grant_id}: proven on chain, "
-                                             f"{format_ether(refunded)} refunded") from None
-                if ring is None:
-                    time.sleep(1.0)
-        if ring is None:
-            raise MarketCommandError(f"no keys for grant {grant_id} yet; after its deadline `veil wallet` can refund it")
-        vault.store_keyring(cid, _merged(vault, cid, ring))
-        client.confirm(grant_id)  # the keys are good: the creator is paid now, not after the dispute window
-        console.print(f"[green]✓[/] keys for {count} slices checked against the commitments and kept in the vault; "
-                      "the creator is paid")
+            deadline = time.monotonic() + wait
+            while True:
+                outcome = _collect(vault, client, cid, torrent, grant_id, one_time.secret)
+                if not outcome.waiting or time.monotonic() >= deadline:
+                    break
+                time.sleep(1.0)
+        if outcome.waiting:
+            raise MarketCommandError(
+                f"no keys for grant {grant_id} yet (the key agent may be offline): `veil grants` collects them once "
+                f"posted, until {_utc(outcome.grant.deadline)}; after that it refunds the {format_ether(price)}")
+        _say(outcome, count)
+
+
+def grants(
+    content_id: str = typer.Argument(None, help="Only this content's purchases (default: all)."),
+    wait: float = typer.Option(0, "--wait", min=0, help="Seconds to wait for keys still to come."),
+    rpc: ChainRpc = None,
+    deployment: ChainDeployment = None,
+) -> None:
+    """Your on-chain purchases: collect keys posted since (checked, kept, confirmed), prove
+    bad ones, and refund those left without keys past their deadline."""
+    cid = parse_content_id(content_id) if content_id else None
+    with _client(rpc, deployment) as (vault, client):
+        me = vault.identity().wallet_address
+        ids = grants_bought(client, me, bytes.fromhex(cid) if cid else None)
+        if not ids:
+            console.print(f"no purchases on chain by {me}")
+            return
+        deadline = time.monotonic() + wait
+        rows = _grant_rows(vault, client, ids)
+        with err_console.status("waiting for the key agent to post the keys on chain"):
+            while any(waiting for *_, waiting in rows) and time.monotonic() < deadline:
+                time.sleep(1.0)
+                rows = _grant_rows(vault, client, ids)
+        table = Table("grant", "content", "slices", "paid", "state", title="your purchases", title_justify="left")
+        for *row, _ in rows:
+            table.add_row(*row)
+        console.print(table)
+
+
+def _grant_rows(vault, client, ids: list[int]) -> list[tuple[str, str, str, str, str, bool]]:
+    """(grant, content, slices, paid, state, still waiting) for each purchase, acted on."""
+    secrets = _grant_secrets(vault, client)
+    rows = []
+    for grant_id in ids:
+        grant = client.grant(grant_id)
+        content = grant.content_id.hex()
+        row = (str(grant_id), content[:16] + "…", f"[{grant.first_slice}, {grant.first_slice + grant.slice_count})",
+               format_ether(grant.amount))
+        secret = secrets(grant_id)
+        torrent = _known_torrent(vault, content)
+        waiting = False
+        if secret is None:
+            state = "bought from another vault (its one-time key is not here)"
+        elif torrent is None and grant.state in (GrantState.ISSUED, GrantState.SETTLED):
+            state = "keys posted: `veil fetch` the content to check and keep them"
+        else:
+            try:
+                outcome = (_collect(vault, client, content, torrent, grant_id, secret) if torrent is not None
+                           else collect_grant(client, secret, grant_id, None, client.timestamp()))
+                state, waiting = _state(outcome), outcome.waiting
+            except AccessError as exc:
+                state = str(exc)
+        rows.append((*row, state, waiting))
+    return rows
+
+
+def _torrent_to_buy(vault, cid: str) -> Torrent:
+    torrent = _known_torrent(vault, cid)
+    if torrent is None:
+        raise MarketCommandError(f"content {cid[:16]}… is not in this vault: `veil fetch <magnet>` it first "
+                                 "(the purchase's keys are checked against its torrent)")
+    return torrent
+
+
+def _collect(vault, client, cid: str, torrent: Torrent, grant_id: int, secret: int):
+    """Act on one purchase (see `collect_grant`); keys that came are kept in the vault."""
+    outcome = collect_grant(client, secret, grant_id, torrent, client.timestamp())
+    if outcome.keys is not None:
+        vault.store_keyring(cid, _merged(vault, cid, outcome.keys))
+    return outcome
+
+
+def _state(outcome) -> str:
+    grant = outcome.grant
+    if outcome.disputed:
+        return f"bad keys proven on chain: {format_ether(outcome.refunded_wei)} refunded"
+    if outcome.refunded_wei:
+        return f"no keys by the deadline: {format_ether(outcome.refunded_wei)} refunded now"
+    if outcome.keys is not None:
+        return "keys checked and kept in the vault; the creator is paid"
+    if grant.state == GrantState.OPEN:
+        return f"waiting for the key agent until {_utc(grant.deadline)}, then refundable"
+    if grant.state == GrantState.REFUNDED:
+        return "refunded"
+    return grant.state.name.lower()
+
+
+def _say(outcome, count: int) -> None:
+    if outcome.disputed:
+        raise MarketCommandError(f"the key agent posted bad keys for grant {outcome.grant.grant_id}: proven on chain, "
+                                 f"{format_ether(outcome.refunded_wei)} refunded")
+    if outcome.keys is None:
+        raise MarketCommandError(f"grant {outcome.grant.grant_id}: {_state(outcome)}")
+    console.print(f"[green]✓[/] keys for {count} slices checked against the commitments and kept in the vault; "
+                  "the creator is paid")
+
+
+def _utc(timestamp: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(timestamp))
 
 
 def _held_keys(vault, cid: str):
@@ -456,7 +553,8 @@ def _merged(vault, cid: str, ring):
         held = vault.keyring(cid)
     except VeilError:
         return ring
-    return KeyRing(held.nodes + ring.nodes, held.metadata_key or ring.metadata_key)
+    nodes = tuple(dict.fromkeys(held.nodes + ring.nodes))  # a grant collected twice is kept once
+    return KeyRing(nodes, held.metadata_key or ring.metadata_key)
 
 
 def _signed_before(ledger, client, viewer: str):
@@ -500,3 +598,4 @@ def register(app: typer.Typer) -> None:
     app.command("play")(play)
     app.command("earnings")(earnings)
     app.command("buy")(buy)
+    app.command("grants")(grants)
