@@ -5,6 +5,7 @@ import itertools
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -207,6 +208,40 @@ def test_open_with_foreign_keys(home, published, tmp_path):
     out = tmp_path / "o"
     assert_clean_failure(run(copy, "open", cid, "--out", str(out)), "wrong key")
     assert not out.exists()
+
+
+def test_a_creator_restored_from_the_mnemonic_opens_its_catalogue(home, mnemonic, published, tmp_path):
+    """The keys derive from the seed and the manifest's salt: a restored vault needs only the
+    torrent and ciphertext back (what `veil fetch` brings) to open and sell its content."""
+    video, cid = published
+    restored = tmp_path / "restored"
+    assert run(restored, "init", "--restore", stdin=mnemonic + "\n").returncode == 0
+    from veilstream.content import Torrent
+    from veilstream.vault import Vault
+
+    source = Vault.open(home)
+    torrent = Torrent.load(source.content_dir(cid) / f"{cid}.torrent")
+    vault = Vault.open(restored)
+    with vault.workdir() as work:  # as `veil fetch` leaves it: torrent and ciphertext, no keys
+        shutil.copy(source.content_dir(cid) / f"{cid}.torrent", work)
+        shutil.copy(source.ciphertext_path(cid), work)
+        vault.adopt(work, torrent, role="seeder")
+    assert not (restored / "keys").exists()
+    out = tmp_path / "restored.mp4"
+    result = run(restored, "open", cid, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == video.read_bytes()
+    assert (restored / "keys" / f"{cid}.sealed").is_file()  # derived once, then kept sealed
+
+    # another identity holding the same torrent still has no keys
+    stranger = tmp_path / "stranger"
+    assert run(stranger, "init").returncode == 0
+    other = Vault.open(stranger)
+    with other.workdir() as work:
+        shutil.copy(source.content_dir(cid) / f"{cid}.torrent", work)
+        shutil.copy(source.ciphertext_path(cid), work)
+        other.adopt(work, torrent, role="seeder")
+    assert_clean_failure(run(stranger, "open", cid, "--out", str(tmp_path / "no.mp4")), "holds no keys")
 
 
 def test_open_unknown_content(home):

@@ -25,7 +25,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from veilstream.content import KeyRing, Torrent, TreeNode, parse_content_id
+from veilstream.content import ContentKeys, KeyRing, Torrent, TreeNode, WrongKeyError, parse_content_id, verify_all_keys
 from veilstream.identity import Identity
 from veilstream.vault.atomic import StorageError, describe_os_error, fsync_directory, write_atomic
 from veilstream.vault.sealing import DataKey, KdfParams, VaultError
@@ -202,14 +202,39 @@ class UnlockedVault(Vault):
         write_atomic(self.home / "keys" / f"{cid}.sealed", self._data_key.seal(payload, f"keys {cid}"))
 
     def keyring(self, content_id: str) -> KeyRing:
+        """The keys this vault holds for a content. A content this identity created needs
+        none kept: its keys derive from the creator seed and the manifest's salt (so a vault
+        restored from the mnemonic opens and sells its catalogue once it has the torrent)."""
         cid = parse_content_id(content_id)
         path = self.home / "keys" / f"{cid}.sealed"
         if not path.is_file():
-            raise VaultError(f"this vault holds no keys for {cid[:16]}…")
+            ring = self._creator_keys(cid)
+            if ring is None:
+                raise VaultError(f"this vault holds no keys for {cid[:16]}…")
+            self.store_keyring(cid, ring)
+            return ring
         fields = json.loads(self._data_key.open(path.read_bytes(), f"keys {cid}"))
         nodes = tuple(TreeNode(h, j, bytes.fromhex(k)) for h, j, k in fields["nodes"])
         meta = fields.get("metadata_key")
         return KeyRing(nodes, bytes.fromhex(meta) if meta else None)
+
+    def _creator_keys(self, cid: str) -> KeyRing | None:
+        """The keys re-derived if this identity created `cid` (its torrent in the vault)."""
+        try:
+            torrent = self.torrent(cid)
+        except VaultError:
+            return None
+        manifest, identity = torrent.manifest, self.identity()
+        if manifest.creator_address != bytes.fromhex(identity.wallet_address[2:]):
+            return None
+        keys = ContentKeys.derive(identity.creator_seed, manifest.salt, manifest.slice_count)
+        ring = KeyRing((keys.tree_root,), keys.metadata_key)
+        try:
+            verify_all_keys(torrent, ring)
+        except WrongKeyError:
+            raise VaultError(f"content {cid[:16]}… names this identity as its creator but its keys do not derive "
+                             "from this seed (restored with another BIP-39 passphrase?)") from None
+        return ring
 
     def store_secret(self, name: str, secret: bytes) -> None:
         """Keep a small secret (a purchase's one-time key, say) sealed under the data key."""
