@@ -2,6 +2,7 @@
 user mistake answered by one line, a non-zero exit, no traceback, nothing half-written."""
 
 import itertools
+import json
 import os
 import re
 import resource
@@ -114,7 +115,7 @@ def published(home, tmp_path_factory):
     from veilstream.node.sample import make_sample_video
 
     video = make_sample_video(folder / "clip.mp4", seconds=3)
-    result = run(home, "publish", str(video), "--slice-size", "16KiB", "--price", "1000", "--seeder-share", "2500")
+    result = run(home, "publish", str(video), "--slice-size", "16KiB", "--price", "1000wei", "--seeder-share", "2500")
     assert result.returncode == 0, result.stderr
     cid = re.search(r"content id\s+([0-9a-f]{64})", result.stdout)[1]
     assert f"magnet:?xt=urn:btmh:1220{cid}" in result.stdout
@@ -302,3 +303,50 @@ def test_the_passphrase_is_taken_out_of_the_environment(monkeypatch):
     assert common.read_passphrase() == "s3cret"
     assert "VEIL_PASSPHRASE" not in os.environ
     assert common.read_passphrase() == "s3cret"  # still known to this process
+
+
+def test_version_and_a_passphrase_floor(tmp_path):
+    version = run(tmp_path / "none", "--version")
+    assert version.returncode == 0 and re.fullmatch(r"veil \d+\.\d+\.\d+\s*", version.stdout)
+    assert_clean_failure(run(tmp_path / "weak", "init", passphrase="abc"), "at least 8 characters")
+    assert not (tmp_path / "weak" / "vault.json").exists()
+
+
+def test_publish_takes_units_says_a_file_is_published_and_prints_whole_values(home, published, tmp_path):
+    video, cid = published
+    assert_clean_failure(run(home, "publish", str(video), "--price", "1000"), "unit")  # 1000 what?
+    assert_clean_failure(run(home, "publish", str(video), "--seeder-share", "120%"), "0% to 100%")
+    again = run(home, "publish", str(video), "--slice-size", "16KiB", "--price", "1000wei")
+    assert_clean_failure(again, f"already published as {cid}")
+    fresh = run(home, "publish", str(video), "--again", "--seeder-share", "25%", "--json", env={"COLUMNS": "40"})
+    assert fresh.returncode == 0, fresh.stderr
+    result = json.loads(fresh.stdout)
+    assert result["content_id"] != cid and result["seeder_share_bps"] == 2500
+    assert result["magnet"].startswith(f"magnet:?xt=urn:btmh:1220{result['content_id']}")
+    # a table piped to a file is never cut at the terminal's width: the magnet stays whole
+    listing = run(home, "publish", str(video), "--again", env={"COLUMNS": "40"})
+    magnet = re.search(r"magnet\s+(\S+)", listing.stdout)[1]
+    assert magnet.startswith("magnet:?xt=urn:btmh:1220") and "&dn=veil-" in magnet and len(magnet) > 100
+
+
+def test_open_does_not_overwrite_without_force(home, published, tmp_path):
+    video, cid = published
+    out = tmp_path / "mine.txt"
+    out.write_bytes(b"keep me")
+    assert_clean_failure(run(home, "open", cid, "--out", str(out)), "--force")
+    assert out.read_bytes() == b"keep me"
+    assert run(home, "open", cid, "--out", str(out), "--force").returncode == 0
+    assert out.read_bytes() == video.read_bytes()
+
+
+def test_rm_frees_a_content_and_keeps_its_keys(home, tmp_path):
+    data = tmp_path / "scratch.bin"
+    data.write_bytes(os.urandom(200_000))
+    cid = json.loads(run(home, "publish", str(data), "--json").stdout)["content_id"]
+    listed = json.loads(run(home, "list", "--json").stdout)
+    assert cid in [c["content_id"] for c in listed["contents"]]
+    removed = run(home, "rm", cid)
+    assert removed.returncode == 0 and "MiB freed" in removed.stdout and "keys stay" in removed.stdout
+    assert cid not in [c["content_id"] for c in json.loads(run(home, "list", "--json").stdout)["contents"]]
+    assert (home / "keys" / f"{cid}.sealed").is_file() and not (home / "content" / cid).exists()
+    assert_clean_failure(run(home, "rm", cid), "not in this vault")

@@ -75,7 +75,7 @@ def test_serve_play_earn_across_processes(tmp_path):
         movie = tmp_path / "movie.bin"
         movie.write_bytes(os.urandom(700_000))
         ok(veil(creator, "wallet", "faucet", "1", *chain))
-        published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", "1000000000000",
+        published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", "1000000000000wei",
                             "--seeder-share", "2000", *chain))
         cid = re.search(r"content id\s+([0-9a-f]{64})", published)[1]
         assert "registered" in published and "not registered" not in published  # at once: nobody can squat it

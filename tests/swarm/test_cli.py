@@ -172,7 +172,7 @@ def test_fetch_into_the_vault_then_seed_from_it_by_content_id(content, tmp_path)
     seeder's content; `veil seed CONTENT_ID` then serves it, no keys involved."""
     async def main():
         init = await asyncio.create_subprocess_exec(
-            *VEIL, "init", env={**env(tmp_path), "VEIL_PASSPHRASE": "pw"}, stdout=asyncio.subprocess.PIPE,
+            *VEIL, "init", env={**env(tmp_path), "VEIL_PASSPHRASE": "pw long enough"}, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
         async with asyncio.timeout(120):
             _, err = await init.communicate()

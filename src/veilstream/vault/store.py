@@ -111,11 +111,65 @@ class Vault:
                 " content_id TEXT PRIMARY KEY, role TEXT NOT NULL, slice_count INTEGER NOT NULL,"
                 " ciphertext_length INTEGER NOT NULL, added_at REAL NOT NULL)"
             )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS published ("
+                " source TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
+                " content_id TEXT NOT NULL, published_at REAL NOT NULL)"
+            )
 
     def contents(self) -> list[HeldContent]:
         with self._db() as db:
             rows = db.execute("SELECT * FROM contents ORDER BY added_at").fetchall()
         return [HeldContent(*row) for row in rows]
+
+    def note_published(self, source: Path, content_id: str) -> None:
+        """Remember which file became which content (a second publish of it is said)."""
+        info = Path(source).stat()
+        with self._db() as db:
+            db.execute("INSERT INTO published VALUES (?, ?, ?, ?, ?)",
+                       (str(Path(source).absolute()), info.st_size, info.st_mtime_ns, content_id, time.time()))
+
+    def published_as(self, source: Path) -> list[str]:
+        """The contents this vault published from `source` as it is now (same size and time)."""
+        info = Path(source).stat()
+        with self._db() as db:
+            rows = db.execute("SELECT content_id FROM published WHERE source = ? AND size = ? AND mtime_ns = ?"
+                              " ORDER BY published_at", (str(Path(source).absolute()), info.st_size,
+                                                         info.st_mtime_ns)).fetchall()
+        return [row[0] for row in rows if self.content_dir(row[0]).is_dir()]
+
+    def partial_plays(self) -> dict[str, int]:
+        """content id → bytes of ciphertext kept from plays (what makes the next play free)."""
+        root = self.home / "partial"
+        sizes: dict[str, int] = {}
+        if root.is_dir():
+            for entry in root.iterdir():
+                if entry.is_dir() and len(entry.name) == 64:
+                    sizes[entry.name] = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+        return sizes
+
+    def remove(self, content_id: str) -> int:
+        """Remove a content's ciphertext, torrent and play leftovers (its keys stay: they
+        were paid for). Returns the bytes freed."""
+        cid = parse_content_id(content_id)
+        doomed = [self.content_dir(cid), self.home / "partial" / cid]
+        doomed += list((self.home / "partial").glob(f"{cid}.*")) if (self.home / "partial").is_dir() else []
+        freed = 0
+        for path in doomed:
+            if not path.exists():
+                continue
+            files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+            freed += sum(f.stat().st_size for f in files)
+            if path.is_dir():
+                aside = self.home / "tmp" / f"{os.getpid()}-removed-{path.name}"  # gone in one rename
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(path, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        with self._db() as db:
+            db.execute("DELETE FROM contents WHERE content_id = ?", (cid,))
+        return freed
 
     # -- contents ------------------------------------------------------------------
     def content_dir(self, content_id: str) -> Path:

@@ -30,6 +30,24 @@ def _register_all() -> None:
         module.register(app)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"veil {version('veilstream')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Veilstream: publish, seed, stream and pay for encrypted content.
+
+    Start with `veil init`, then `veil publish FILE` or `veil play MAGNET --out FILE`;
+    `veil COMMAND --help` shows each command's options and an example."""
+
+
 _register_all()
 
 

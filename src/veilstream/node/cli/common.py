@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from rich.console import Console
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+def _console(stream) -> Console:
+    # Piped or redirected, a line is never cut at 80 columns: scripts read whole magnets and ids.
+    return Console(file=stream, highlight=False, width=None if stream.isatty() else PIPED_WIDTH)
+
+
+PIPED_WIDTH = 4096
+MIN_PASSPHRASE_LENGTH = 8
+
+console = _console(sys.stdout)
+err_console = _console(sys.stderr)
 
 
 def veil_home() -> Path:
@@ -28,14 +37,17 @@ def read_passphrase(confirm: bool = False) -> str:
     env = os.environ.pop("VEIL_PASSPHRASE", None)
     if env is not None:
         _remembered.append(env)
-        return env
     if _remembered:
-        return _remembered[0]
-    import typer
+        passphrase = _remembered[0]
+    else:
+        import typer
 
-    if not os.isatty(0):
-        raise VaultError("no passphrase: set VEIL_PASSPHRASE or run from a terminal")
-    return typer.prompt("Vault passphrase", hide_input=True, confirmation_prompt=confirm)
+        if not os.isatty(0):
+            raise VaultError("no passphrase: set VEIL_PASSPHRASE or run from a terminal")
+        passphrase = typer.prompt("Vault passphrase", hide_input=True, confirmation_prompt=confirm)
+    if confirm and len(passphrase) < MIN_PASSPHRASE_LENGTH:  # a new passphrase guards every key in the vault
+        raise VaultError(f"a vault passphrase needs at least {MIN_PASSPHRASE_LENGTH} characters")
+    return passphrase
 
 
 def open_vault():
