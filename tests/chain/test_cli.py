@@ -62,6 +62,9 @@ def test_the_wallet_on_the_embedded_chain(home):
     assert "deposit is now 1.5 ETH" in ok(veil(home, "wallet", "deposit", "1.5"))
     assert "execute it in 24h" in ok(veil(home, "wallet", "withdraw", "request", "0.5"))
     clean_failure(veil(home, "wallet", "withdraw", "execute"), "time-locked: it can be executed in 2[34]h")
+    before = re.search(r"account\s+(\S+) ETH", ok(veil(home, "wallet", "balance")))[1]
+    clean_failure(veil(home, "wallet", "withdraw", "request", "0.2"), "already requested")  # and no gas spent on it
+    assert re.search(r"account\s+(\S+) ETH", ok(veil(home, "wallet", "balance")))[1] == before
     balance = ok(veil(home, "wallet", "balance"))
     assert re.search(r"deposit\s+1\.5 ETH", balance)
     assert re.search(r"withdrawal\s+0\.5 ETH", balance)
@@ -90,6 +93,7 @@ def test_mistakes_are_one_red_line(home):
     clean_failure(veil(home, "wallet", "deposit", "1.5wei"), "whole number of wei")
     clean_failure(veil(home, "wallet", "deposit", "1000000"), "not enough ether")
     clean_failure(veil(home, "wallet", "withdraw", "execute"), "no withdrawal requested")
+    clean_failure(veil(home, "wallet", "withdraw", "request", "1"), "free deposit is 0 ETH")
     clean_failure(veil(home, "wallet", "claim"), "nothing to claim")
     port = free_port()  # nothing listens there
     clean_failure(veil(home, "wallet", "balance", "--chain-rpc", f"http://127.0.0.1:{port}"), "cannot reach")

@@ -160,7 +160,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Ask for your deposit back; it can be executed after the withdrawal delay."""
         with _client(rpc, deployment) as (_vault, client):
-            wei = client.deposit_of() if amount.strip().lower() == "all" else parse_amount(amount)
+            already = client.pending_withdrawal()
+            if already is not None:  # before any gas is spent on a request the Wallet refuses
+                raise ChainError(f"a withdrawal of {format_ether(already.amount)} is already requested (executable "
+                                 f"{_when(already.unlock_at, client.timestamp())}): `veil wallet withdraw execute` "
+                                 "it, or `veil wallet withdraw cancel` it first")
+            free = client.deposit_of()  # lanes hold the rest apart from it
+            wei = free if amount.strip().lower() == "all" else parse_amount(amount)
+            if wei > free or wei == 0:
+                raise ChainError(f"your free deposit is {format_ether(free)} ({format_ether(client.held_of())} more is "
+                                 "held in lanes: `veil wallet lanes`)")
             client.request_withdrawal(wei)
             pending = client.pending_withdrawal()
             console.print(
