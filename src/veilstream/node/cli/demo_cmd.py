@@ -35,8 +35,12 @@ def demo(
     money = Table("source", "kind", "slices", "signed (ETH)", "→ seeder (ETH)", "→ creator (ETH)",
                   title="Who delivered and who was paid (on chain)", title_justify="left")
     for row in report.sources:
-        signed = _eth(row.signed_wei) if row.kind == "Veilstream" else "paid to creator"
-        money.add_row(row.name, row.kind, str(row.slices), signed, _eth(row.seeder_part_wei), _eth(row.creator_part_wei))
+        if row.kind == "Veilstream":
+            money.add_row(row.name, row.kind, str(row.slices), _eth(row.signed_wei), _eth(row.seeder_part_wei),
+                          _eth(row.creator_part_wei))
+        else:  # a plain BitTorrent peer takes no cheques: its slices' price goes whole to the creator
+            money.add_row(row.name, row.kind, str(row.slices), "in the creator's cheques", "— (takes no cheques)",
+                          _eth(row.creator_part_wei))
     console.print(money)
     facts = Table(show_header=False, box=None)
     facts.add_row("creator received", f"{_eth(report.creator_received_wei)} ETH "
