@@ -11,6 +11,7 @@ from veilstream.chain.cheque import Cheque, ChequeDomain, SignedCheque, content_
 from veilstream.chain.client import (
     AnchorKind,
     CashResult,
+    ClaimResult,
     ChainClient,
     ChainEvent,
     ContentRecord,
@@ -34,6 +35,7 @@ from veilstream.chain.ledger import ChequeLedger, Direction, PendingCheque
 __all__ = [
     "AnchorKind",
     "CashResult",
+    "ClaimResult",
     "ChainClient",
     "ChainError",
     "ChainEvent",
