@@ -163,3 +163,18 @@ def test_a_lane_about_to_end_is_cashed_whatever_the_gas_in_this_run_and_the_next
     assert chain.cashed(second_viewer.address, content, seeder.address) == 2 * SMALL
     claim = claim_if_worth_it(payee, ignore_gas=True)  # `veil wallet claim --all`
     assert claim.claimed_wei == 2 * (2 * SMALL * 2_500 // 10_000) and claim.gas_paid_wei > 0
+
+
+def test_what_an_earlier_run_cashed_does_not_count_as_brought_in(chain, tmp_path):
+    """A viewer paid before and that was cashed; its next cheque brings in only the new part,
+    however large its cumulative amount: the lane's lookup tells the cashier what is cashed."""
+    _creator, seeder, viewer, content = actors(chain)
+    payee, viewer_chain = chain.with_account(seeder), chain.with_account(viewer)
+    payee.cash([viewer_chain.sign_cheque(content, seeder.address, 5 * 10**16)])  # an earlier run's
+    cashier = Cashier(payee, ChequeLedger(tmp_path / "cheques.sqlite"), replace(MarketSettings(), cash_threshold_wei=1))
+    cashier.note_cover(viewer.address, content, seeder.address, chain.guarantee(viewer.address, content, seeder.address))
+    cashier.on_cheque(viewer_chain.sign_cheque(content, seeder.address, 5 * 10**16 + SMALL))
+    wait(cashier)
+    assert cashier.uncashed_wei == SMALL and cashier.held_back.amount_wei == SMALL
+    assert cashier.batches_cashed == 0  # no gas spent to cash 10¹² wei
+    cashier.shutdown()

@@ -95,6 +95,7 @@ class Cashier:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="veil-chain")
         self._pending: list[Future] = []
         self.batches_cashed = 0
+        self.cheques_cashed = 0  # sent in cash transactions (the contract may refuse some)
         self.paid_wei = 0
         self.rejected = 0
         self.shortfalls = 0
@@ -118,12 +119,12 @@ class Cashier:
     @property
     def held_back(self) -> HeldBack | None:
         """What the gas rule left uncashed, or None."""
-        keys = [k for k in self._held_back if self._uncashed(k)]
-        if not keys:
+        held = {k: gas for k, gas in list(self._held_back.items()) if self._uncashed(k)}  # the worker adds to it
+        if not held:
             return None
-        due = [self._deadlines[k] for k in keys if k in self._deadlines]
-        return HeldBack(sum(self._latest[k].cheque.cumulative_amount - self._submitted.get(k, 0) for k in keys),
-                        sum(self._held_back[k] for k in keys), len(keys), min(due) if due else None)
+        due = [self._deadlines[k] for k in held if k in self._deadlines]
+        return HeldBack(sum(self._latest[k].cheque.cumulative_amount - self._submitted.get(k, 0) for k in held),
+                        sum(held.values()), len(held), min(due) if due else None)
 
     def on_cheque(self, signed: SignedCheque) -> None:
         """A cheque this node accepted: keep it durably, cash when the threshold is passed."""
@@ -248,6 +249,7 @@ class Cashier:
             self._hand_back(batch, before)  # not cashed: hand it over again next time
             raise
         self.batches_cashed += 1
+        self.cheques_cashed += len(batch)
         self.paid_wei += result.paid
         self.gas_paid_wei += result.receipt.fee_wei
         self.rejected += len(result.rejected)
