@@ -127,7 +127,8 @@ class Cashier:
                         sum(held.values()), len(held), min(due) if due else None)
 
     def on_cheque(self, signed: SignedCheque) -> None:
-        """A cheque this node accepted: keep it durably, cash when the threshold is passed."""
+        """A cheque this node accepted: keep it durably, cash when the threshold is passed (and,
+        once a batch was held back for its gas, when enough more is owed to be worth it)."""
         self.ledger.record(self.client.cheque_domain, signed, Direction.RECEIVED)
         self._latest[signed.cheque.key] = signed
         self._reap()
