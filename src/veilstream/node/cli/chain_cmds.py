@@ -375,8 +375,7 @@ def register(app: typer.Typer) -> None:
         rpc: ChainRpc = None,
         deployment: ChainDeployment = None,
     ) -> None:
-        """What you spent and earned, per content and payee: cheques signed and received, what
-        of them is cashed on chain, and grants bought; newest first."""
+        """What you spent and earned per content and payee (cheques, what is cashed of them, grants), newest first."""
         with _client(rpc, deployment) as (vault, client):
             rows = _history(vault, client)
         if as_json:
