@@ -86,6 +86,18 @@ def test_the_wallet_on_the_embedded_chain(home):
     assert "no uncashed cheques" in ok(veil(home, "wallet", "pending"))
     assert "claimed 0.1 ETH" in ok(veil(home, "wallet", "claim"))
 
+    # A micro-payment is not worth its gas (some 10¹⁴ wei here): kept, and cashed only if asked.
+    with ChainClient.embedded(home / "chain" / "embedded", payer) as client:
+        ledger = ChequeLedger(home / "chain" / "cheques.sqlite")
+        ledger.record(client.cheque_domain, client.sign_payment(identity.wallet_address, ETHER // 10 + 10**12),
+                      Direction.RECEIVED)
+        ledger.close()
+    held = ok(veil(home, "wallet", "cash"))
+    assert "cashed 0 cheques for 0 ETH" in held
+    assert re.search(r"left uncashed: 0\.000001 ETH in 1 cheques \(gas ~0\.\d+ ETH would cost more than they are "
+                     r"worth\); they stay in the ledger", held), held
+    assert "cashed 1 cheques for 0.000001 ETH" in ok(veil(home, "wallet", "cash", "--all"))
+
 
 def test_mistakes_are_one_red_line(home):
     home, _identity = home

@@ -33,3 +33,32 @@ def test_the_ledger_keeps_the_newest_verified_cheque_and_knows_what_is_uncashed(
     pending = {p.signed.cheque.viewer: p.uncashed for p in ledger.pending(chain.base)}
     assert pending == {chain.viewer2.address: 5}
     ledger.close()
+
+
+def test_history_is_newest_first_and_an_older_ledger_opens_with_its_rows(tmp_path):
+    """A ledger written before rows carried their time opens, keeps its cheques, and lists
+    them after the timed ones."""
+    import sqlite3
+
+    from veilstream.chain import ChequeDomain
+
+    domain = ChequeDomain(chain_id=31337, wallet="0x" + "22" * 20)
+    viewer, seeder = Account.create(), Account.create().address
+    old = domain.sign(viewer, Cheque(viewer.address, keccak(b"old"), seeder, 7))
+    path = tmp_path / "cheques.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE cheques (chain_id INTEGER NOT NULL, wallet TEXT NOT NULL, direction TEXT NOT NULL, "
+                   "viewer TEXT NOT NULL, content_id BLOB NOT NULL, seeder TEXT NOT NULL, amount TEXT NOT NULL, "
+                   "signature BLOB NOT NULL, PRIMARY KEY (chain_id, wallet, direction, viewer, content_id, seeder))")
+        db.execute("INSERT INTO cheques VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (domain.chain_id, domain.wallet, "issued",
+                   viewer.address, keccak(b"old"), seeder, "7", old.signature))
+    ledger = ChequeLedger(path)
+    first = domain.sign(viewer, Cheque(viewer.address, keccak(b"first"), seeder, 1))
+    second = domain.sign(viewer, Cheque(viewer.address, keccak(b"second"), seeder, 2))
+    ledger.record(domain, first, Direction.ISSUED)
+    ledger.record(domain, second, Direction.RECEIVED)
+    history = ledger.history(domain)
+    assert [h.signed for h in history] == [second, first, old]
+    assert [h.direction for h in history] == [Direction.RECEIVED, Direction.ISSUED, Direction.ISSUED]
+    assert history[0].recorded_at >= history[1].recorded_at and history[2].recorded_at is None
+    ledger.close()

@@ -1,5 +1,6 @@
-"""The cashier on the embedded chain: batches once the threshold is passed, anchors the
-audit head, settles the rest on close; every wei signed ends up cashed and split."""
+"""The cashier on the embedded chain: batches once the threshold is passed and a batch is
+worth its gas, anchors the audit head, settles the rest on close; a deadline has cheques
+cashed whatever the gas; every wei signed ends up cashed and split."""
 
 from hashlib import sha256
 from dataclasses import replace
@@ -10,11 +11,12 @@ from eth_account import Account
 from veilstream.chain.client import AnchorKind, ChainClient
 from veilstream.chain.errors import ChainUnavailable
 from veilstream.chain.ledger import ChequeLedger
-from veilstream.market.cashier import Cashier
+from veilstream.market.cashier import Cashier, claim_if_worth_it
 from veilstream.market.settings import MarketSettings
 
 ETHER = 10**18
 PRICE = 10**15
+GAS_IGNORED = replace(MarketSettings(), min_cash_gain_ratio=0.0)  # for the tests of what is not the gas rule
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def actors(chain):
 
 def test_threshold_batches_anchor_and_close(chain, tmp_path):
     creator, seeder, viewer, content = actors(chain)
-    settings = replace(MarketSettings(), cash_threshold_wei=5 * PRICE, audit_anchor_every_entries=2)
+    settings = replace(GAS_IGNORED, cash_threshold_wei=5 * PRICE, audit_anchor_every_entries=2)
     cashier = Cashier(chain.with_account(seeder), ChequeLedger(tmp_path / "cheques.sqlite"), settings)
     viewer_chain = chain.with_account(viewer)
     for n in range(1, 13):
@@ -68,7 +70,7 @@ def test_a_batch_that_failed_is_cashed_again(chain, tmp_path):
     forgotten until the next run."""
     _creator, seeder, viewer, content = actors(chain)
     payee = chain.with_account(seeder)
-    cashier = Cashier(payee, ChequeLedger(tmp_path / "cheques.sqlite"), replace(MarketSettings(), cash_threshold_wei=PRICE))
+    cashier = Cashier(payee, ChequeLedger(tmp_path / "cheques.sqlite"), replace(GAS_IGNORED, cash_threshold_wei=PRICE))
     real_cash = payee.cash
     outage = [True]
 
@@ -84,3 +86,95 @@ def test_a_batch_that_failed_is_cashed_again(chain, tmp_path):
     cashier.close()
     assert chain.cashed(viewer.address, content, seeder.address) == 3 * PRICE
     assert cashier.failures == ["the chain is down"]
+
+
+# -- the gas rule --------------------------------------------------------------------------------
+# The embedded chain's gas price (about 1 gwei) makes a cash cost some 10¹⁴ wei: a micro-payment
+# of 10¹² wei is far below its gas, and 0.05 ETH far above.
+SMALL = 10**12
+
+
+def wait(cashier) -> None:
+    cashier._worker.submit(lambda: None).result()
+
+
+def test_a_batch_not_worth_its_gas_is_held_back_reported_and_kept(chain, tmp_path):
+    _creator, seeder, viewer, content = actors(chain)
+    ledger = ChequeLedger(tmp_path / "cheques.sqlite")
+    payee = chain.with_account(seeder)
+    cashier = Cashier(payee, ledger, replace(MarketSettings(), cash_threshold_wei=1))
+    cheque = chain.with_account(viewer).sign_cheque(content, seeder.address, 3 * SMALL)
+    gas_wei = payee.estimate_cash_gas([cheque]) * payee.gas_price()
+    assert 3 * SMALL * 2_500 // 10_000 < MarketSettings().min_cash_gain_ratio * gas_wei  # not worth it
+    cashier.on_cheque(cheque)  # past the threshold: the rule is asked, and says no
+    wait(cashier)
+    assert chain.cashed(viewer.address, content, seeder.address) == 0
+    held = cashier.held_back
+    assert (held.amount_wei, held.cheques) == (3 * SMALL, 1)
+    assert gas_wei // 2 < held.gas_wei < 2 * gas_wei
+    assert cashier.close() == 0 and cashier.batches_cashed == 0 and cashier.gas_paid_wei == 0
+    assert cashier.held_back.amount_wei == 3 * SMALL and not cashier.failures
+    assert [p.uncashed for p in ledger.pending(payee)] == [3 * SMALL]  # kept for a later run
+
+
+def test_a_big_batch_is_cashed_and_claimed_and_its_gas_counted(chain, tmp_path):
+    creator, seeder, viewer, content = actors(chain)
+    payee = chain.with_account(seeder)
+    before = payee.balance()
+    cashier = Cashier(payee, ChequeLedger(tmp_path / "cheques.sqlite"), replace(MarketSettings(), cash_threshold_wei=1))
+    cashier.on_cheque(chain.with_account(viewer).sign_cheque(content, seeder.address, 5 * 10**16))
+    wait(cashier)
+    assert chain.cashed(viewer.address, content, seeder.address) == 5 * 10**16 and cashier.held_back is None
+    claimed = cashier.close()
+    assert claimed == 5 * 10**16 * 2_500 // 10_000 and cashier.unclaimed is None
+    assert cashier.gas_paid_wei > 0 and payee.balance() == before + claimed - cashier.gas_paid_wei
+
+
+def test_a_lane_about_to_end_is_cashed_whatever_the_gas_in_this_run_and_the_next(chain, tmp_path):
+    """A held-back cheque is cashed a margin before the lane it counts on ends: told of the
+    lane while serving, or reading it from chain when a later run starts with the ledger."""
+    _creator, seeder, viewer, content = actors(chain)
+    second_viewer = Account.create()
+    chain.dev.fund(second_viewer.address, ETHER)
+    chain.with_account(second_viewer).deposit(ETHER // 10)
+    payee, margin = chain.with_account(seeder), MarketSettings().lane_cash_margin_s
+    until = chain.timestamp() + chain.deployment.settings.lane_min_duration_s + 60
+    for who in (viewer, second_viewer):
+        chain.with_account(who).open_lanes(content, [seeder.address], 10 * SMALL, until)
+    clock = [float(until - margin - 10)]
+    ledger = ChequeLedger(tmp_path / "cheques.sqlite")
+    cashier = Cashier(payee, ledger, replace(MarketSettings(), cash_threshold_wei=1), clock=lambda: clock[0])
+    for who in (viewer, second_viewer):
+        cashier.on_cheque(chain.with_account(who).sign_cheque(content, seeder.address, 2 * SMALL))
+    cashier.note_cover(viewer.address, content, seeder.address, chain.guarantee(viewer.address, content, seeder.address))
+    wait(cashier)
+    assert cashier.held_back.cheques == 1 and cashier.held_back.due_by == until - margin  # the first one
+    clock[0] += 10  # the margin before the lane's end is reached
+    cashier.tick()
+    cashier.close()
+    assert chain.cashed(viewer.address, content, seeder.address) == 2 * SMALL  # its gas cost more than that
+    assert chain.cashed(second_viewer.address, content, seeder.address) == 0  # nobody said when its lane ends
+    assert cashier.held_back.cheques == 1 and cashier.held_back.due_by is None
+    assert cashier.unclaimed.amount_wei == 2 * SMALL * 2_500 // 10_000  # a claim has no deadline: held back
+
+    later = Cashier(payee, ledger, MarketSettings(), clock=lambda: clock[0])  # the next run reads the lane
+    later.tick()
+    later.close()
+    assert chain.cashed(second_viewer.address, content, seeder.address) == 2 * SMALL
+    claim = claim_if_worth_it(payee, ignore_gas=True)  # `veil wallet claim --all`
+    assert claim.claimed_wei == 2 * (2 * SMALL * 2_500 // 10_000) and claim.gas_paid_wei > 0
+
+
+def test_what_an_earlier_run_cashed_does_not_count_as_brought_in(chain, tmp_path):
+    """A viewer paid before and that was cashed; its next cheque brings in only the new part,
+    however large its cumulative amount: the lane's lookup tells the cashier what is cashed."""
+    _creator, seeder, viewer, content = actors(chain)
+    payee, viewer_chain = chain.with_account(seeder), chain.with_account(viewer)
+    payee.cash([viewer_chain.sign_cheque(content, seeder.address, 5 * 10**16)])  # an earlier run's
+    cashier = Cashier(payee, ChequeLedger(tmp_path / "cheques.sqlite"), replace(MarketSettings(), cash_threshold_wei=1))
+    cashier.note_cover(viewer.address, content, seeder.address, chain.guarantee(viewer.address, content, seeder.address))
+    cashier.on_cheque(viewer_chain.sign_cheque(content, seeder.address, 5 * 10**16 + SMALL))
+    wait(cashier)
+    assert cashier.uncashed_wei == SMALL and cashier.held_back.amount_wei == SMALL
+    assert cashier.batches_cashed == 0  # no gas spent to cash 10¹² wei
+    cashier.shutdown()

@@ -11,6 +11,7 @@ from veilstream.chain.cheque import Cheque, ChequeDomain, SignedCheque, content_
 from veilstream.chain.client import (
     AnchorKind,
     CashResult,
+    ClaimResult,
     ChainClient,
     ChainEvent,
     ContentRecord,
@@ -29,11 +30,12 @@ from veilstream.chain.client import (
 from veilstream.chain.deployment import ChainSettings, Deployment
 from veilstream.chain.devnet import Devnet, open_chain
 from veilstream.chain.errors import ChainError, ChainUnavailable, ChequeError, ContractRevert
-from veilstream.chain.ledger import ChequeLedger, Direction, PendingCheque
+from veilstream.chain.ledger import ChequeLedger, Direction, PendingCheque, RecordedCheque
 
 __all__ = [
     "AnchorKind",
     "CashResult",
+    "ClaimResult",
     "ChainClient",
     "ChainError",
     "ChainEvent",
@@ -56,6 +58,7 @@ __all__ = [
     "Guarantee",
     "Lane",
     "PendingCheque",
+    "RecordedCheque",
     "PendingWithdrawal",
     "Receipt",
     "RejectReason",

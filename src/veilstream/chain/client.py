@@ -91,6 +91,7 @@ class Receipt:
     block_number: int
     gas_used: int
     events: tuple[ChainEvent, ...]
+    fee_wei: int = 0  # what the sender paid for the gas
 
     def named(self, name: str) -> list[ChainEvent]:
         return [e for e in self.events if e.name == name]
@@ -103,6 +104,16 @@ class CashResult:
     cashed: tuple[ChainEvent, ...]
     shortfalls: tuple[ChainEvent, ...]
     rejected: tuple[tuple[tuple[str, bytes, str], RejectReason], ...]
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    amount: int
+    receipts: tuple[Receipt, ...]
+
+    @property
+    def fee_wei(self) -> int:
+        return sum(r.fee_wei for r in self.receipts)
 
 
 @dataclass(frozen=True)
@@ -497,6 +508,7 @@ class ChainClient:
             tx_hash=bytes(raw["transactionHash"]),
             block_number=int(raw["blockNumber"]),
             gas_used=int(raw["gasUsed"]),
+            fee_wei=int(raw["gasUsed"]) * int(raw.get("effectiveGasPrice") or 0),
             events=tuple(e for e in (self._decode(log) for log in raw["logs"]) if e is not None),
         )
 
@@ -525,6 +537,20 @@ class ChainClient:
     def timestamp(self) -> int:
         """The latest block's time: what the contracts compare deadlines with."""
         return int(self._call_rpc(lambda: self.w3.eth.get_block("latest"))["timestamp"])
+
+    def block_timestamp(self, block_number: int) -> int:
+        return int(self._call_rpc(lambda: self.w3.eth.get_block(int(block_number)))["timestamp"])
+
+    def gas_price(self) -> int:
+        """What a transaction sent now pays per gas: the latest base fee plus the tip, as
+        web3 builds this client's transactions (eth_gasPrice on a chain without base fees)."""
+        block = self._call_rpc(lambda: self.w3.eth.get_block("latest"))
+        if block.get("baseFeePerGas") is None:
+            return int(self._call_rpc(lambda: self.w3.eth.gas_price))
+        return int(block["baseFeePerGas"]) + int(self._call_rpc(lambda: self.w3.eth.max_priority_fee))
+
+    def _estimate(self, fn) -> int:
+        return int(self._call_rpc(lambda: fn.estimate_gas({"from": self.address})))
 
     def balance(self, address: str | None = None) -> int:
         who = checksum_address(address) if address else self.address
@@ -697,6 +723,10 @@ class ChainClient:
             rejected=rejected,
         )
 
+    def estimate_cash_gas(self, cheques: Sequence[SignedCheque]) -> int:
+        """The gas `cash(cheques)` would use now (eth_estimateGas, from this account)."""
+        return self._estimate(self.wallet.functions.cash([c.as_contract_tuple() for c in cheques]))
+
     def cashed(self, viewer: str, content_id: bytes | str, seeder: str) -> int:
         return self._read(self.wallet, "cashed", checksum_address(viewer), content_id_bytes(content_id),
                           checksum_address(seeder))
@@ -714,13 +744,27 @@ class ChainClient:
 
     def claim(self) -> int:
         """Move every credited earning to this account; returns the amount."""
+        return self.claim_earnings().amount
+
+    def claim_earnings(self) -> ClaimResult:
+        """`claim`, with the receipts (what the gas cost)."""
+        receipts = tuple(self._send(fn) for fn in self._claims())
+        return ClaimResult(sum(self._amount(r, "Claimed") for r in receipts), receipts)
+
+    def estimate_claim_gas(self) -> int:
+        """The gas `claim()` would use now (0: nothing to claim)."""
+        return sum(self._estimate(fn) for fn in self._claims())
+
+    def _claims(self) -> list:
         me = self.address
-        total = 0
-        if self._view(self.wallet.functions.earnings(me)):
-            total += self._amount(self._send(self.wallet.functions.claim()), "Claimed")
-        if self._view(self.sales.functions.earnings(me)):
-            total += self._amount(self._send(self.sales.functions.claim()), "Claimed")
-        return total
+        return [contract.functions.claim() for contract in (self.wallet, self.sales)
+                if self._view(contract.functions.earnings(me))]
+
+    def payout_terms(self, content_id: bytes | str) -> tuple[str, int]:
+        """(creator, seeder share in force) of a content, as Wallet.cash splits a cheque;
+        the zero address for an unknown one."""
+        creator, share = self._view(self.registry.functions.payout_terms(content_id_bytes(content_id)))
+        return to_checksum_address(creator), int(share)
 
     @staticmethod
     def _amount(receipt: Receipt, event: str) -> int:
@@ -795,8 +839,11 @@ class ChainClient:
 
     def anchor(self, kind: int, root: bytes) -> int:
         """Post a Merkle root; returns its sequence number for (this account, kind)."""
-        receipt = self._send(self.anchors.functions.post(int(kind), bytes(root)))
-        return int(receipt.named("Anchored")[0].args["seq"])
+        return int(self.post_anchor(kind, root).named("Anchored")[0].args["seq"])
+
+    def post_anchor(self, kind: int, root: bytes) -> Receipt:
+        """`anchor`, returning the receipt."""
+        return self._send(self.anchors.functions.post(int(kind), bytes(root)))
 
     def latest_anchor(self, poster: str, kind: int) -> tuple[bytes, int]:
         who = checksum_address(poster)

@@ -3,12 +3,14 @@
 A payee keeps the cheques it received until it cashes them (`pending`, then
 `ChainClient.cash`); a viewer keeps the ones it signed, to know what it owes. Only the
 latest cheque of a relationship matters, since amounts are cumulative, so recording an
-older one is a no-op. A received cheque is verified before it is stored.
+older one is a no-op. A received cheque is verified before it is stored; each row keeps when
+its latest cheque was recorded (`history`).
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -26,6 +28,7 @@ CREATE TABLE IF NOT EXISTS cheques (
     seeder     TEXT    NOT NULL,
     amount     TEXT    NOT NULL,  -- decimal: amounts reach 2**256
     signature  BLOB    NOT NULL,
+    recorded_at REAL,  -- unix s; NULL in rows of a ledger older than the column
     PRIMARY KEY (chain_id, wallet, direction, viewer, content_id, seeder)
 )
 """
@@ -42,6 +45,13 @@ class PendingCheque:
     uncashed: int
 
 
+@dataclass(frozen=True)
+class RecordedCheque:
+    signed: SignedCheque
+    direction: Direction
+    recorded_at: float | None
+
+
 class ChequeLedger:
     def __init__(self, path: Path) -> None:
         path = Path(path)
@@ -51,6 +61,9 @@ class ChequeLedger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(cheques)")}
+            if "recorded_at" not in columns:
+                self._db.execute("ALTER TABLE cheques ADD COLUMN recorded_at REAL")
         except sqlite3.DatabaseError as exc:
             raise ChainError(f"cheque ledger {path} is unreadable: {exc}") from None
 
@@ -74,8 +87,9 @@ class ChequeLedger:
                 self._db.execute("COMMIT")
                 return False
             self._db.execute(
-                "INSERT OR REPLACE INTO cheques VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (*key, str(c.cumulative_amount), signed.signature),
+                "INSERT OR REPLACE INTO cheques (chain_id, wallet, direction, viewer, content_id, seeder, amount, "
+                "signature, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*key, str(c.cumulative_amount), signed.signature, time.time()),
             )
             self._db.execute("COMMIT")
             return True
@@ -92,6 +106,18 @@ class ChequeLedger:
         from veilstream.chain.cheque import Cheque
 
         return [SignedCheque(Cheque(v, bytes(cid), s, int(a)), bytes(sig)) for v, cid, s, a, sig in rows]
+
+    def history(self, domain: ChequeDomain) -> list[RecordedCheque]:
+        """The latest cheque of every relationship, both ways, newest first."""
+        rows = self._db.execute(
+            "SELECT direction, viewer, content_id, seeder, amount, signature, recorded_at FROM cheques "
+            "WHERE chain_id=? AND wallet=? ORDER BY recorded_at IS NULL, recorded_at DESC, rowid DESC",
+            (domain.chain_id, domain.wallet),
+        ).fetchall()
+        from veilstream.chain.cheque import Cheque
+
+        return [RecordedCheque(SignedCheque(Cheque(v, bytes(cid), s, int(a)), bytes(sig)), Direction(d), at)
+                for d, v, cid, s, a, sig, at in rows]
 
     def pending(self, client) -> list[PendingCheque]:
         """Received cheques worth more than what has been cashed from them on chain."""

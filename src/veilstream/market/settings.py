@@ -9,6 +9,12 @@ from dataclasses import dataclass
 class MarketSettings:
     credit_window_slices: int = 2  # DESIGN.md: what a party risks per relationship
     cash_threshold_wei: int = 10**15  # a payee cashes once its uncashed cheques pass this
+    # A batch of cheques (or a claim) is sent only if what it brings this account is at least
+    # this many times its gas at the current gas price: gas then takes at most a tenth. Waiting
+    # loses nothing, as a batch only grows and a deadline (a lane's time, a withdrawal, a share
+    # cut) has the cheques it concerns cashed whatever the gas; what is held back stays in the
+    # ledger for a later run or `veil wallet cash`. 0: whatever the gas.
+    min_cash_gain_ratio: float = 10.0
     key_session_ttl_s: int = 3_600  # a viewer's ephemeral key-session key expires after this
     key_session_renew_s: int = 120  # a viewer renews its session this long before it expires
     # A viewer fetches (and so pays for) at most this many slices past the keys it holds: what

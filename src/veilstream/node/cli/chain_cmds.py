@@ -6,6 +6,7 @@ Every command uses the embedded chain under the vault (`<home>/chain/embedded`) 
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from contextlib import contextmanager
@@ -16,13 +17,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from veilstream.chain import ChainError, ChequeLedger, Devnet, open_chain
+from veilstream.chain import ChainError, ChequeLedger, Devnet, Direction, open_chain
 from veilstream.chain.devnet import DEFAULT_PORT
+from veilstream.market.cashier import Cashier, HeldBack, claim_if_worth_it
+from veilstream.market.settings import MarketSettings
 from veilstream.node.cli.common import console, err_console, open_vault, unlock_identity, veil_home
 
 WEI_PER_ETHER = 10**18
 UNITS = {"wei": 1, "gwei": 10**9, "eth": WEI_PER_ETHER, "ether": WEI_PER_ETHER}
-MAX_CHEQUES_PER_BATCH = 256  # Wallet.vy's MAX_CHEQUES_PER_BATCH
 DEFAULT_FAUCET = "10"
 
 ChainRpc = Annotated[
@@ -76,6 +78,41 @@ def format_ether(wei: int) -> str:
     return f"{text} ETH"
 
 
+def format_gas(wei: int) -> str:
+    """An estimate of gas, to two significant digits: ~0.00015 ETH."""
+    drop = max(0, len(str(wei)) - 2)
+    return "~" + format_ether(round(wei, -drop) if drop else wei)
+
+
+def _utc(unix_s: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(unix_s)) + " UTC"
+
+
+def _short(content_id: bytes) -> str:
+    return content_id.hex()[:16] + "…" if any(content_id) else "(direct)"
+
+
+def held_back_lines(cheques: HeldBack | None, earnings: HeldBack | None,
+                    settings: MarketSettings = MarketSettings()) -> list[str]:
+    """What the gas rule left for later, and how to get it anyway."""
+    share = f"1/{settings.min_cash_gain_ratio:g}"
+    lines = []
+    if cheques is not None:
+        why = ("more than they are worth" if cheques.gas_wei >= cheques.amount_wei
+               else f"more than {share} of what they bring in")
+        line = (f"left uncashed: {format_ether(cheques.amount_wei)} in {cheques.cheques} cheques "
+                f"(gas {format_gas(cheques.gas_wei)} would cost {why}); they stay in the ledger and are cashed "
+                "by a later run or `veil wallet cash` (`--all`: whatever the gas)")
+        if cheques.due_by is not None:
+            line += f"; cash them before {_utc(cheques.due_by)}, when a lane they count on ends"
+        lines.append(line)
+    if earnings is not None:
+        why = "more than they are worth" if earnings.gas_wei >= earnings.amount_wei else f"more than {share} of them"
+        lines.append(f"left unclaimed: {format_ether(earnings.amount_wei)} of earnings "
+                     f"(gas {format_gas(earnings.gas_wei)} would cost {why}); `veil wallet claim --all` claims them anyway")
+    return lines
+
+
 def _when(unlock_at: int, now: int) -> str:
     if unlock_at <= now:
         return "now"
@@ -96,6 +133,55 @@ def _client(rpc: str | None, deployment: Path | None):
 
 def _ledger(vault) -> ChequeLedger:
     return ChequeLedger(Path(vault.home) / "chain" / "cheques.sqlite")
+
+
+def _committed(vault, client) -> dict[bytes, int]:
+    """content id → what the cheques this account signed for it commit and the chain has
+    not cashed yet (the ledger's latest cheques less what is cashed)."""
+    ledger = _ledger(vault)
+    try:
+        issued = [s.cheque for s in ledger.latest(client.cheque_domain, Direction.ISSUED)]
+    finally:
+        ledger.close()
+    committed: dict[bytes, int] = {}
+    for c in issued:
+        if c.viewer == client.address:
+            left = c.cumulative_amount - client.cashed(c.viewer, c.content_id, c.seeder)
+            if left > 0:
+                committed[c.content_id] = committed.get(c.content_id, 0) + left
+    return committed
+
+
+HISTORY_KINDS = {Direction.ISSUED: "paid in cheques", Direction.RECEIVED: "earned in cheques"}
+
+
+def _history(vault, client) -> list[dict]:
+    """What this account spent and earned (see `veil wallet history`), newest first."""
+    me = client.address
+    ledger = _ledger(vault)
+    try:
+        recorded = ledger.history(client.cheque_domain)
+    finally:
+        ledger.close()
+    rows = []
+    for entry in recorded:
+        c = entry.signed.cheque
+        if me not in (c.viewer, c.seeder):
+            continue
+        rows.append({"when": entry.recorded_at, "kind": HISTORY_KINDS[entry.direction], "content_id": c.content_id.hex(),
+                     "counterparty": c.seeder if entry.direction is Direction.ISSUED else c.viewer,
+                     "amount_wei": c.cumulative_amount, "cashed_wei": client.cashed(c.viewer, c.content_id, c.seeder)})
+    for event in client.events(names=["GrantOpened"]).events:
+        if event.args["buyer"] != me:
+            continue
+        grant = client.grant(event.args["grant_id"])
+        content_id = bytes(event.args["content_id"])
+        rows.append({"when": client.block_timestamp(event.block_number), "kind": "bought a grant",
+                     "content_id": content_id.hex(), "counterparty": client.payout_terms(content_id)[0],
+                     "amount_wei": int(event.args["amount"]), "grant_id": int(event.args["grant_id"]),
+                     "state": grant.state.name.lower() if grant else "unknown"})
+    rows.sort(key=lambda row: row["when"] or 0, reverse=True)
+    return rows
 
 
 def _describe(client) -> str:
@@ -123,14 +209,19 @@ def register(app: typer.Typer) -> None:
 
     @wallet.command("balance")
     def wallet_balance(rpc: ChainRpc = None, deployment: ChainDeployment = None) -> None:
-        """Your ether, your deposit for cheques, any withdrawal under way, and earnings."""
-        with _client(rpc, deployment) as (_vault, client):
+        """Your ether, your deposit for cheques, what your cheques commit, any withdrawal under way, and earnings."""
+        with _client(rpc, deployment) as (vault, client):
             me = client.address
+            committed = _committed(vault, client)
             table = Table(show_header=False, box=None)
             table.add_row("address", me)
             table.add_row("account", format_ether(client.balance()))
             table.add_row("deposit", format_ether(client.deposit_of()))
             table.add_row("held in lanes", f"{format_ether(client.held_of())} (`veil wallet lanes`)")
+            table.add_row("committed in cheques", f"{format_ether(sum(committed.values()))} signed, not yet cashed "
+                                                  "(`veil wallet history`)")
+            for content_id, wei in sorted(committed.items()):
+                table.add_row("", f"{format_ether(wei)} for {_short(content_id)}")
             pending = client.pending_withdrawal()
             if pending:
                 table.add_row(
@@ -221,28 +312,37 @@ def register(app: typer.Typer) -> None:
             console.print(f"total {format_ether(sum(p.uncashed for p in pending))}; cash with `veil wallet cash`")
 
     @wallet.command("cash")
-    def wallet_cash(rpc: ChainRpc = None, deployment: ChainDeployment = None) -> None:
-        """Cash every uncashed cheque you hold, in batches."""
+    def wallet_cash(
+        everything: Annotated[bool, typer.Option("--all", help="Cash every cheque, even where gas costs more than it brings.")] = False,
+        rpc: ChainRpc = None,
+        deployment: ChainDeployment = None,
+    ) -> None:
+        """Cash the uncashed cheques you hold, in batches, where they are worth their gas."""
+        settings = MarketSettings()
         with _client(rpc, deployment) as (vault, client):
             ledger = _ledger(vault)
             try:
-                pending = [p.signed for p in ledger.pending(client)]
+                cashier = Cashier(client, ledger, settings)
+                if cashier.uncashed_wei:
+                    cashier.cash_pending(ignore_gas=everything)
+                cashier.shutdown()
             finally:
                 ledger.close()
-            if not pending:
+            if not cashier.uncashed_wei and not cashier.cheques_cashed:
                 console.print("no uncashed cheques")
                 return
-            paid = rejected = short = 0
-            for start in range(0, len(pending), MAX_CHEQUES_PER_BATCH):
-                result = client.cash(pending[start : start + MAX_CHEQUES_PER_BATCH])
-                paid += result.paid
-                rejected += len(result.rejected)
-                short += len(result.shortfalls)
-            console.print(f"cashed {len(pending)} cheques for {format_ether(paid)}")
-            if short:
-                err_console.print(f"[yellow]{short} cheques bounced in part: their viewers' deposits ran short")
-            if rejected:
-                err_console.print(f"[yellow]{rejected} cheques were refused by the contract")
+            if cashier.failures and not cashier.cheques_cashed:
+                raise ChainError(f"cashing failed: {cashier.failures[-1]}")
+            console.print(f"cashed {cashier.cheques_cashed} cheques for {format_ether(cashier.paid_wei)}; "
+                          f"gas paid {format_gas(cashier.gas_paid_wei)}")
+            for line in held_back_lines(cashier.held_back, None, settings):
+                console.print(line)
+            if cashier.failures:
+                err_console.print(f"[yellow]some cheques were not cashed: {cashier.failures[-1]}; run it again")
+            if cashier.shortfalls:
+                err_console.print(f"[yellow]{cashier.shortfalls} cheques bounced in part: their viewers' deposits ran short")
+            if cashier.rejected:
+                err_console.print(f"[yellow]{cashier.rejected} cheques were refused by the contract")
 
     @wallet.command("lanes")
     def wallet_lanes(
@@ -274,12 +374,44 @@ def register(app: typer.Typer) -> None:
                 console.print(f"returned {format_ether(closed)} to your deposit")
 
     @wallet.command("claim")
-    def wallet_claim(rpc: ChainRpc = None, deployment: ChainDeployment = None) -> None:
-        """Move your earnings (cashed cheques, key sales) to your account."""
+    def wallet_claim(
+        everything: Annotated[bool, typer.Option("--all", "--force", help="Claim even where gas costs more than it brings.")] = False,
+        rpc: ChainRpc = None,
+        deployment: ChainDeployment = None,
+    ) -> None:
+        """Move your earnings (cashed cheques, key sales) to your account, if worth the gas."""
+        settings = MarketSettings()
         with _client(rpc, deployment) as (_vault, client):
             if client.earnings() == 0:
                 raise ChainError("nothing to claim: cash cheques first (`veil wallet cash`)")
-            console.print(f"claimed {format_ether(client.claim())}")
+            claim = claim_if_worth_it(client, settings, ignore_gas=everything)
+            if claim.held_back is not None:
+                for line in held_back_lines(None, claim.held_back, settings):
+                    console.print(line)
+                return
+            console.print(f"claimed {format_ether(claim.claimed_wei)}; gas paid {format_gas(claim.gas_paid_wei)}")
+
+    @wallet.command("history")
+    def wallet_history(
+        as_json: Annotated[bool, typer.Option("--json", help="One JSON list, amounts in wei.")] = False,
+        rpc: ChainRpc = None,
+        deployment: ChainDeployment = None,
+    ) -> None:
+        """What you spent and earned per content and payee (cheques, what is cashed of them, grants), newest first."""
+        with _client(rpc, deployment) as (vault, client):
+            rows = _history(vault, client)
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        if not rows:
+            console.print("nothing spent or earned yet")
+            return
+        table = Table("when", "what", "content", "with", "amount", "on chain")
+        for row in rows:
+            settled = (format_ether(row["cashed_wei"]) + " cashed") if "cashed_wei" in row else row["state"]
+            table.add_row(_utc(row["when"]) if row["when"] else "?", row["kind"], _short(bytes.fromhex(row["content_id"])),
+                          row["counterparty"], format_ether(row["amount_wei"]), settled)
+        console.print(table)
 
     @wallet.command("faucet")
     def wallet_faucet(

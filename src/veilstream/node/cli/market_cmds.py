@@ -37,7 +37,8 @@ from veilstream.market.onchain import ChainWatch, ShareChange, WithdrawalRequest
 from veilstream.market.service import MarketService
 from veilstream.market.settings import MarketSettings
 from veilstream.market.stream import BudgetSpent, PaidStream, viewer_swarm_settings
-from veilstream.node.cli.chain_cmds import ChainDeployment, ChainRpc, _client, _ledger, format_ether, parse_amount
+from veilstream.node.cli.chain_cmds import (ChainDeployment, ChainRpc, _client, _ledger, format_ether, format_gas,
+                                          held_back_lines, parse_amount)
 from veilstream.node.cli.common import console, err_console
 from veilstream.node.cli.swarm_cmds import _settings, magnet_hints, parse_host_port
 from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
@@ -187,7 +188,10 @@ def _serve(cid: str, vault, identity, client, keys: bool, listen: str, tracker: 
     run(main())
     claimed = cashier.close(agent.audit.head if agent is not None and agent.audit.count else None, torrent.info_hash)
     console.print(f"stopped; cashed and claimed {format_ether(claimed)} "
-                  f"({cashier.batches_cashed} cash batches, {cashier.anchors_posted} audit anchors)")
+                  f"({cashier.batches_cashed} cash batches, {cashier.anchors_posted} audit anchors; "
+                  f"gas paid {format_gas(cashier.gas_paid_wei)})")
+    for line in held_back_lines(cashier.held_back, cashier.unclaimed, settings):
+        console.print(line)
 
 
 def play(
