@@ -316,7 +316,7 @@ def test_a_payee_cashes_as_soon_as_it_sees_a_withdrawal_request(published, chain
     viewer, seeder = fund(Account.create(), 10**16), fund(Account.create())
     watch = ChainWatch(chain, {cid})
     cashier = Cashier(chain.with_account(seeder), ChequeLedger(tmp_path / "cheques.sqlite"),
-                      replace(MarketSettings(), cash_threshold_wei=10**18))
+                      replace(MarketSettings(), cash_threshold_wei=10**18, min_cash_gain_ratio=0.0))  # not about gas
     cashier.on_cheque(chain.with_account(viewer).sign_cheque(cid, seeder.address, 5 * PRICE))
     assert chain.cashed(viewer.address, cid, seeder.address) == 0  # far below the threshold: kept
     chain.with_account(viewer).request_withdrawal(10**16)
@@ -355,7 +355,8 @@ def test_a_seeder_stops_serving_before_a_share_cut_and_cashes_first(tmp_path, ch
 
     clock = [float(record.share_effective_at - MarketSettings().lane_cash_margin_s - 1)]
     cashier = Cashier(chain.with_account(seeder), ChequeLedger(tmp_path / "c.sqlite"),
-                      replace(MarketSettings(), cash_threshold_wei=10**18), clock=lambda: clock[0])
+                      replace(MarketSettings(), cash_threshold_wei=10**18, min_cash_gain_ratio=0.0),
+                      clock=lambda: clock[0])  # not about gas
     cashier.on_cheque(chain.with_account(viewer).sign_cheque(cid, seeder.address, 3 * PRICE))
     cashier.cash_content_by(cid, record.share_effective_at)
     assert chain.cashed(viewer.address, cid, seeder.address) == 0

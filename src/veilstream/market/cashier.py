@@ -6,7 +6,7 @@ The gas rule: a batch (or a claim) is sent only if what it brings this account i
 `min_cash_gain_ratio` times its gas at the current gas price (eth_estimateGas × the gas
 price). What it holds back stays in the ledger and is reported (`held_back`, `unclaimed`):
 a later run or `veil wallet cash` cashes it. Deadlines come before the rule: three things
-make it cash at once, whatever the gas: a lane a cheque counts on is about to reach its time
+make it cash at once if it brings in at least its gas (a cheque worth less is cheaper lost): a lane a cheque counts on is about to reach its time
 (`note_cover`, or the lane read at start for what an earlier run kept: cashed a margin
 before it), the viewer asked to withdraw its deposit (`on_withdrawal_requested`), and a cut
 of the seeder share is scheduled (`cash_content_by`). A batch that fails is handed over
@@ -53,6 +53,11 @@ class Claim:
     claimed_wei: int
     gas_paid_wei: int
     held_back: HeldBack | None = None
+
+
+# Cheques that must be cashed now (a lane ending, a withdrawal, a share cut) are cashed even
+# at a thin margin, but never at a loss: a cheque worth less than its gas is cheaper lost.
+DUE_RATIO = 1.0
 
 
 def worth_its_gas(brings_in_wei: int, gas_wei: int, settings: MarketSettings) -> bool:
@@ -146,12 +151,12 @@ class Cashier:
             self._deadlines[key] = cover.until - self.settings.lane_cash_margin_s
 
     def tick(self) -> None:
-        """Cash what is due, whatever the gas: cheques whose lane's time is near."""
+        """Cash what is due (if worth at least its gas): cheques whose lane's time is near."""
         now = self._clock()
         due = [k for k, at in self._deadlines.items() if at <= now and self._uncashed(k)]
         if due:
             self._must_cash.update(due)
-            self._submit_batch(due, forced=True)
+            self._submit_batch(due, ratio=self._due_ratio)
             for key in due:
                 self._deadlines.pop(key, None)
 
@@ -161,7 +166,7 @@ class Cashier:
         if keys:
             log.info("viewer %s asked to withdraw: cashing its %d cheques now", viewer, len(keys))
             self._must_cash.update(keys)
-            self._submit_batch(keys, forced=True)
+            self._submit_batch(keys, ratio=self._due_ratio)
 
     def cash_content_by(self, content_id: bytes, when: float) -> None:
         """Everything owed for this content must be cashed before `when` (a share cut)."""
@@ -198,7 +203,7 @@ class Cashier:
             now = self._clock()
             due = [k for k in self._latest if self._uncashed(k)
                    and (ignore_gas or k in self._must_cash or self._deadlines.get(k, math.inf) <= now)]
-            self._submit_batch(due, forced=True)
+            self._submit_batch(due, ratio=0.0 if ignore_gas else self._due_ratio)
             self._submit_batch()
             self._worker.submit(lambda: None).result()
             self._reap()
@@ -223,13 +228,17 @@ class Cashier:
         self._reap()
 
     # -- on the worker thread ----------------------------------------------------------------
+    @property
+    def _due_ratio(self) -> float:
+        return min(DUE_RATIO, self.settings.min_cash_gain_ratio)
+
     def _uncashed(self, key: tuple) -> bool:
         signed = self._latest.get(key)
         return signed is not None and signed.cheque.cumulative_amount > self._submitted.get(key, 0)
 
-    def _submit_batch(self, keys: list[tuple] | None = None, forced: bool = False) -> None:
-        """Hand the uncashed cheques of `keys` (default: all) to the worker, in batches;
-        `forced`: cashed whatever the gas."""
+    def _submit_batch(self, keys: list[tuple] | None = None, ratio: float | None = None) -> None:
+        """Hand the uncashed cheques of `keys` (default: all) to the worker, in batches,
+        cashed if they bring in `ratio` × their gas (default: the setting; 0: whatever the gas)."""
         chosen = self._latest if keys is None else {k: self._latest[k] for k in keys if k in self._latest}
         batch = [s for k, s in chosen.items() if s.cheque.cumulative_amount > self._submitted.get(k, 0)]
         for start in range(0, len(batch), MAX_CHEQUES_PER_BATCH):
@@ -238,11 +247,11 @@ class Cashier:
             for signed in part:
                 self._submitted[signed.cheque.key] = signed.cheque.cumulative_amount
                 self._held_back.pop(signed.cheque.key, None)
-            self._pending.append(self._worker.submit(self._cash, part, before, forced))
+            self._pending.append(self._worker.submit(self._cash, part, before, ratio))
 
-    def _cash(self, batch: list[SignedCheque], before: dict[tuple, int], forced: bool) -> None:
+    def _cash(self, batch: list[SignedCheque], before: dict[tuple, int], ratio: float | None) -> None:
         try:
-            if not forced and self._hold_back(batch, before):
+            if ratio != 0.0 and self._hold_back(batch, before, ratio):
                 self._hand_back(batch, before)
                 return
             result = self.client.cash(batch)
@@ -262,12 +271,13 @@ class Cashier:
         for key, reason in result.rejected:
             log.warning("cheque %s rejected on chain: %s", key, reason.name)
 
-    def _hold_back(self, batch: list[SignedCheque], before: dict[tuple, int]) -> bool:
+    def _hold_back(self, batch: list[SignedCheque], before: dict[tuple, int], ratio: float | None = None) -> bool:
         """The gas rule: whether `batch` brings in too little for its gas at today's price
         (then it is noted as held back)."""
         gas_wei = self.client.estimate_cash_gas(batch) * self.client.gas_price()
         brings_in = self._brings_in(batch, before)
-        if worth_its_gas(brings_in, gas_wei, self.settings):
+        wanted = self.settings.min_cash_gain_ratio if ratio is None else ratio
+        if brings_in >= wanted * gas_wei:
             return False
         face = sum(s.cheque.cumulative_amount - before[s.cheque.key] for s in batch)
         for n, signed in enumerate(batch):  # the batch's gas in parts that add up to it
