@@ -59,12 +59,14 @@ def with_pool(
     home: Path,
     relays: list[str],
     work: Callable[[RelayPool, FeedIndex], Awaitable[T]],
+    *,
+    on_wait: Callable[[str], None] | None = None,
     **relay_options: float,
 ) -> T:
     """Run `work` with a pool on the command's relays and the vault's index; both closed after."""
     log_to_file(home)
     with ExitStack() as stack:
-        urls = resolve_relays(home, relays, stack)
+        urls = resolve_relays(home, relays, stack, on_wait=on_wait)
         index = stack.enter_context(open_index(home))
 
         async def go() -> T:

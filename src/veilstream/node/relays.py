@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -75,11 +76,19 @@ def _listening(port: int) -> bool:
 
 
 def local_relay(
-    stack: ExitStack, *, wait_s: float = COMMAND_RELAY_WAIT_S, startup_timeout_s: float = STARTUP_TIMEOUT_S
+    stack: ExitStack,
+    *,
+    wait_s: float = COMMAND_RELAY_WAIT_S,
+    startup_timeout_s: float = STARTUP_TIMEOUT_S,
+    on_wait: Callable[[str], None] | None = None,
 ) -> str:
-    """The URL of the local relay; starts one for this command (closed with `stack`) if none runs."""
+    """The URL of the local relay; starts one for this command (closed with `stack`) if none runs.
+
+    `on_wait` hears, once, that another command's relay holds the store and this one waits.
+    """
     data_dir, port = shared_relay_dir(), relay_port()
     deadline = time.monotonic() + wait_s
+    told = False
     while True:
         owner = store_owner(data_dir)
         if owner is None:
@@ -98,6 +107,9 @@ def local_relay(
         if owner.shared and owner.url:
             return owner.url
         # Starting, or another command's own relay, which stops when that command ends.
+        if on_wait is not None and not told and not owner.shared:
+            on_wait(f"waiting for another veil command (process {owner.pid or '?'}) to finish with the local relay…")
+            told = True
         if time.monotonic() > deadline:
             raise SocialError(
                 f"the relay store {data_dir} stayed busy for {wait_s:g} s (process {owner.pid or '?'}): "
@@ -113,6 +125,7 @@ def resolve_relays(
     *,
     wait_s: float = COMMAND_RELAY_WAIT_S,
     startup_timeout_s: float = STARTUP_TIMEOUT_S,
+    on_wait: Callable[[str], None] | None = None,
 ) -> list[str]:
     """The relays for this command: the flags, else the configured list, else the local relay."""
     if cli_relays:
@@ -120,4 +133,4 @@ def resolve_relays(
     configured = configured_relays(home)
     if configured:
         return configured
-    return [local_relay(stack, wait_s=wait_s, startup_timeout_s=startup_timeout_s)]
+    return [local_relay(stack, wait_s=wait_s, startup_timeout_s=startup_timeout_s, on_wait=on_wait)]

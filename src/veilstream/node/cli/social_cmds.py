@@ -20,8 +20,9 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from rich.table import Table
@@ -39,11 +40,17 @@ from veilstream.social.index import CardRow, FeedIndex
 from veilstream.social.relay_client import PublishOutcome, RelayPool
 from veilstream.social.sync import engagement_filters, publish, sync
 
+T = TypeVar("T")
+
 RELAY_OPTION_HELP = "Relay URL (repeatable); default: the configured list, else the local relay."
 
 
 def _relay_option() -> list[str]:
     return typer.Option([], "--relay", help=RELAY_OPTION_HELP, show_default=False)
+
+
+def _session(home: Path, relays: list[str], work: Callable[[RelayPool, FeedIndex], Awaitable[T]]) -> T:
+    return with_pool(home, relays, work, on_wait=lambda note: err_console.print(Text(note, style="dim"), soft_wrap=True))
 
 
 def _report(outcomes: list[PublishOutcome]) -> None:
@@ -155,7 +162,7 @@ def post(
         slice_count=torrent.piece_count,
     )
     event = kinds.build_card(identity, card, pow_bits=pow_bits)
-    outcomes = with_pool(vault.home, relay, lambda pool, index: publish(pool, index, event))
+    outcomes = _session(vault.home, relay, lambda pool, index: publish(pool, index, event))
     console.print(f"[green]✓[/] card [bold]{event.id}[/] for {cid[:16]}… ({len(previews)} preview{'' if len(previews) == 1 else 's'})")
     _report(outcomes)
 
@@ -258,7 +265,7 @@ def feed(
     me = vault.public_identity().get("nostr_pubkey")
     notes = err_console if as_json else console
     if not offline:
-        report = with_pool(vault.home, relay, lambda pool, index: sync(pool, index, me=me))
+        report = _session(vault.home, relay, lambda pool, index: sync(pool, index, me=me))
         if report.refused:
             log_path = social_home(vault.home) / "social.log"
             notes.print(f"[yellow]{report.refused} events refused[/] (reasons in {log_path})", soft_wrap=True)
@@ -390,7 +397,7 @@ def card(
             index.ingest_many(fetched)
             return event.id
 
-        found = with_pool(vault.home, relay, work)
+        found = _session(vault.home, relay, work)
     with open_index(vault.home) as index:
         document = _card_details(index, found)
     if as_json:
@@ -414,7 +421,7 @@ def react(
         target = await find_event(pool, index, card_id)
         return await publish(pool, index, kinds.build_reaction(identity, kinds.EventRef.of(target), emoji))
 
-    outcomes = with_pool(vault.home, relay, work)
+    outcomes = _session(vault.home, relay, work)
     console.print(f"[green]✓[/] reacted {emoji}")
     _report(outcomes)
 
@@ -436,7 +443,7 @@ def comment(
         )
         return await publish(pool, index, event)
 
-    outcomes = with_pool(vault.home, relay, work)
+    outcomes = _session(vault.home, relay, work)
     console.print("[green]✓[/] commented")
     _report(outcomes)
 
@@ -452,7 +459,7 @@ def repost(
         target = await find_event(pool, index, card_id)
         return await publish(pool, index, kinds.build_repost(identity, target, pool.urls[0]))
 
-    outcomes = with_pool(vault.home, relay, work)
+    outcomes = _session(vault.home, relay, work)
     console.print("[green]✓[/] reposted")
     _report(outcomes)
 
@@ -490,7 +497,7 @@ def follow(
         outcomes = await publish(pool, index, kinds.build_follow_list(identity, updated))
         return outcomes, len(updated)
 
-    outcomes, count = with_pool(vault.home, relay, work)
+    outcomes, count = _session(vault.home, relay, work)
     console.print(f"[green]✓[/] {'unfollowed' if unfollow else 'following'} {len(wanted)}; you follow {count}")
     _report(outcomes)
 
@@ -527,7 +534,7 @@ def profile(
             index.ingest(relay_list)
             return outcomes
 
-        outcomes = with_pool(vault.home, relay, update)
+        outcomes = _session(vault.home, relay, update)
         console.print("[green]✓[/] profile updated")
         _report(outcomes)
         target = me
@@ -539,7 +546,7 @@ def profile(
             events, _ = await pool.fetch([{"kinds": [kinds.PROFILE, kinds.RELAY_LIST], "authors": [target]}])
             index.ingest_many(events)
 
-        with_pool(vault.home, relay, fetch)
+        _session(vault.home, relay, fetch)
     with open_index(vault.home) as index:
         found = index.profile(target)
         relays = index.relay_list(target)
@@ -555,7 +562,7 @@ def profile(
         wallet = found["wallet_address"]
         if wallet:
             mark = "[green]✓ signed by the wallet[/]" if found["wallet_verified"] else "[red]✗ binding does not verify[/]"
-            table.add_row("wallet", Text.from_markup(f"{mark}  ").append(shown(wallet)))
+            table.add_row("wallet", Text.assemble(shown(wallet), "  ", Text.from_markup(mark)))
     if relays:
         table.add_row("relays", Text(shown(", ".join(r.url for r in relays))))
     console.print(table)
