@@ -197,8 +197,13 @@ def test_card_shows_everything_a_viewer_needs_whole(home, relay, tmp_path):
     assert f"  magnet   {magnet}" in long and f"  content  {content_id}" in long
 
 
-def test_unknown_cards_are_one_line(home, relay):
+def test_unknown_cards_are_one_line(home, relay, tmp_path):
     r = ["--relay", relay.url]
+    # A malformed id is refused before any relay is started or asked.
+    unused_store = {"VEIL_RELAY_DATA": str(tmp_path / "no-relay-here")}
+    for command in ("card", "react", "repost"):
+        assert_clean_failure(run(home, command, "[/]", env=unused_store), r"'\[/\]' is not a card id")
+    assert not (tmp_path / "no-relay-here").exists()
     assert_clean_failure(run(home, "card", "00000000", *r), "no card starting '00000000'")
     assert_clean_failure(run(home, "card", "00000000", "--offline"), "no card starting '00000000' in the local index")
     assert_clean_failure(run(home, "card", "ab" * 32, *r), "none of the relays")

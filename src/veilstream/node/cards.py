@@ -76,6 +76,14 @@ def with_pool(
         return asyncio.run(go())
 
 
+def check_card_ref(text: str) -> str:
+    """A card id or prefix as given, checked before any relay is asked: 8–64 hex digits."""
+    ref = text.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{8,64}", ref):
+        raise SocialError(f"{text!r} is not a card id (8–64 hex digits)")
+    return ref
+
+
 def _event_id(text: str, original: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{64}", text):
         raise SocialError(f"{original!r} is not an event id (64 hex digits)")
@@ -123,12 +131,10 @@ def resolve_card(home: Path, card_ref: str, relays: list[str]) -> str:
     `card_ref` is a card id or a unique prefix of 8+ hex digits, found in the index or on
     the relays; raises `UnknownCard` (or `SocialError` for an ambiguous or malformed one).
     """
-    text = card_ref.strip().lower()
-    if re.fullmatch(r"[0-9a-f]{8,64}", text):
-        with open_index(home) as index:
-            row = index.card(text)
-        if row is not None:
-            return row.card.magnet or row.card.content_id
+    with open_index(home) as index:
+        row = index.card(check_card_ref(card_ref))
+    if row is not None:
+        return row.card.magnet or row.card.content_id
 
     async def look_up(pool: RelayPool, index: FeedIndex) -> str:
         card = kinds.ContentCard.from_event(await find_card(pool, index, card_ref))

@@ -28,7 +28,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from veilstream.node.cards import find_card, find_event, open_index, with_pool
+from veilstream.node.cards import check_card_ref, find_card, find_event, open_index, with_pool
 from veilstream.node.cli.chain_cmds import format_ether
 from veilstream.node.cli.common import console, err_console, open_vault, unlock_identity
 from veilstream.node.relays import relay_port, shared_relay_dir, social_home
@@ -379,6 +379,7 @@ def card(
     relay: list[str] = _relay_option(),
 ) -> None:
     """Show a card whole: creator, content id, magnet (for `veil play`), terms, previews, comments."""
+    check_card_ref(card_id)
     vault = open_vault()
     if offline:
         with open_index(vault.home) as index:
@@ -415,6 +416,7 @@ def react(
     relay: list[str] = _relay_option(),
 ) -> None:
     """React to a card (NIP-25)."""
+    check_card_ref(card_id)
     vault, identity = unlock_identity()
 
     async def work(pool: RelayPool, index: FeedIndex) -> list[PublishOutcome]:
@@ -433,6 +435,7 @@ def comment(
     relay: list[str] = _relay_option(),
 ) -> None:
     """Comment on a card, or reply to a comment on it (NIP-22)."""
+    check_card_ref(card_id)
     vault, identity = unlock_identity()
 
     async def work(pool: RelayPool, index: FeedIndex) -> list[PublishOutcome]:
@@ -453,6 +456,7 @@ def repost(
     relay: list[str] = _relay_option(),
 ) -> None:
     """Repost a card to your followers (NIP-18)."""
+    check_card_ref(card_id)
     vault, identity = unlock_identity()
 
     async def work(pool: RelayPool, index: FeedIndex) -> list[PublishOutcome]:
