@@ -17,7 +17,7 @@ def card(**overrides) -> kinds.ContentCard:
     fields = dict(
         content_id=CONTENT_ID, title="Night Train", description="A film about trains.", tags=("Film", "#trains"),
         mime="video/mp4", duration_s=93.5, magnet="magnet:?xt=urn:btmh:1220" + CONTENT_ID,
-        price_per_slice_wei=10**12, seeder_share_bps=2_000, size_bytes=123_456,
+        price_per_slice_wei=10**12, seeder_share_bps=2_000, size_bytes=123_456, slice_count=3,
         previews=(kinds.PreviewRef("ab" * 32, "image/jpeg", "thumbnail", 1234),),
         blob_servers=("http://127.0.0.1:9000",),
     )

@@ -6,16 +6,29 @@ backlog until the relay accepts, and no port can be taken by someone else in bet
 The child exits when its stdin closes, so it never outlives the process that started it,
 even one killed with SIGKILL.
 
+One relay process owns a data directory at a time. `nostr-relay` keeps its events in
+SQLite through SQLAlchemy: the file itself survives two writers, but the relay does not:
+it migrates the schema at every start (two starts on a fresh store race on CREATE TABLE),
+replaces a replaceable event by read-then-delete-then-insert in a deferred transaction (a
+second writer turns that into "database is locked" refusals), and pushes a new event only
+to its own subscribers. So the owner holds an exclusive `flock` on `owner.lock` (shared
+with its child, so the lock lasts as long as either lives, and the kernel drops it when
+both are gone, even killed), and advertises where it listens in `owner.json`; anyone else
+wanting that store reads `store_owner(data_dir)` and talks to that relay instead.
+
 Run as `python -m veilstream.social.embedded_relay CONFIG FD` (the parent does that).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import json
 import os
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from veilstream.social.errors import SocialError
@@ -23,6 +36,11 @@ from veilstream.social.errors import SocialError
 DEFAULT_PORT = 7447
 STARTUP_TIMEOUT_S = 60.0
 MAX_CONTENT_CHARS = 60_000  # nostr-relay checks content length; our own frame limit is 64 KiB
+LOCK_FILE = "owner.lock"
+OWNER_FILE = "owner.json"
+# The relay child needs nothing of ours: it gets an environment with only these, so no
+# secret a command holds in its environment (VEIL_PASSPHRASE) reaches a long-lived server.
+CHILD_ENVIRONMENT = ("PATH", "PYTHONPATH", "PYTHONHOME", "HOME", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE")
 
 _CONFIG = """\
 storage:
@@ -58,29 +76,113 @@ logging:
 """
 
 
-class EmbeddedRelay:
-    """A relay on 127.0.0.1 storing its events under `data_dir`; use as a context manager."""
+@dataclass(frozen=True)
+class RelayOwner:
+    """The relay process that owns a data directory, as it advertised itself."""
 
-    def __init__(self, data_dir: str | Path, port: int = 0, host: str = "127.0.0.1") -> None:
+    url: str  # "" while it is still starting
+    pid: int
+    shared: bool  # a long-running relay for everyone (`veil relay`), not one command's own
+
+
+class RelayStoreBusy(SocialError):
+    """Another process's relay owns the data directory."""
+
+    def __init__(self, data_dir: Path, owner: RelayOwner) -> None:
+        self.data_dir = data_dir
+        self.owner = owner
+        where = f" at {owner.url}" if owner.url else ""
+        super().__init__(f"the relay store {data_dir} is in use by the relay{where} (process {owner.pid or '?'})")
+
+
+def _try_lock(data_dir: Path) -> int | None:
+    """An fd holding the store's exclusive lock, or None when another process holds it."""
+    try:
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise SocialError(f"cannot use {data_dir} for the relay's data: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _advertised(data_dir: Path) -> RelayOwner:
+    try:
+        data = json.loads((data_dir / OWNER_FILE).read_text())
+        return RelayOwner(str(data["url"]), int(data["pid"]), bool(data["shared"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return RelayOwner("", 0, False)  # the owner has not written it yet
+
+
+def store_owner(data_dir: str | Path) -> RelayOwner | None:
+    """Who runs the relay on `data_dir` now, or None when nobody does."""
+    data_dir = Path(data_dir)
+    if not (data_dir / LOCK_FILE).exists():
+        return None
+    fd = _try_lock(data_dir)
+    if fd is not None:
+        os.close(fd)
+        return None
+    return _advertised(data_dir)
+
+
+class EmbeddedRelay:
+    """A relay storing its events under `data_dir`; use as a context manager.
+
+    `shared` marks a relay that others may use for as long as it runs (`veil relay`);
+    a command's own relay is not shared: it stops when the command ends. Starting raises
+    `RelayStoreBusy` when another process's relay owns `data_dir`.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        *,
+        shared: bool = False,
+        startup_timeout_s: float = STARTUP_TIMEOUT_S,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.requested_port = port
+        self.shared = shared
+        self.startup_timeout_s = startup_timeout_s
         self.port: int | None = None
         self._process: subprocess.Popen | None = None
         self._socket: socket.socket | None = None
+        self._lock: int | None = None
 
     @property
     def url(self) -> str:
         if self.port is None:
             raise SocialError("the embedded relay is not running")
-        return f"ws://{self.host}:{self.port}"
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host  # where a local client connects
+        return f"ws://{host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
         return self.data_dir / "relay.log"
 
     def start(self) -> EmbeddedRelay:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SocialError(f"cannot use {self.data_dir} for the relay's data: {exc.strerror}") from exc
+        self._lock = _try_lock(self.data_dir)
+        if self._lock is None:
+            raise RelayStoreBusy(self.data_dir, _advertised(self.data_dir))
+        try:
+            return self._start_owned()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_owned(self) -> EmbeddedRelay:
+        (self.data_dir / OWNER_FILE).unlink(missing_ok=True)  # a crashed owner's, naming a dead address
         config_path = self.data_dir / "relay.yaml"
         config_path.write_text(
             _CONFIG.format(
@@ -102,20 +204,33 @@ class EmbeddedRelay:
         with open(self.data_dir / "relay.stderr", "wb") as stderr:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "veilstream.social.embedded_relay", str(config_path), str(listener.fileno())],
-                pass_fds=[listener.fileno()],
+                pass_fds=[listener.fileno(), self._lock],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 cwd=self.data_dir,
+                start_new_session=True,  # Ctrl-C goes to the parent, which stops the child in order
+                env={name: os.environ[name] for name in CHILD_ENVIRONMENT if name in os.environ},
             )
+        # Advertised once listening: a client connecting now waits in the backlog, not in vain.
+        owner = {"url": self.url, "pid": os.getpid(), "shared": self.shared}
+        scratch = self.data_dir / f".{OWNER_FILE}.{os.getpid()}"
+        scratch.write_text(json.dumps(owner))
+        os.replace(scratch, self.data_dir / OWNER_FILE)
         return self
 
-    def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
+    def wait(self) -> int:
+        """Block until the relay process exits (it should not, before `stop`); its exit code."""
+        if self._process is None:
+            raise SocialError("the embedded relay is not running")
+        return self._process.wait()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
         """Block until the relay completes a WebSocket handshake (or fail with its error output)."""
         from veilstream.social.relay_client import RelayConnection
 
         async def handshake() -> None:
-            async with RelayConnection(self.url, open_timeout=timeout):
+            async with RelayConnection(self.url, open_timeout=timeout or self.startup_timeout_s):
                 pass
 
         try:
@@ -143,11 +258,15 @@ class EmbeddedRelay:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+        if self._lock is not None:
+            (self.data_dir / OWNER_FILE).unlink(missing_ok=True)
+            os.close(self._lock)
+            self._lock = None
 
     def __enter__(self) -> EmbeddedRelay:
         self.start()
         try:
-            self.wait_ready()
+            self.wait_ready(self.startup_timeout_s)
         except BaseException:
             self.stop()
             raise

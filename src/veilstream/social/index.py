@@ -573,6 +573,11 @@ class FeedIndex:
         rows = self._db.execute("SELECT url, read, write FROM relay_lists WHERE pubkey = ? ORDER BY url", (pubkey,))
         return [kinds.RelayListEntry(url, bool(read), bool(write)) for url, read, write in rows]
 
+    def cards_of_content(self, content_id: str) -> list[str]:
+        """The ids of the cards pointing at a content, oldest first."""
+        rows = self._db.execute("SELECT id FROM cards WHERE content_id = ? ORDER BY rowid", (content_id.lower(),))
+        return [r[0] for r in rows]
+
     def card_ids(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT id FROM cards ORDER BY rowid DESC")]
 

@@ -89,6 +89,7 @@ class ContentCard:
     size_bytes: int | None = None
     previews: tuple[PreviewRef, ...] = ()
     blob_servers: tuple[str, ...] = field(default=())
+    slice_count: int | None = None  # what the whole costs: price_per_slice_wei · slice_count
 
     def to_tags(self) -> list[list[str]]:
         tags = [
@@ -107,6 +108,8 @@ class ContentCard:
             tags.append(["duration", f"{self.duration_s:.3f}"])
         if self.size_bytes is not None:
             tags.append(["size", str(self.size_bytes)])
+        if self.slice_count is not None:
+            tags.append(["slices", str(self.slice_count)])
         for preview in self.previews:
             tags.append(["preview", preview.sha256, preview.mime, preview.role, str(preview.size)])
             if preview.role in ("thumbnail", "image"):
@@ -154,6 +157,7 @@ class ContentCard:
             if not math.isfinite(duration_s) or duration_s < 0:
                 raise InvalidEvent("malformed-card", "duration is not a length of time")
         size = value("size")
+        slices = value("slices")
         previews = []
         for tag in event.tags:
             if tag and tag[0] == "preview":
@@ -177,6 +181,7 @@ class ContentCard:
             price_per_slice_wei=price,
             seeder_share_bps=share,
             size_bytes=parse_count(size) if size is not None else None,
+            slice_count=parse_count(slices) if slices is not None else None,
             previews=tuple(previews),
             blob_servers=tuple(event.tag_values("server")),
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 from typer._click import exceptions as parse_errors  # typer ≥ 0.29 vendors click here
 
 from veilstream.errors import VeilError
@@ -60,16 +61,17 @@ def main() -> None:
         sys.exit(0)
     except parse_errors.UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
-        err_console.print(f"[bold red]error:[/] {exc.format_message()}{hint}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(exc.format_message() + hint)}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except parse_errors.ClickException as exc:
-        err_console.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(exc.format_message())}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Abort:
         err_console.print("[bold red]aborted[/]")
         sys.exit(1)
     except VeilError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # The message may quote the user's input or a relay's answer: text, never markup.
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except BaseExceptionGroup as group:  # tasks that failed together: report what a user can act on
         errors, _ = group.split(VeilError)
