@@ -7,6 +7,7 @@ worth less than their gas in the ledger, `veil wallet cash --all`, `veil earning
 from __future__ import annotations
 
 import json
+import json
 import os
 import re
 import signal
@@ -130,6 +131,17 @@ def test_serve_play_earn_across_processes(tmp_path):
         ok(veil(viewer, "play", magnet, "--out", str(fifo), *chain))
         reader.join(timeout=30)
         assert bytes(received) == movie.read_bytes() and stat.S_ISFIFO(fifo.stat().st_mode)
+
+        # from the feed to play: the creator posts a card, the viewer plays it by a prefix of its id
+        # (the machine's one local relay carries it), and the play leaves a view the creator counts
+        ok(veil(creator, "post", cid, "--title", "A movie", "--no-previews"))
+        cards = json.loads(ok(veil(viewer, "feed", "--json")))["cards"]
+        card = next(c for c in cards if c["content_id"] == cid)
+        by_card = veil(viewer, "play", card["id"][:12], "--peer", address, "--out", str(tmp_path / "card.bin"), *chain)
+        ok(by_card)
+        assert (tmp_path / "card.bin").read_bytes() == movie.read_bytes()
+        counted = json.loads(ok(veil(creator, "feed", "--json")))["cards"]
+        assert next(c for c in counted if c["id"] == card["id"])["counts"]["views"] == 1
 
         # Ctrl-C says where it stopped, with no traceback (no peer answers here: it waits)
         waiting = subprocess.Popen([sys.executable, "-m", "veilstream", "play", cid, "--peer", "127.0.0.1:9",

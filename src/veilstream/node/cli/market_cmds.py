@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import shutil
 import signal
 import sys
@@ -39,7 +40,8 @@ from veilstream.market.settings import MarketSettings
 from veilstream.market.stream import BudgetSpent, PaidStream, viewer_swarm_settings
 from veilstream.node.cli.chain_cmds import (ChainDeployment, ChainRpc, _client, _ledger, format_ether, format_gas,
                                           held_back_lines, parse_amount)
-from veilstream.node.cli.common import console, err_console
+from veilstream.node.cards import open_index, publish_view, resolve_card
+from veilstream.node.cli.common import console, err_console, veil_home
 from veilstream.node.cli.swarm_cmds import _settings, magnet_hints, parse_host_port
 from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
 from veilstream.swarm.node import SwarmNode, run
@@ -195,17 +197,24 @@ def _serve(cid: str, vault, identity, client, keys: bool, listen: str, tracker: 
 
 
 def play(
-    content_id: str = typer.Argument(..., help="Content id or magnet link."),
+    content_id: str = typer.Argument(..., help="Content id, magnet link, or a card id (or its 8+ digit prefix) "
+                                     "from `veil feed`."),
     out: Path = typer.Option(..., "--out", help="Where to write the plaintext, in order as it arrives (- for stdout); "
                              "an unfinished output of the same content is resumed."),
     peer: list[str] = typer.Option([], "--peer", help="A peer to fetch from, HOST:PORT (repeatable)."),
     tracker: list[str] = typer.Option([], "--tracker", help="An HTTP tracker to find peers (repeatable)."),
     budget: str = typer.Option(None, "--budget", help="Most to spend, e.g. 0.01 (ETH); default: what the content costs."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it is some other existing file."),
+    view: bool = typer.Option(True, "--view/--no-view", help="After a whole play, leave a view (kind 1065, public, "
+                              "signed by you) on the content's card, if the feed has one."),
     rpc: ChainRpc = None,
     deployment: ChainDeployment = None,
 ) -> None:
-    """Stream a content: fetch verified ciphertext, pay per slice, buy keys, decrypt in order."""
+    """Stream a content: fetch verified ciphertext, pay per slice, buy keys, decrypt in order.
+
+    Example: veil play 3f2a9c1e --tracker http://127.0.0.1:6969/announce --out movie.mp4 --chain-rpc URL …
+    """
+    card_id, content_id = _card_or_content(content_id)
     cid = parse_content_id(content_id)
     magnet_trackers, magnet_peers = magnet_hints(content_id)  # a magnet's own `tr` and `x.pe`, as `fetch` uses them
     peers = [parse_host_port(p, what="--peer") for p in peer] + magnet_peers
@@ -213,7 +222,29 @@ def play(
     if not peers and not tracker:
         raise MarketCommandError("give at least one --peer HOST:PORT or --tracker URL to find the content")
     with _client(rpc, deployment) as (vault, client):
-        _play(cid, vault, vault.identity(), client, out, peers, tracker, budget, force)
+        identity = vault.identity()
+        _play(cid, vault, identity, client, out, peers, tracker, budget, force)
+        if view and (card_id or _has_card(vault.home, cid)):
+            publish_view(Path(vault.home), identity, cid, [], card_id=card_id)  # best effort, a few seconds at most
+
+
+def _card_or_content(text: str) -> tuple[str | None, str]:
+    """(card id, what it points at) for a card id or prefix; (None, text) for a content id or
+    magnet. A 64-digit id is a card's if the local feed knows such a card, else a content's."""
+    ref = text.strip().lower()
+    if ref.startswith("magnet:") or not re.fullmatch(r"[0-9a-f]{8,64}", ref):
+        return None, text
+    home = veil_home()
+    if len(ref) == 64:
+        with open_index(home) as index:
+            row = index.card(ref)
+        return (row.id, row.card.magnet or row.card.content_id) if row is not None else (None, text)
+    return ref, resolve_card(home, ref, [])
+
+
+def _has_card(home, cid: str) -> bool:
+    with open_index(Path(home)) as index:
+        return bool(index.cards_of_content(cid))
 
 
 @dataclass
