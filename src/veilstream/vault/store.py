@@ -8,6 +8,7 @@
     <home>/keys/<id>.sealed    key rings, sealed with the data key
     <home>/secrets/<n>.sealed  small secrets (purchases' one-time keys), sealed with the data key
     <home>/tmp/<pid>-*/        work in progress; moved into place by a rename when complete
+    <home>/locks/<name>.lock   advisory locks: one process at a time works on a content or sends from the wallet
 
 Every file is written atomically; a content directory appears whole or not at all.
 """
@@ -21,12 +22,13 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from veilstream.content import KeyRing, Torrent, TreeNode, parse_content_id
 from veilstream.identity import Identity
+from veilstream.vault import lock
 from veilstream.vault.atomic import StorageError, describe_os_error, fsync_directory, write_atomic
 from veilstream.vault.sealing import DataKey, KdfParams, VaultError
 
@@ -92,6 +94,16 @@ class Vault:
 
     def public_identity(self) -> dict[str, str]:
         return json.loads((self.home / "identity.json").read_bytes())
+
+    # -- one writer --------------------------------------------------------------
+    def hold(self, name: str, purpose: str, *, wait_s: float = 0.0) -> AbstractContextManager[None]:
+        """Hold the vault's lock `name` (such as `content-<id>`) for a `with` block, or raise
+        `VaultBusy` naming the process that holds it; `purpose` names this one ("veil play")."""
+        return lock.hold(self.home / "locks", name, purpose, wait_s=wait_s)
+
+    def hold_content(self, content_id: str, purpose: str) -> AbstractContextManager[None]:
+        """One process at a time fetches, plays, serves or writes a content of this vault."""
+        return self.hold(f"content-{parse_content_id(content_id)}", purpose)
 
     # -- index -------------------------------------------------------------------
     @contextmanager
