@@ -393,7 +393,13 @@ class SwarmNode:
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
         await self._shutdown()
-        await self._group.__aexit__(exc_type, exc, tb)
+        try:
+            await self._group.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The task group wraps the block's own error: let it leave as itself (a
+            # FetchError stays one line), unless a task failed beside it.
+            if exc is None or group.exceptions != (exc,):
+                raise
 
     async def _shutdown(self) -> None:
         self._closed = True
