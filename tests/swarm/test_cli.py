@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -194,6 +195,23 @@ def test_bad_input_is_one_clear_line(content, tmp_path, args, message):
     code, err = run(main())
     assert code != 0 and message in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [["seed", "CONTENT"], ["tracker"], ["fetch", "CONTENT", "--peer", "127.0.0.1:9",
+                                                                       "--out", "o"]])
+def test_a_port_in_use_is_one_line(content, tmp_path, command):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        where = f"127.0.0.1:{taken.getsockname()[1]}"
+        args = [str(content.torrent_path) if a == "CONTENT" else a for a in command]
+
+        async def main():
+            proc = await veil(tmp_path, *args, "--listen", where)
+            async with asyncio.timeout(WAIT_S):
+                _, stderr = await proc.communicate()
+            return proc.returncode, stderr.decode().strip()
+
+        code, err = run(main())
+    assert code == 1 and err.startswith(f"error: {where} is in use") and "\n" not in err, err
 
 
 def test_a_corrupt_torrent_file_is_refused(content, tmp_path):

@@ -27,7 +27,7 @@ from rich.table import Table
 from veilstream.content import Torrent, TorrentError, parse_content_id
 from veilstream.errors import VeilError
 from veilstream.node.cli.common import console, err_console, hold_content, open_vault, veil_home
-from veilstream.swarm import FetchError, PieceStore, SwarmError, SwarmNode, SwarmSettings, TrackerServer, run
+from veilstream.swarm import FetchError, ListenError, PieceStore, SwarmNode, SwarmSettings, TrackerServer, run
 from veilstream.vault import write_atomic
 
 STATUS_REFRESH_S = 0.25  # how often the live progress line is redrawn
@@ -292,7 +292,7 @@ def tracker_command(
         try:
             await server.start(host, port)
         except OSError as exc:
-            raise SwarmError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise ListenError.of(host, port, exc) from None
         console.print(f"tracker announce URL: [bold]{server.url}[/]")
         try:
             with Live(console=err_console, refresh_per_second=2, transient=True) as live:
