@@ -20,8 +20,8 @@ from veilstream.content import (
     publish_file,
 )
 from veilstream.content.publish import check_source
-from veilstream.node.cli.chain_cmds import ChainDeployment, ChainRpc
-from veilstream.node.cli.common import console, open_vault, unlock_identity
+from veilstream.node.cli.chain_cmds import ChainDeployment, ChainRpc, _wallet_lock
+from veilstream.node.cli.common import console, hold_content, open_vault, unlock_identity
 from veilstream.node.cli.progress import byte_progress
 from veilstream.vault import atomic_writer, user_file_mode
 
@@ -53,8 +53,9 @@ def publish(
     with vault.workdir() as work, byte_progress() as bar:
         task = bar.add_task(f"publishing {file.name}", total=size)
         done = publish_file(file, work, identity, options, progress=lambda n: bar.advance(task, n))
-        vault.store_keyring(done.torrent.content_id, KeyRing((done.keys.tree_root,), done.keys.metadata_key))
-        folder = vault.adopt(work, done.torrent, role="creator")
+        with hold_content(vault, done.torrent.content_id):
+            vault.store_keyring(done.torrent.content_id, KeyRing((done.keys.tree_root,), done.keys.metadata_key))
+            folder = vault.adopt(work, done.torrent, role="creator")
     torrent = done.torrent
     table = Table(show_header=False, box=None)
     table.add_row("content id", f"[bold]{torrent.content_id}[/]")
@@ -76,6 +77,7 @@ def _register(vault, identity, torrent, rpc, deployment) -> str:
     terms = torrent.manifest.terms
     try:
         with open_chain(_Path(vault.home) / "chain", identity.wallet, rpc_url=rpc, deployment_path=deployment) as client:
+            client.sender_lock = _wallet_lock(vault)
             if client.content(torrent.info_hash) is None:
                 client.register(torrent.info_bytes, price_per_slice=terms.price_per_slice_wei,
                                 seeder_share_bps=terms.seeder_share_bps, slice_count=torrent.piece_count)
