@@ -107,6 +107,16 @@ def test_no_vault(tmp_path):
     assert_clean_failure(run(tmp_path / "none", "list"), "veil init")
 
 
+@pytest.mark.parametrize("part, command", [("identity.sealed", ["backup", "--shares", "2-of-3"]),
+                                           ("identity.json", ["wallet", "address"])])
+def test_a_vault_missing_a_part_says_how_to_restore(tmp_path, part, command):
+    home = tmp_path / "home"
+    assert run(home, "init").returncode == 0
+    (home / part).unlink()
+    assert_clean_failure(run(home, *command), rf"vault at .* is damaged \({re.escape(part)} is missing\).*"
+                                              r"`veil init --restore`")
+
+
 @pytest.fixture(scope="module")
 def published(home, tmp_path_factory):
     folder = tmp_path_factory.mktemp("media")

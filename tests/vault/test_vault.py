@@ -1,6 +1,7 @@
 """The vault: secrets only ever at rest encrypted; writes atomic; crashes leave no debris."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -220,3 +221,11 @@ def test_user_output_follows_the_umask():
         assert user_file_mode() == 0o644
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize("part", ["identity.sealed", "vault.json", "identity.json"])
+def test_a_missing_part_of_the_vault_is_named_damaged(vault, part):
+    (vault.home / part).unlink()
+    opened = Vault(vault.home)  # Vault.open would say "no vault" for a missing vault.json: it marks one
+    with pytest.raises(VaultError, match=rf"is damaged \({re.escape(part)} is missing\).*veil init --restore"):
+        opened.public_identity() if part == "identity.json" else opened.unlock("correct horse").identity()

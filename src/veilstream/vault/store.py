@@ -87,13 +87,30 @@ class Vault:
         return vault
 
     def unlock(self, passphrase: str) -> UnlockedVault:
-        data_key = DataKey.unwrap((self.home / "vault.json").read_bytes(), passphrase)
+        data_key = DataKey.unwrap(self._read_part("vault.json"), passphrase)
         vault = UnlockedVault(self.home, data_key)
         vault._finish_rotation()
         return vault
 
     def public_identity(self) -> dict[str, str]:
-        return json.loads((self.home / "identity.json").read_bytes())
+        try:
+            return json.loads(self._read_part("identity.json"))
+        except ValueError:
+            raise self._damaged("identity.json is not readable JSON") from None
+
+    def _read_part(self, name: str) -> bytes:
+        """One of the vault's own files, which `create` wrote: missing means damaged."""
+        path = self.home / name
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise self._damaged(f"{name} is missing") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc.strerror}") from None
+
+    def _damaged(self, what: str) -> VaultError:
+        return VaultError(f"the vault at {self.home} is damaged ({what}): move it aside and restore your identity "
+                          "from its mnemonic with `veil init --restore` (or `--restore-shares`)")
 
     # -- one writer --------------------------------------------------------------
     def hold(self, name: str, purpose: str, *, wait_s: float = 0.0) -> AbstractContextManager[None]:
@@ -202,7 +219,7 @@ class UnlockedVault(Vault):
         self._data_key = data_key
 
     def identity(self) -> Identity:
-        sealed = (self.home / "identity.sealed").read_bytes()
+        sealed = self._read_part("identity.sealed")
         return Identity.from_mnemonic(self._data_key.open(sealed, "identity").decode())
 
     def store_keyring(self, content_id: str, ring: KeyRing) -> None:
