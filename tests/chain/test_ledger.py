@@ -6,7 +6,7 @@ import pytest
 from eth_account import Account
 from eth_hash.auto import keccak
 
-from veilstream.chain import Cheque, ChequeError, ChequeLedger, Direction, SignedCheque
+from veilstream.chain import ChainError, Cheque, ChequeError, ChequeLedger, Direction, SignedCheque
 
 from .conftest import World
 
@@ -32,4 +32,20 @@ def test_the_ledger_keeps_the_newest_verified_cheque_and_knows_what_is_uncashed(
     chain.seeder.cash([cheques[1]])
     pending = {p.signed.cheque.viewer: p.uncashed for p in ledger.pending(chain.base)}
     assert pending == {chain.viewer2.address: 5}
+    ledger.close()
+
+
+def test_a_full_disk_refuses_a_cheque_in_one_error_and_keeps_the_ledger_whole(chain: World, small_disk):
+    ledger = ChequeLedger(small_disk.path / "cheques.sqlite")
+    domain = chain.base.cheque_domain
+    first = chain.viewer.sign_cheque(chain.content_id, chain.seeder.address, 10)
+    assert ledger.record(domain, first, Direction.RECEIVED)
+    small_disk.fill()
+    with pytest.raises(ChainError, match=r"no space left on the disk of the cheque ledger .*the cheque was not recorded"):
+        for n in range(30, 2_000):  # SQLite's write-ahead log has room for a few: until the disk says no
+            ledger.record(domain, chain.viewer.sign_cheque(chain.content_id, chain.seeder.address, n), Direction.RECEIVED)
+    small_disk.free()
+    latest = ledger.latest(domain, Direction.RECEIVED)[0].cheque.cumulative_amount
+    assert ledger.record(domain, chain.viewer.sign_cheque(chain.content_id, chain.seeder.address, 5_000), Direction.RECEIVED)
+    assert ledger.latest(domain, Direction.RECEIVED)[0].cheque.cumulative_amount == 5_000 > latest >= 10
     ledger.close()

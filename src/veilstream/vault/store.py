@@ -22,14 +22,14 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, closing, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from veilstream.content import KeyRing, Torrent, TreeNode, parse_content_id
 from veilstream.identity import Identity
 from veilstream.vault import lock
-from veilstream.vault.atomic import StorageError, describe_os_error, fsync_directory, write_atomic
+from veilstream.vault.atomic import StorageError, describe_os_error, disk_is_full, fsync_directory, write_atomic
 from veilstream.vault.sealing import DataKey, KdfParams, VaultError
 
 VAULT_VERSION = 1
@@ -125,12 +125,28 @@ class Vault:
     # -- index -------------------------------------------------------------------
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
+        """A transaction on the index: committed whole, or (on any error) not at all."""
         try:
-            with closing(sqlite3.connect(self.home / "index.db", timeout=30)) as conn:
-                with conn:
-                    yield conn
+            conn = sqlite3.connect(self.home / "index.db", timeout=30)
         except sqlite3.Error as exc:
-            raise StorageError(f"the vault index at {self.home / 'index.db'} cannot be used ({exc}): disk full or damaged?") from None
+            raise self._index_error(exc) from None
+        try:
+            yield conn
+            conn.commit()
+        except BaseException as exc:
+            with suppress(sqlite3.Error):  # SQLite may have rolled back already ("cannot rollback")
+                conn.rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise self._index_error(exc) from None
+            raise
+        finally:
+            conn.close()
+
+    def _index_error(self, exc: sqlite3.Error) -> StorageError:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or disk_is_full(self.home):
+            return StorageError(f"no space left on the disk of the vault at {self.home}: its index was not changed; "
+                                "free some space and run the command again")
+        return StorageError(f"the vault index at {self.home / 'index.db'} cannot be used ({exc}): damaged?")
 
     def _init_index(self) -> None:
         with self._db() as db:
@@ -190,11 +206,15 @@ class Vault:
             fsync_directory(target.parent)
         except OSError as exc:
             raise StorageError(describe_os_error(exc, target)) from None
-        with self._db() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO contents VALUES (?, ?, ?, ?, ?)",
-                (torrent.content_id, role, torrent.piece_count, torrent.length, time.time()),
-            )
+        try:
+            with self._db() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO contents VALUES (?, ?, ?, ?, ?)",
+                    (torrent.content_id, role, torrent.piece_count, torrent.length, time.time()),
+                )
+        except StorageError:
+            os.rename(target, workdir)  # not indexed: not in the vault either (the caller drops its work)
+            raise
         return target
 
     def _sweep_abandoned_work(self) -> None:
@@ -229,6 +249,10 @@ class UnlockedVault(Vault):
             "metadata_key": ring.metadata_key.hex() if ring.metadata_key else None,
         }).encode()
         write_atomic(self.home / "keys" / f"{cid}.sealed", self._data_key.seal(payload, f"keys {cid}"))
+
+    def drop_keyring(self, content_id: str) -> None:
+        """Forget the keys of a content that did not make it into the vault."""
+        (self.home / "keys" / f"{parse_content_id(content_id)}.sealed").unlink(missing_ok=True)
 
     def keyring(self, content_id: str) -> KeyRing:
         cid = parse_content_id(content_id)

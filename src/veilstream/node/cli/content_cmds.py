@@ -23,7 +23,7 @@ from veilstream.content.publish import check_source
 from veilstream.node.cli.chain_cmds import ChainDeployment, ChainRpc, _wallet_lock
 from veilstream.node.cli.common import console, hold_content, open_vault, unlock_identity
 from veilstream.node.cli.progress import byte_progress
-from veilstream.vault import atomic_writer, user_file_mode
+from veilstream.vault import StorageError, atomic_writer, user_file_mode
 
 _UNITS = {"": 1, "b": 1, "kib": 1 << 10, "k": 1 << 10, "kb": 1000, "mib": 1 << 20, "m": 1 << 20, "mb": 1000**2}
 
@@ -55,7 +55,11 @@ def publish(
         done = publish_file(file, work, identity, options, progress=lambda n: bar.advance(task, n))
         with hold_content(vault, done.torrent.content_id):
             vault.store_keyring(done.torrent.content_id, KeyRing((done.keys.tree_root,), done.keys.metadata_key))
-            folder = vault.adopt(work, done.torrent, role="creator")
+            try:
+                folder = vault.adopt(work, done.torrent, role="creator")
+            except StorageError:  # a full disk: not published, so its keys go too
+                vault.drop_keyring(done.torrent.content_id)
+                raise
     torrent = done.torrent
     table = Table(show_header=False, box=None)
     table.add_row("content id", f"[bold]{torrent.content_id}[/]")

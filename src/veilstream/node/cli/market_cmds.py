@@ -138,10 +138,18 @@ def _serve(cids: list[str], vault, identity, client, keys: bool, listen_at, trac
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        def keep_cheque(signed) -> None:
+            try:
+                cashier.on_cheque(signed)
+            except VeilError as exc:  # the ledger cannot keep it (a full disk): stop rather than serve unpaid
+                fatal.append(exc)
+                stop.set()
+
         async with SwarmNode(listen_at, registry=_registry()) as node:
             host, port = node.listen_address
             for offer in offers.values():
-                _start_offer(node, offer, identity, client, ledger, cashier, settings, project, serve_plain, tracker)
+                _start_offer(node, offer, identity, client, ledger, cashier, keep_cheque, settings, project,
+                             serve_plain, tracker)
                 console.print(f"serving {offer.torrent.content_id} on {host}:{port}"
                               f"{' and selling keys' if offer.agent else ''}")
                 console.print(f"magnet {offer.torrent.magnet}&x.pe={host}:{port}", soft_wrap=True)
@@ -189,11 +197,15 @@ def _serve(cids: list[str], vault, identity, client, keys: bool, listen_at, trac
                         pass
 
     cashier = Cashier(client, ledger, settings)  # also cashes what an earlier run left uncashed
+    fatal: list[VeilError] = []
     run(main())
     for offer in agents:
         if offer.agent.audit.count:
             cashier.anchor_audit_head(offer.agent.audit.head, offer.torrent.info_hash)
     claimed = cashier.close()
+    if fatal:
+        raise MarketCommandError(f"stopped serving: {fatal[0]} (what was kept before is cashed: "
+                                 f"{format_ether(claimed)} claimed)")
     console.print(f"stopped; cashed and claimed {format_ether(claimed)} "
                   f"({cashier.batches_cashed} cash batches, {cashier.anchors_posted} audit anchors)")
     if cashier.uncashed_wei:
@@ -202,8 +214,8 @@ def _serve(cids: list[str], vault, identity, client, keys: bool, listen_at, trac
                                  "kept in the vault: `veil wallet cash` tries again")
 
 
-def _start_offer(node: SwarmNode, offer: _Offer, identity, client, ledger, cashier: Cashier, settings: MarketSettings,
-                 project: tuple, serve_plain: bool, tracker: list[str]) -> None:
+def _start_offer(node: SwarmNode, offer: _Offer, identity, client, ledger, cashier: Cashier, keep_cheque,
+                 settings: MarketSettings, project: tuple, serve_plain: bool, tracker: list[str]) -> None:
     """Seed one content on the node, behind its market service, wired to the one cashier."""
     content = node.seed(offer.store)
     service = offer.service = MarketService(
@@ -211,7 +223,7 @@ def _start_offer(node: SwarmNode, offer: _Offer, identity, client, ledger, cashi
         key_agent=offer.agent, grant_lookup=client.grant, cover_lookup=client.guarantee, unpayable=project,
         serve_plain_peers=True if serve_plain else None,
         paid_before=_paid_before(ledger, client, identity.wallet_address))
-    service.on_cheque_accepted = cashier.on_cheque
+    service.on_cheque_accepted = keep_cheque
     service.on_cover = cashier.note_cover
     if offer.record is not None:
         _terms_now(offer, offer.record, cashier)
