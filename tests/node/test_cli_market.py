@@ -230,3 +230,42 @@ def wait_for_file(path: Path, text: str, process: subprocess.Popen, timeout_s: f
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, f"{path} never named {text}"
         time.sleep(0.05)
+
+
+def test_a_serve_whose_disk_fills_up_stops_in_one_line(tmp_path, small_disk):
+    """The audit log or the ledger cannot keep a key release or a cheque: the serve stops (it
+    would serve unpaid, or sell keys off the books), cashes what it kept and says why in one
+    line; the viewer's play ends too, without a traceback."""
+    if find_anvil() is None:
+        pytest.fail("anvil is not installed: run `make tools` (scripts/install-tools.sh)")
+    creator, viewer = small_disk.path / "creator", tmp_path / "viewer"
+    for home in (creator, viewer):
+        Vault.create(home, PASS, generate_mnemonic(), CHEAP_KDF)
+    port, directory = free_port(), tmp_path / "devnet"
+    chain = ["--chain-rpc", f"http://127.0.0.1:{port}", "--chain-deployment", str(directory / "devnet.json")]
+    devnet, _ = start(viewer, "devnet", "--port", str(port), "--dir", str(directory), ready="nodes use it with")
+    server = None
+    try:
+        movie = tmp_path / "movie.bin"
+        movie.write_bytes(os.urandom(200_000))
+        ok(veil(creator, "wallet", "faucet", "1", *chain))
+        published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", "1000000000000", *chain))
+        cid = re.search(r"content id\s+([0-9a-f]{64})", published)[1]
+        ok(veil(viewer, "wallet", "faucet", "1", *chain))
+        ok(veil(viewer, "wallet", "deposit", "0.1", *chain))
+        server, banner = start(creator, "serve", cid, "--keys", *chain, ready="magnet ")
+        magnet = re.search(r"magnet (\S+)", banner)[1]
+        small_disk.fill()
+
+        played = veil(viewer, "play", magnet, "--out", str(tmp_path / "out.bin"), *chain)
+        assert played.returncode != 0 and "Traceback" not in played.stderr
+        out, _ = server.communicate(timeout=120)  # it stops by itself
+        server = None
+        assert "Traceback" not in out
+        errors = [line for line in out.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith("error: stopped serving: no space left on the disk of "), out
+    finally:
+        if server is not None:
+            server.kill()
+        small_disk.free()
+        stop(devnet)

@@ -8,6 +8,7 @@ one and writes the deployment file); every command takes `--chain-rpc` and
 from __future__ import annotations
 
 import asyncio
+import errno
 import shutil
 import signal
 import sys
@@ -145,6 +146,16 @@ def _serve(cids: list[str], vault, identity, client, keys: bool, listen_at, trac
                 fatal.append(exc)
                 stop.set()
 
+        def on_loop_error(loop_, context) -> None:  # a write that failed in a callback (the audit log's, say)
+            error = context.get("exception")
+            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+                fatal.append(MarketCommandError(f"no space left on the disk of the vault at {vault.home}"))
+                stop.set()
+            else:
+                loop_.default_exception_handler(context)
+
+        loop.set_exception_handler(on_loop_error)
+
         async with SwarmNode(listen_at, registry=_registry()) as node:
             host, port = node.listen_address
             for offer in offers.values():
@@ -204,8 +215,8 @@ def _serve(cids: list[str], vault, identity, client, keys: bool, listen_at, trac
             cashier.anchor_audit_head(offer.agent.audit.head, offer.torrent.info_hash)
     claimed = cashier.close()
     if fatal:
-        raise MarketCommandError(f"stopped serving: {fatal[0]} (what was kept before is cashed: "
-                                 f"{format_ether(claimed)} claimed)")
+        raise MarketCommandError(f"stopped serving: {fatal[0]}; what was kept before it was cashed "
+                                 f"({format_ether(claimed)} claimed)")
     console.print(f"stopped; cashed and claimed {format_ether(claimed)} "
                   f"({cashier.batches_cashed} cash batches, {cashier.anchors_posted} audit anchors)")
     if cashier.uncashed_wei:
