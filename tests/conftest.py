@@ -1,5 +1,6 @@
 import os
 import socket
+import subprocess
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -24,3 +25,33 @@ def local_relay_of_this_worker(tmp_path_factory):
         patch.setenv("VEIL_RELAY_DATA", str(tmp_path_factory.mktemp("local-relay")))
         patch.setenv("VEIL_RELAY_PORT", str(free_port()))
         yield
+class SmallDisk:
+    """A real, small file system (tmpfs) that a test fills to the last byte: a full disk
+    as the vault meets one, no mock between SQLite or the kernel and the error."""
+
+    def __init__(self, path):
+        self.path = path
+        self._filler = path / ".filler"
+
+    def fill(self, leave_bytes: int = 0) -> None:
+        """Take all the free space but `leave_bytes` (rounded to pages)."""
+        stats = os.statvfs(self.path)
+        size = stats.f_bavail * stats.f_frsize - leave_bytes
+        with open(self._filler, "ab") as handle:
+            os.posix_fallocate(handle.fileno(), handle.tell(), max(size, 1))
+
+    def free(self) -> None:
+        self._filler.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("a full disk is a real 4 MiB tmpfs here, and mounting one needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)], check=True)
+    try:
+        yield SmallDisk(mount)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)

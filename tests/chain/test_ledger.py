@@ -6,7 +6,7 @@ import pytest
 from eth_account import Account
 from eth_hash.auto import keccak
 
-from veilstream.chain import Cheque, ChequeError, ChequeLedger, Direction, SignedCheque
+from veilstream.chain import ChainError, Cheque, ChequeError, ChequeLedger, Direction, SignedCheque
 
 from .conftest import World
 
@@ -61,4 +61,17 @@ def test_history_is_newest_first_and_an_older_ledger_opens_with_its_rows(tmp_pat
     assert [h.signed for h in history] == [second, first, old]
     assert [h.direction for h in history] == [Direction.RECEIVED, Direction.ISSUED, Direction.ISSUED]
     assert history[0].recorded_at >= history[1].recorded_at and history[2].recorded_at is None
+def test_a_full_disk_refuses_a_cheque_in_one_error_and_keeps_the_ledger_whole(chain: World, small_disk):
+    ledger = ChequeLedger(small_disk.path / "cheques.sqlite")
+    domain = chain.base.cheque_domain
+    first = chain.viewer.sign_cheque(chain.content_id, chain.seeder.address, 10)
+    assert ledger.record(domain, first, Direction.RECEIVED)
+    small_disk.fill()
+    with pytest.raises(ChainError, match=r"no space left on the disk of the cheque ledger .*the cheque was not recorded"):
+        for n in range(30, 2_000):  # SQLite's write-ahead log has room for a few: until the disk says no
+            ledger.record(domain, chain.viewer.sign_cheque(chain.content_id, chain.seeder.address, n), Direction.RECEIVED)
+    small_disk.free()
+    latest = ledger.latest(domain, Direction.RECEIVED)[0].cheque.cumulative_amount
+    assert ledger.record(domain, chain.viewer.sign_cheque(chain.content_id, chain.seeder.address, 5_000), Direction.RECEIVED)
+    assert ledger.latest(domain, Direction.RECEIVED)[0].cheque.cumulative_amount == 5_000 > latest >= 10
     ledger.close()

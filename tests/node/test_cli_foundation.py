@@ -109,6 +109,16 @@ def test_no_vault(tmp_path):
     assert_clean_failure(run(tmp_path / "none", "list"), "veil init")
 
 
+@pytest.mark.parametrize("part, command", [("identity.sealed", ["backup", "--shares", "2-of-3"]),
+                                           ("identity.json", ["wallet", "address"])])
+def test_a_vault_missing_a_part_says_how_to_restore(tmp_path, part, command):
+    home = tmp_path / "home"
+    assert run(home, "init").returncode == 0
+    (home / part).unlink()
+    assert_clean_failure(run(home, *command), rf"vault at .* is damaged \({re.escape(part)} is missing\).*"
+                                              r"`veil init --restore`")
+
+
 @pytest.fixture(scope="module")
 def published(home, tmp_path_factory):
     folder = tmp_path_factory.mktemp("media")
@@ -280,6 +290,32 @@ def test_open_on_a_full_disk_leaves_nothing(home, tmp_path):
     result = run(home, "open", cid, "--out", str(out_dir / "o.bin"), preexec=_file_size_limit(100_000))
     assert_clean_failure(result, "disk full")
     assert list(out_dir.iterdir()) == []
+
+
+def test_a_vault_on_a_full_disk_is_one_line_and_keeps_nothing(small_disk, tmp_path):
+    home = small_disk.path / "home"
+    assert run(home, "init").returncode == 0
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(300_000))
+
+    def kept() -> list[str]:  # what publishing left in the vault
+        return sorted(str(p.relative_to(home)) for d in ("content", "keys", "tmp") for p in (home / d).rglob("*"))
+
+    small_disk.fill()
+    assert_clean_failure(run(home, "publish", str(data), "--slice-size", "64KiB"), "disk full|no space left")
+    assert_clean_failure(run(home, "list"), r"no space left on the disk of the vault at .*: its index was not changed")
+    small_disk.free()
+    assert kept() == []
+    # more and more room: the ciphertext fits before the index does; each refusal keeps nothing
+    for spare in range(300_000, 500_000, 8_192):
+        small_disk.fill(leave_bytes=spare)
+        result = run(home, "publish", str(data), "--slice-size", "64KiB")
+        small_disk.free()
+        if result.returncode == 0:
+            break
+        assert_clean_failure(result, "disk full|no space left")
+        assert kept() == [], spare
+    assert len(held(home)) == 1 and len(list((home / "keys").glob("*.sealed"))) == 1  # and at last it fits
 
 
 def test_demo_runs_the_whole_network_and_verifies(tmp_path):

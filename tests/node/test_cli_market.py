@@ -7,14 +7,15 @@ worth less than their gas in the ledger, `veil wallet cash --all`, `veil earning
 from __future__ import annotations
 
 import json
-import json
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -227,4 +228,142 @@ def test_serve_play_earn_across_processes(tmp_path):
     finally:
         if server is not None:
             server.kill()
+        stop(devnet)
+
+
+def read_until(process: subprocess.Popen, ready: str, seen: list[str]) -> None:
+    for line in process.stdout:
+        seen.append(line)
+        if ready in line:
+            return
+    raise AssertionError("the process ended:\n" + "".join(seen))
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    err = result.stderr.strip()
+    assert result.returncode != 0 and err.startswith("error: ") and "\n" not in err, result.stderr + result.stdout
+    return err
+
+
+def test_one_serve_of_two_contents_and_one_process_per_content(tmp_path):
+    """One `veil serve A B` serves both on one port; a viewer plays each. While a process of
+    a vault works on a content, another of the same vault is refused in one line naming it."""
+    if find_anvil() is None:
+        pytest.fail("anvil is not installed: run `make tools` (scripts/install-tools.sh)")
+    creator, viewer = tmp_path / "creator", tmp_path / "viewer"
+    for home in (creator, viewer):
+        Vault.create(home, PASS, generate_mnemonic(), CHEAP_KDF)
+    port, directory = free_port(), tmp_path / "devnet"
+    chain = ["--chain-rpc", f"http://127.0.0.1:{port}", "--chain-deployment", str(directory / "devnet.json")]
+    devnet, _ = start(creator, "devnet", "--port", str(port), "--dir", str(directory), ready="nodes use it with")
+    server = first = None
+    try:
+        ok(veil(creator, "wallet", "faucet", "1", *chain))
+        movies, cids = [], []
+        for name in ("a", "b"):
+            movie = tmp_path / f"{name}.bin"
+            movie.write_bytes(os.urandom(200_000))
+            published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", "1000000000000",
+                                *chain))
+            movies.append(movie)
+            cids.append(re.search(r"content id\s+([0-9a-f]{64})", published)[1])
+        ok(veil(viewer, "wallet", "faucet", "1", *chain))
+        ok(veil(viewer, "wallet", "deposit", "0.1", *chain))
+
+        server, banner = start(creator, "serve", *cids, "--keys", *chain, ready="magnet ")
+        seen = [banner]
+        read_until(server, "magnet ", seen)
+        banner = "".join(seen)
+        addresses = set(re.findall(r"serving [0-9a-f]{64} on ([\d.]+:\d+) and selling keys", banner))
+        assert len(addresses) == 1  # one port for both
+        magnets = re.findall(r"magnet (\S+)", banner)
+        assert len(magnets) == 2 and all(cid in magnet for cid, magnet in zip(cids, magnets, strict=True))
+
+        for movie, magnet in zip(movies, magnets, strict=True):
+            out = tmp_path / f"played-{movie.name}"
+            ok(veil(viewer, "play", magnet, "--out", str(out), *chain))
+            assert out.read_bytes() == movie.read_bytes()
+
+        # the creator's vault: the serving process holds both contents
+        again = one_line_error(veil(creator, "serve", cids[1], *chain))
+        assert re.search(rf"content {cids[1][:16]}… is in use by `veil serve` \(pid {server.pid}, since \d\d:\d\d\); "
+                         "wait for it or stop it", again)
+        assert f"pid {server.pid}" in one_line_error(veil(creator, "play", cids[0], "--peer", "127.0.0.1:9",
+                                                          "--out", str(tmp_path / "x"), *chain))
+
+        # two plays of one content in one vault: the first waits on a peer that never speaks
+        silent = socket.create_server(("127.0.0.1", 0))
+        with silent:
+            hint = f"127.0.0.1:{silent.getsockname()[1]}"
+            first = subprocess.Popen([sys.executable, "-m", "veilstream", "play", cids[0], "--peer", hint, "--out",
+                                      str(tmp_path / "first.bin"), *chain], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env_for(viewer))
+            lock = viewer / "locks" / f"content-{cids[0]}.lock"
+            wait_for_file(lock, f'"pid": {first.pid}', first)  # another process's state: no event to await
+            second = veil(viewer, "play", cids[0], "--peer", hint, "--out", str(tmp_path / "second.bin"), *chain)
+            assert re.search(rf"content {cids[0][:16]}… is in use by `veil play` \(pid {first.pid}, since ",
+                             one_line_error(second))
+            assert not (tmp_path / "second.bin").exists()
+            first.send_signal(signal.SIGINT)
+            first.communicate(timeout=60)
+            first = None
+
+        stopped = stop(server)
+        server = None
+        assert "stopped; cashed and claimed" in stopped
+        with socket.create_server(("127.0.0.1", 0)) as taken:
+            where = f"127.0.0.1:{taken.getsockname()[1]}"
+            assert one_line_error(veil(creator, "serve", *cids, "--listen", where, *chain)).startswith(
+                f"error: {where} is in use")
+    finally:
+        for process in (server, first):
+            if process is not None:
+                process.kill()
+        stop(devnet)
+
+
+def wait_for_file(path: Path, text: str, process: subprocess.Popen, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in (path.read_text() if path.exists() else ""):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} never named {text}"
+        time.sleep(0.05)
+
+
+def test_a_serve_whose_disk_fills_up_stops_in_one_line(tmp_path, small_disk):
+    """The audit log or the ledger cannot keep a key release or a cheque: the serve stops (it
+    would serve unpaid, or sell keys off the books), cashes what it kept and says why in one
+    line; the viewer's play ends too, without a traceback."""
+    if find_anvil() is None:
+        pytest.fail("anvil is not installed: run `make tools` (scripts/install-tools.sh)")
+    creator, viewer = small_disk.path / "creator", tmp_path / "viewer"
+    for home in (creator, viewer):
+        Vault.create(home, PASS, generate_mnemonic(), CHEAP_KDF)
+    port, directory = free_port(), tmp_path / "devnet"
+    chain = ["--chain-rpc", f"http://127.0.0.1:{port}", "--chain-deployment", str(directory / "devnet.json")]
+    devnet, _ = start(viewer, "devnet", "--port", str(port), "--dir", str(directory), ready="nodes use it with")
+    server = None
+    try:
+        movie = tmp_path / "movie.bin"
+        movie.write_bytes(os.urandom(200_000))
+        ok(veil(creator, "wallet", "faucet", "1", *chain))
+        published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", "1000000000000", *chain))
+        cid = re.search(r"content id\s+([0-9a-f]{64})", published)[1]
+        ok(veil(viewer, "wallet", "faucet", "1", *chain))
+        ok(veil(viewer, "wallet", "deposit", "0.1", *chain))
+        server, banner = start(creator, "serve", cid, "--keys", *chain, ready="magnet ")
+        magnet = re.search(r"magnet (\S+)", banner)[1]
+        small_disk.fill()
+
+        played = veil(viewer, "play", magnet, "--out", str(tmp_path / "out.bin"), *chain)
+        assert played.returncode != 0 and "Traceback" not in played.stderr
+        out, _ = server.communicate(timeout=120)  # it stops by itself
+        server = None
+        assert "Traceback" not in out
+        errors = [line for line in out.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith("error: stopped serving: no space left on the disk of "), out
+    finally:
+        if server is not None:
+            server.kill()
+        small_disk.free()
         stop(devnet)

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -118,16 +119,59 @@ def test_seed_and_fetch_by_magnet_through_the_cli(content, tmp_path):
     run(main())
 
 
-def test_a_fetch_that_finds_no_peer_gives_up_cleanly(content, tmp_path):
-    async def main():
-        proc = await veil(tmp_path, "fetch", content.torrent.content_id, "--peer", "127.0.0.1:9", "--out",
-                          str(tmp_path / "o"), "--timeout", "1")
-        async with asyncio.timeout(WAIT_S):
-            _, stderr = await proc.communicate()
-        return proc.returncode, stderr.decode()
+async def fetch_fails(tmp_path, *args) -> str:
+    """A `veil fetch` that must end on its own, well within WAIT_S, with one error line."""
+    proc = await veil(tmp_path, "fetch", *args)
+    async with asyncio.timeout(WAIT_S):
+        stdout, stderr = await proc.communicate()
+    err = stderr.decode().strip()  # the progress line leaves a blank line behind
+    assert proc.returncode == 1, err + stdout.decode()
+    assert "Traceback" not in err and err.startswith("error: ") and "\n" not in err, err
+    return err
 
-    code, err = run(main())
-    assert code == 1 and "gave up after 1 s" in err and "Traceback" not in err
+
+def test_a_fetch_that_finds_no_peer_gives_up_cleanly(content, tmp_path):
+    # no --timeout: the only peer given cannot be reached, so nobody is left to wait for
+    err = run(fetch_fails(tmp_path, content.torrent.content_id, "--peer", "127.0.0.1:9", "--out", str(tmp_path / "o")))
+    assert f"no peer given has {content.torrent.content_id[:16]}…" in err
+
+
+def test_a_content_no_peer_has_is_one_line_not_a_hang(content, tmp_path):
+    unknown = "ab" * 32
+
+    async def main():
+        async with SwarmNode() as seeder:  # a real seeder, of another content: it refuses the handshake
+            seeder.seed(PieceStore.for_seeding(content.torrent, content.ciphertext_path))
+            host, port = seeder.listen_address
+            return await fetch_fails(tmp_path, unknown, "--peer", f"{host}:{port}", "--out", str(tmp_path / "o"))
+
+    assert f"no peer given has {unknown[:16]}…" in run(main())
+
+
+def test_a_fetch_gives_up_after_the_timeout_without_progress_and_keeps_what_arrived(content, tmp_path):
+    torrent, keep = content.torrent, 12
+    half = partial_copy(content, tmp_path / "half", keep)
+
+    async def main():
+        async with SwarmNode() as partial:  # stays connected, but has nothing more to give after `keep` pieces
+            partial.seed(PieceStore.for_seeding(torrent, half))
+            host, port = partial.listen_address
+            return await fetch_fails(tmp_path, str(content.torrent_path), "--peer", f"{host}:{port}",
+                                     "--out", str(tmp_path / "out"), "--timeout", "2")
+
+    err = run(main())
+    assert f"no peer sent a new piece of {torrent.content_id[:16]}… within 2 s (1 connected)" in err
+    assert "what arrived is kept" in err and "--timeout 0 waits forever" in err
+    assert resumed_pieces(tmp_path / "out" / (torrent.name + ".resume"), torrent.piece_count) == keep
+
+
+def test_a_fetch_waits_a_bounded_time_by_default():
+    import inspect
+
+    from veilstream.node.cli.swarm_cmds import FETCH_STALL_S, fetch
+
+    assert inspect.signature(fetch).parameters["timeout"].default.default == FETCH_STALL_S
+    assert 0 < FETCH_STALL_S <= 300
 
 
 @pytest.mark.parametrize("args, message", [
@@ -151,6 +195,23 @@ def test_bad_input_is_one_clear_line(content, tmp_path, args, message):
     code, err = run(main())
     assert code != 0 and message in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [["seed", "CONTENT"], ["tracker"], ["fetch", "CONTENT", "--peer", "127.0.0.1:9",
+                                                                       "--out", "o"]])
+def test_a_port_in_use_is_one_line(content, tmp_path, command):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        where = f"127.0.0.1:{taken.getsockname()[1]}"
+        args = [str(content.torrent_path) if a == "CONTENT" else a for a in command]
+
+        async def main():
+            proc = await veil(tmp_path, *args, "--listen", where)
+            async with asyncio.timeout(WAIT_S):
+                _, stderr = await proc.communicate()
+            return proc.returncode, stderr.decode().strip()
+
+        code, err = run(main())
+    assert code == 1 and err.startswith(f"error: {where} is in use") and "\n" not in err, err
 
 
 def test_a_corrupt_torrent_file_is_refused(content, tmp_path):

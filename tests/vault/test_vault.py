@@ -1,6 +1,7 @@
 """The vault: secrets only ever at rest encrypted; writes atomic; crashes leave no debris."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 from veilstream.content import KeyRing, PublishOptions, publish_file
 from veilstream.content.keytree import TreeNode
 from veilstream.identity import generate_mnemonic
-from veilstream.vault import KdfParams, Vault, VaultError, atomic_writer, write_atomic
+from veilstream.vault import KdfParams, StorageError, Vault, VaultError, atomic_writer, write_atomic
 
 FAST_KDF = KdfParams(time_cost=1, memory_kib=8 * 1024, parallelism=1)  # tests only: the default costs 64 MiB
 
@@ -220,3 +221,27 @@ def test_user_output_follows_the_umask():
         assert user_file_mode() == 0o644
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize("part", ["identity.sealed", "vault.json", "identity.json"])
+def test_a_missing_part_of_the_vault_is_named_damaged(vault, part):
+    (vault.home / part).unlink()
+    opened = Vault(vault.home)  # Vault.open would say "no vault" for a missing vault.json: it marks one
+    with pytest.raises(VaultError, match=rf"is damaged \({re.escape(part)} is missing\).*veil init --restore"):
+        opened.public_identity() if part == "identity.json" else opened.unlock("correct horse").identity()
+
+
+def test_a_content_the_full_disk_cannot_index_is_not_adopted(small_disk, words, tmp_path):
+    vault = Vault.create(small_disk.path / "home", "correct horse", words, FAST_KDF)
+    src = tmp_path / "in.bin"
+    src.write_bytes(os.urandom(70_000))
+    with vault.workdir() as work:
+        done = publish_file(src, work, vault.identity(), PublishOptions(slice_size=16 * 1024))
+        small_disk.fill()
+        with pytest.raises(StorageError, match=r"^no space left on the disk of the vault at .*: its index was not changed"):
+            vault.adopt(work, done.torrent, "creator")
+        assert (work / done.torrent.name).is_file()  # handed back to the work dir, which drops it
+    assert not vault.content_dir(done.torrent.content_id).exists()
+    small_disk.free()
+    assert vault.contents() == []
+    assert list((vault.home / "tmp").iterdir()) == []

@@ -8,12 +8,14 @@ as EIP-55 strings, content ids as 32 bytes, amounts in wei) and typed records.
 
 Transactions are signed locally by the client's account and sent raw, the same way on
 every chain; a contract's refusal comes back as `ContractRevert` with its reason, found
-by the gas estimate before anything is sent.
+by the gas estimate before anything is sent. The nonce is the account's pending count;
+processes sharing an account serialize nonce-pick and send through `sender_lock`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -304,6 +306,9 @@ class ChainClient:
         self.account = account
         self.dev = dev
         self._embedded = embedded
+        # address → a context held from picking a transaction's nonce until it is sent, so
+        # that two processes (or threads) sending from one account never pick the same one
+        self.sender_lock: Callable[[str], AbstractContextManager[Any]] | None = None
         self.chain_id = self._call_rpc(lambda: w3.eth.chain_id)
         if self.chain_id != deployment.chain_id:
             raise ChainError(
@@ -499,8 +504,10 @@ class ChainClient:
             raise ChainError("this chain client has no account to sign with")
         return self.account
 
-    def _send(self, fn, value: int = 0) -> Receipt:
-        raw = _transact(self.w3, self._require_account(), fn, value=value, chain_id=self.chain_id)
+    def _send(self, fn, value: int = 0, to: str | None = None) -> Receipt:
+        account = self._require_account()
+        held = self.sender_lock(account.address) if self.sender_lock is not None else nullcontext()
+        raw = _transact(self.w3, account, fn, value=value, chain_id=self.chain_id, to=to, held=held)
         return self._receipt(raw)
 
     def _receipt(self, raw: Any) -> Receipt:
@@ -558,9 +565,7 @@ class ChainClient:
 
     def transfer(self, to: str, wei: int) -> Receipt:
         """A plain ether transfer from this client's account."""
-        account = self._require_account()
-        raw = _transact(self.w3, account, None, to=checksum_address(to), value=wei, chain_id=self.chain_id)
-        return self._receipt(raw)
+        return self._send(None, value=wei, to=checksum_address(to))
 
     # -- registry ----------------------------------------------------------------------
 
@@ -914,22 +919,25 @@ def _transact(
     value: int = 0,
     chain_id: int,
     to: str | None = None,
+    held: AbstractContextManager[Any] | None = None,
 ) -> Any:
     """Estimate (surfacing a revert reason), sign locally, send raw, wait for the receipt.
-    `fn` is a contract call or constructor; None sends plain ether to `to`."""
+    `fn` is a contract call or constructor; None sends plain ether to `to`. `held` is
+    entered from picking the nonce until the node has the transaction (not while mining)."""
     base: dict[str, Any] = {"from": account.address, "value": int(value), "chainId": chain_id}
     try:
-        base["nonce"] = w3.eth.get_transaction_count(account.address, "pending")
-        if fn is not None:
-            built = fn.build_transaction(base)
-        else:
-            built = {**base, "to": to}
-            built["gas"] = w3.eth.estimate_gas(built)
-            base_fee = int(w3.eth.get_block("latest").get("baseFeePerGas") or 0)
-            built["maxPriorityFeePerGas"] = w3.eth.max_priority_fee
-            built["maxFeePerGas"] = 2 * base_fee + built["maxPriorityFeePerGas"]
-        signed = account.sign_transaction(built)
-        tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+        with held or nullcontext():
+            base["nonce"] = w3.eth.get_transaction_count(account.address, "pending")
+            if fn is not None:
+                built = fn.build_transaction(base)
+            else:
+                built = {**base, "to": to}
+                built["gas"] = w3.eth.estimate_gas(built)
+                base_fee = int(w3.eth.get_block("latest").get("baseFeePerGas") or 0)
+                built["maxPriorityFeePerGas"] = w3.eth.max_priority_fee
+                built["maxFeePerGas"] = 2 * base_fee + built["maxPriorityFeePerGas"]
+            signed = account.sign_transaction(built)
+            tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
     except ContractLogicError as exc:
         raise ContractRevert(_revert_reason(exc)) from None
     except Exception as exc:

@@ -9,8 +9,11 @@ its latest cheque was recorded (`history`).
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -52,20 +55,37 @@ class RecordedCheque:
     recorded_at: float | None
 
 
+# Below this much free space a failed write is put down to a full disk (SQLite reports
+# ENOSPC on its shared-memory file as a plain "disk I/O error").
+NEARLY_FULL_BYTES = 1 << 20
+
+
 class ChequeLedger:
     def __init__(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = self.path = Path(path)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(SCHEMA)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(cheques)")}
-            if "recorded_at" not in columns:
+            if "recorded_at" not in columns:  # a ledger from before histories
                 self._db.execute("ALTER TABLE cheques ADD COLUMN recorded_at REAL")
-        except sqlite3.DatabaseError as exc:
-            raise ChainError(f"cheque ledger {path} is unreadable: {exc}") from None
+        except (sqlite3.Error, OSError) as exc:
+            raise self._error(exc, "is unreadable") from None
+
+    def _error(self, exc: sqlite3.Error | OSError, what: str) -> ChainError:
+        full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or getattr(exc, "errno", None) == errno.ENOSPC
+        try:
+            stats = os.statvfs(self.path.parent)
+            full = full or stats.f_bavail * stats.f_frsize < NEARLY_FULL_BYTES
+        except OSError:
+            pass
+        if full:
+            return ChainError(f"no space left on the disk of the cheque ledger {self.path}: {what.removeprefix('is ')}; "
+                              "free some space and run the command again")
+        return ChainError(f"cheque ledger {self.path} {what}: {exc}")
 
     def close(self) -> None:
         self._db.close()
@@ -76,8 +96,8 @@ class ChequeLedger:
         domain.verify(signed)
         c = signed.cheque
         key = (domain.chain_id, domain.wallet, str(direction), c.viewer, c.content_id, c.seeder)
-        self._db.execute("BEGIN IMMEDIATE")
         try:
+            self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute(
                 "SELECT amount FROM cheques WHERE chain_id=? AND wallet=? AND direction=? "
                 "AND viewer=? AND content_id=? AND seeder=?",
@@ -93,16 +113,23 @@ class ChequeLedger:
             )
             self._db.execute("COMMIT")
             return True
-        except BaseException:
-            self._db.execute("ROLLBACK")
+        except BaseException as exc:
+            if self._db.in_transaction:  # SQLite may have rolled back itself (a full disk does)
+                with suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise self._error(exc, "cannot be written: the cheque was not recorded") from None
             raise
 
     def latest(self, domain: ChequeDomain, direction: Direction) -> list[SignedCheque]:
-        rows = self._db.execute(
-            "SELECT viewer, content_id, seeder, amount, signature FROM cheques "
-            "WHERE chain_id=? AND wallet=? AND direction=? ORDER BY viewer, content_id, seeder",
-            (domain.chain_id, domain.wallet, str(direction)),
-        ).fetchall()
+        try:
+            rows = self._db.execute(
+                "SELECT viewer, content_id, seeder, amount, signature FROM cheques "
+                "WHERE chain_id=? AND wallet=? AND direction=? ORDER BY viewer, content_id, seeder",
+                (domain.chain_id, domain.wallet, str(direction)),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error(exc, "cannot be read") from None
         from veilstream.chain.cheque import Cheque
 
         return [SignedCheque(Cheque(v, bytes(cid), s, int(a)), bytes(sig)) for v, cid, s, a, sig in rows]

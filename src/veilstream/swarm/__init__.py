@@ -19,6 +19,7 @@ Only verified ciphertext moves through here; no key is ever needed.
 
 from veilstream.swarm.errors import (
     FetchError,
+    ListenError,
     LocalProtocolError,
     RemoteProtocolError,
     StorageError,
@@ -33,7 +34,7 @@ from veilstream.swarm.swarm import Swarm
 from veilstream.swarm.tracker import TrackerServer, TrackerState
 
 __all__ = [
-    "Content", "ExtensionRegistry", "FetchError", "LocalProtocolError", "PieceStore", "RemoteProtocolError",
+    "Content", "ExtensionRegistry", "FetchError", "ListenError", "LocalProtocolError", "PieceStore", "RemoteProtocolError",
     "StorageError", "Swarm", "SwarmError", "SwarmNode", "SwarmSettings", "TrackerError", "TrackerServer",
     "TrackerState", "run",
 ]

@@ -8,6 +8,9 @@ costs the peer its connection, never the node. `SwarmError` and its subclasses a
 
 from __future__ import annotations
 
+import errno
+import os
+
 from veilstream.errors import VeilError
 
 
@@ -38,3 +41,15 @@ class FetchError(SwarmError):
 
 class TrackerError(SwarmError):
     """A tracker could not be reached or answered with an error."""
+
+
+class ListenError(SwarmError):
+    """This node cannot accept connections where it was told to (the port is taken, say)."""
+
+    @classmethod
+    def of(cls, host: str, port: int, exc: OSError) -> ListenError:
+        if exc.errno == errno.EADDRINUSE:
+            return cls(f"{host}:{port} is in use (another program listens there): choose another port, or 0 for any")
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return cls(f"cannot listen on {host}:{port}: this machine has no such address")
+        return cls(f"cannot listen on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc}")

@@ -27,7 +27,7 @@ from pathlib import Path
 from veilstream.content.merkle import block_hashes
 from veilstream.content.torrent import Torrent
 from veilstream.swarm import tracker as tracker_client
-from veilstream.swarm.errors import FetchError, LocalProtocolError, SwarmError, TrackerError
+from veilstream.swarm.errors import FetchError, ListenError, LocalProtocolError, SwarmError, TrackerError
 from veilstream.swarm.extensions import ExtensionRegistry
 from veilstream.swarm.settings import SwarmSettings
 from veilstream.swarm.storage import PieceStore
@@ -384,10 +384,9 @@ class SwarmNode:
                 await self.dht.start(self.settings.listen_host, self.settings.dht_port)
             self._ticker = self._spawn(self._tick_forever())
         except BaseException as exc:
-            await self._shutdown()
-            await self._group.__aexit__(type(exc), exc, exc.__traceback__)
+            await self.__aexit__(type(exc), exc, exc.__traceback__)  # shuts down, lets `exc` leave as itself
             if isinstance(exc, OSError):
-                raise SwarmError(f"cannot listen on {self.settings.listen_host}:{self.settings.listen_port}: {exc.strerror}") from None
+                raise ListenError.of(self.settings.listen_host, self.settings.listen_port, exc) from None
             raise
         return self
 
@@ -396,9 +395,10 @@ class SwarmNode:
         try:
             await self._group.__aexit__(exc_type, exc, tb)
         except BaseExceptionGroup as group:
-            if exc is not None and group.exceptions == (exc,):
-                raise exc  # the block's own error, not a group around it (the caller reports it as is)
-            raise
+            # The task group wraps the block's own error: let it leave as itself (a
+            # FetchError stays one line), unless a task failed beside it.
+            if exc is None or group.exceptions != (exc,):
+                raise
 
     async def _shutdown(self) -> None:
         self._closed = True

@@ -1,11 +1,12 @@
 """Local storage: ciphertext, torrents, an index, and secrets encrypted at rest."""
 
 from veilstream.vault.atomic import StorageError, atomic_writer, user_file_mode, write_atomic
+from veilstream.vault.lock import VaultBusy
 from veilstream.vault.output import OutputExists, ResumableOutput
 from veilstream.vault.sealing import KdfParams, VaultError
 from veilstream.vault.store import HeldContent, UnlockedVault, Vault
 
 __all__ = [
-    "HeldContent", "KdfParams", "OutputExists", "ResumableOutput", "StorageError", "UnlockedVault", "Vault", "VaultError",
-    "atomic_writer", "user_file_mode", "write_atomic",
+    "HeldContent", "KdfParams", "OutputExists", "ResumableOutput", "StorageError", "UnlockedVault", "Vault", "VaultBusy",
+    "VaultError", "atomic_writer", "user_file_mode", "write_atomic",
 ]

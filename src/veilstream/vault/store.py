@@ -8,6 +8,7 @@
     <home>/keys/<id>.sealed    key rings, sealed with the data key
     <home>/secrets/<n>.sealed  small secrets (purchases' one-time keys), sealed with the data key
     <home>/tmp/<pid>-*/        work in progress; moved into place by a rename when complete
+    <home>/locks/<name>.lock   advisory locks: one process at a time works on a content or sends from the wallet
 
 Every file is written atomically; a content directory appears whole or not at all.
 """
@@ -21,13 +22,14 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from veilstream.content import ContentKeys, KeyRing, Torrent, TreeNode, WrongKeyError, parse_content_id, verify_all_keys
 from veilstream.identity import Identity
-from veilstream.vault.atomic import StorageError, describe_os_error, fsync_directory, write_atomic
+from veilstream.vault import lock
+from veilstream.vault.atomic import StorageError, describe_os_error, disk_is_full, fsync_directory, write_atomic
 from veilstream.vault.sealing import DataKey, KdfParams, VaultError
 
 VAULT_VERSION = 1
@@ -85,23 +87,66 @@ class Vault:
         return vault
 
     def unlock(self, passphrase: str) -> UnlockedVault:
-        data_key = DataKey.unwrap((self.home / "vault.json").read_bytes(), passphrase)
+        data_key = DataKey.unwrap(self._read_part("vault.json"), passphrase)
         vault = UnlockedVault(self.home, data_key)
         vault._finish_rotation()
         return vault
 
     def public_identity(self) -> dict[str, str]:
-        return json.loads((self.home / "identity.json").read_bytes())
+        try:
+            return json.loads(self._read_part("identity.json"))
+        except ValueError:
+            raise self._damaged("identity.json is not readable JSON") from None
+
+    def _read_part(self, name: str) -> bytes:
+        """One of the vault's own files, which `create` wrote: missing means damaged."""
+        path = self.home / name
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise self._damaged(f"{name} is missing") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc.strerror}") from None
+
+    def _damaged(self, what: str) -> VaultError:
+        return VaultError(f"the vault at {self.home} is damaged ({what}): move it aside and restore your identity "
+                          "from its mnemonic with `veil init --restore` (or `--restore-shares`)")
+
+    # -- one writer --------------------------------------------------------------
+    def hold(self, name: str, purpose: str, *, wait_s: float = 0.0) -> AbstractContextManager[None]:
+        """Hold the vault's lock `name` (such as `content-<id>`) for a `with` block, or raise
+        `VaultBusy` naming the process that holds it; `purpose` names this one ("veil play")."""
+        return lock.hold(self.home / "locks", name, purpose, wait_s=wait_s)
+
+    def hold_content(self, content_id: str, purpose: str) -> AbstractContextManager[None]:
+        """One process at a time fetches, plays, serves or writes a content of this vault."""
+        return self.hold(f"content-{parse_content_id(content_id)}", purpose)
 
     # -- index -------------------------------------------------------------------
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
+        """A transaction on the index: committed whole, or (on any error) not at all."""
         try:
-            with closing(sqlite3.connect(self.home / "index.db", timeout=30)) as conn:
-                with conn:
-                    yield conn
+            conn = sqlite3.connect(self.home / "index.db", timeout=30)
         except sqlite3.Error as exc:
-            raise StorageError(f"the vault index at {self.home / 'index.db'} cannot be used ({exc}): disk full or damaged?") from None
+            raise self._index_error(exc) from None
+        try:
+            yield conn
+            conn.commit()
+        except BaseException as exc:
+            with suppress(sqlite3.Error):  # SQLite may have rolled back already ("cannot rollback")
+                conn.rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise self._index_error(exc) from None
+            raise
+        finally:
+            conn.close()
+
+    def _index_error(self, exc: sqlite3.Error) -> StorageError:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or disk_is_full(self.home):
+            return StorageError(f"no space left on the disk of the vault at {self.home}: its index was not changed; "
+                                "free some space and run the command again")
+        return StorageError(f"the vault index at {self.home / 'index.db'} cannot be used ({exc}): damaged?")
 
     def _init_index(self) -> None:
         with self._db() as db:
@@ -215,11 +260,15 @@ class Vault:
             fsync_directory(target.parent)
         except OSError as exc:
             raise StorageError(describe_os_error(exc, target)) from None
-        with self._db() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO contents VALUES (?, ?, ?, ?, ?)",
-                (torrent.content_id, role, torrent.piece_count, torrent.length, time.time()),
-            )
+        try:
+            with self._db() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO contents VALUES (?, ?, ?, ?, ?)",
+                    (torrent.content_id, role, torrent.piece_count, torrent.length, time.time()),
+                )
+        except StorageError:
+            os.rename(target, workdir)  # not indexed: not in the vault either (the caller drops its work)
+            raise
         return target
 
     def _sweep_abandoned_work(self) -> None:
@@ -244,7 +293,7 @@ class UnlockedVault(Vault):
         self._data_key = data_key
 
     def identity(self) -> Identity:
-        sealed = (self.home / "identity.sealed").read_bytes()
+        sealed = self._read_part("identity.sealed")
         return Identity.from_mnemonic(self._data_key.open(sealed, "identity").decode())
 
     def store_keyring(self, content_id: str, ring: KeyRing) -> None:
@@ -254,6 +303,10 @@ class UnlockedVault(Vault):
             "metadata_key": ring.metadata_key.hex() if ring.metadata_key else None,
         }).encode()
         write_atomic(self.home / "keys" / f"{cid}.sealed", self._data_key.seal(payload, f"keys {cid}"))
+
+    def drop_keyring(self, content_id: str) -> None:
+        """Forget the keys of a content that did not make it into the vault."""
+        (self.home / "keys" / f"{parse_content_id(content_id)}.sealed").unlink(missing_ok=True)
 
     def keyring(self, content_id: str) -> KeyRing:
         """The keys this vault holds for a content. A content this identity created needs

@@ -21,11 +21,12 @@ from veilstream.chain import ChainError, ChequeLedger, Devnet, Direction, open_c
 from veilstream.chain.devnet import DEFAULT_PORT
 from veilstream.market.cashier import Cashier, HeldBack, claim_if_worth_it
 from veilstream.market.settings import MarketSettings
-from veilstream.node.cli.common import console, err_console, open_vault, unlock_identity, veil_home
+from veilstream.node.cli.common import console, err_console, open_vault, this_command, unlock_identity, veil_home
 
 WEI_PER_ETHER = 10**18
 UNITS = {"wei": 1, "gwei": 10**9, "eth": WEI_PER_ETHER, "ether": WEI_PER_ETHER}
 DEFAULT_FAUCET = "10"
+WALLET_LOCK_WAIT_S = 60.0  # another process of this vault is sending: each send holds the lock for one RPC round
 
 ChainRpc = Annotated[
     str | None,
@@ -125,10 +126,18 @@ def _when(unlock_at: int, now: int) -> str:
 def _client(rpc: str | None, deployment: Path | None):
     vault, identity = unlock_identity()
     client = open_chain(Path(vault.home) / "chain", identity.wallet, rpc_url=rpc, deployment_path=deployment)
+    client.sender_lock = _wallet_lock(vault)
     try:
         yield vault, client
     finally:
         client.close()
+
+
+def _wallet_lock(vault):
+    """Processes of one vault send from one wallet: each picks its nonce and sends under
+    the vault's `wallet-<address>` lock, so no two pick the same nonce."""
+    purpose = this_command()
+    return lambda address: vault.hold(f"wallet-{address.lower()}", purpose, wait_s=WALLET_LOCK_WAIT_S)
 
 
 def _ledger(vault) -> ChequeLedger:

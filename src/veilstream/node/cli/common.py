@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -61,3 +62,20 @@ def unlock_identity():
     """Open the vault, unlock it with the passphrase: (unlocked vault, identity)."""
     unlocked = open_vault().unlock(read_passphrase())
     return unlocked, unlocked.identity()
+
+
+def this_command() -> str:
+    """This process's command, as a lock's holder is named to others: `veil play`,
+    `veil wallet cash` (its words, none of its arguments)."""
+    words = []
+    for word in sys.argv[1:4]:
+        if not re.fullmatch(r"[a-z][a-z-]{0,19}", word):
+            break
+        words.append(word)
+    return " ".join(["veil", *words])
+
+
+def hold_content(vault, content_id: str):
+    """This command holds the content for its run: a second process of the same vault
+    working on it (fetching, playing, serving) is refused with the holder's name."""
+    return vault.hold_content(content_id, this_command())

@@ -24,10 +24,10 @@ from veilstream.content import (
 from veilstream.content.publish import check_source
 from veilstream.content.torrent import check_piece_length
 from veilstream.errors import VeilError
-from veilstream.node.cli.chain_cmds import ChainDeployment, ChainRpc, parse_amount
-from veilstream.node.cli.common import console, open_vault, unlock_identity
+from veilstream.node.cli.chain_cmds import ChainDeployment, ChainRpc, _wallet_lock, parse_amount
+from veilstream.node.cli.common import console, hold_content, open_vault, unlock_identity
 from veilstream.node.cli.progress import byte_progress
-from veilstream.vault import atomic_writer, user_file_mode
+from veilstream.vault import StorageError, atomic_writer, user_file_mode
 
 _UNITS = {"": 1, "b": 1, "kib": 1 << 10, "k": 1 << 10, "kb": 1000, "mib": 1 << 20, "m": 1 << 20, "mb": 1000**2}
 
@@ -95,8 +95,13 @@ def publish(
     with vault.workdir() as work, byte_progress() as bar:
         task = bar.add_task(f"publishing {file.name}", total=size)
         done = publish_file(file, work, identity, options, progress=lambda n: bar.advance(task, n))
-        vault.store_keyring(done.torrent.content_id, KeyRing((done.keys.tree_root,), done.keys.metadata_key))
-        folder = vault.adopt(work, done.torrent, role="creator")
+        with hold_content(vault, done.torrent.content_id):
+            vault.store_keyring(done.torrent.content_id, KeyRing((done.keys.tree_root,), done.keys.metadata_key))
+            try:
+                folder = vault.adopt(work, done.torrent, role="creator")
+            except StorageError:  # a full disk: not published, so its keys go too
+                vault.drop_keyring(done.torrent.content_id)
+                raise
     vault.note_published(file, done.torrent.content_id)
     torrent = done.torrent
     registered = _register(vault, identity, torrent, rpc, deployment) if price_wei else None
@@ -127,6 +132,7 @@ def _register(vault, identity, torrent, rpc, deployment) -> str:
     terms = torrent.manifest.terms
     try:
         with open_chain(_Path(vault.home) / "chain", identity.wallet, rpc_url=rpc, deployment_path=deployment) as client:
+            client.sender_lock = _wallet_lock(vault)
             if client.content(torrent.info_hash) is None:
                 client.register(torrent.info_bytes, price_per_slice=terms.price_per_slice_wei,
                                 seeder_share_bps=terms.seeder_share_bps, slice_count=torrent.piece_count)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import errno
 import shutil
 import signal
 import sys
 import time
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from veilstream.chain import ContentRecord
 from veilstream.chain.ledger import Direction
 from veilstream.content import ContentKeys, Torrent, parse_content_id
 from veilstream.errors import VeilError
@@ -66,7 +69,8 @@ def _registry() -> ExtensionRegistry:
 
 
 def serve(
-    content_id: str = typer.Argument(..., help="Content id (or magnet) held in the vault."),
+    content_ids: list[str] = typer.Argument(..., metavar="CONTENT", help="Content ids (or magnets) held in the vault: "
+                                            "one process serves them all on one port."),
     keys: bool = typer.Option(False, "--keys", help="Also sell the slice keys (the creator's node: the vault holds them)."),
     listen: str = typer.Option("127.0.0.1:0", "--listen", help="Where to accept peers, HOST:PORT."),
     tracker: list[str] = typer.Option([], "--tracker", help="Announce to this HTTP tracker (repeatable)."),
@@ -75,37 +79,49 @@ def serve(
     rpc: ChainRpc = None,
     deployment: ChainDeployment = None,
 ) -> None:
-    """Serve a content for cheques (and, with --keys, sell its keys) until interrupted; cash on exit."""
-    cid = parse_content_id(content_id)
-    with _client(rpc, deployment) as (vault, client):
-        _serve(cid, vault, vault.identity(), client, keys, listen, tracker, serve_plain)
+    """Serve contents for cheques (and, with --keys, sell their keys) until interrupted; cash on exit."""
+    cids = list(dict.fromkeys(parse_content_id(c) for c in content_ids))
+    listen_at = _settings(listen, False)  # a bad --listen is refused before the passphrase
+    with _client(rpc, deployment) as (vault, client), ExitStack() as held:
+        for cid in cids:
+            held.enter_context(hold_content(vault, cid))
+        _serve(cids, vault, vault.identity(), client, keys, listen_at, tracker, serve_plain)
 
 
-def _serve(cid: str, vault, identity, client, keys: bool, listen: str, tracker: list[str],
-           serve_plain: bool = False) -> None:
+@dataclass
+class _Offer:
+    """One content this node serves: what it is, where its ciphertext is, its record on
+    chain and (with --keys) the key agent that sells its keys."""
+
+    torrent: Torrent
+    store: PieceStore
+    record: ContentRecord | None
+    agent: KeyAgent | None
+    service: MarketService | None = None
+
+
+def _offer(cid: str, vault, identity, client, keys: bool, settings: MarketSettings, project: tuple) -> _Offer:
     torrent = vault.torrent(cid)
     store = PieceStore.for_seeding(torrent, vault.ciphertext_path(cid))
-    ledger = _ledger(vault)
-    settings = MarketSettings()
     terms = torrent.manifest.terms
-    project = tuple(client.deployment.addresses.values())
     record = registered_record(client, torrent, required=False)
     agent = None
     if keys:
         ring = vault.keyring(cid)
         root = next((n for n in ring.nodes if n.first_leaf == 0 and n.end_leaf >= torrent.piece_count), None)
         if root is None or ring.metadata_key is None:
-            raise MarketCommandError("this vault holds only part of the keys: only the creator's node can sell them")
+            raise MarketCommandError(f"this vault holds only part of the keys of {cid[:16]}…: only the creator's "
+                                     "node can sell them")
         if record is None:
             client.register(torrent.info_bytes, price_per_slice=terms.price_per_slice_wei,
                             seeder_share_bps=terms.seeder_share_bps, slice_count=torrent.piece_count)
             record = registered_record(client, torrent)
         elif record.price_per_slice != terms.price_per_slice_wei:
-            raise MarketCommandError("the content is registered on chain with other terms than its manifest's")
+            raise MarketCommandError(f"{cid[:16]}… is registered on chain with other terms than its manifest's")
         if record.key_agent != identity.wallet_address:
             # One set of books per content: a second agent would sell the same cheques' worth again.
-            raise MarketCommandError(f"the registry names {record.key_agent} as this content's key agent, not this "
-                                     "node: only that agent sells its keys (`set_key_agent` moves it)")
+            raise MarketCommandError(f"the registry names {record.key_agent} as the key agent of {cid[:16]}…, not "
+                                     "this node: only that agent sells its keys (`set_key_agent` moves it)")
         anchored, _ = client.latest_anchor(identity.wallet_address, audit_anchor_kind(torrent.info_hash))
         audit = AuditLog(Path(vault.home) / "audit" / f"{cid}.log", anchored_head=anchored)
         floor, price = cashed_floor(client, torrent.info_hash), terms.price_per_slice_wei
@@ -114,72 +130,87 @@ def _serve(cid: str, vault, identity, client, keys: bool, listen: str, tracker: 
         agent.offer(torrent, ContentKeys(root, ring.metadata_key))
     elif terms.price_per_slice_wei:
         record = registered_record(client, torrent)  # refuses an unregistered or squatted content
+    return _Offer(torrent, store, record, agent)
+
+
+def _serve(cids: list[str], vault, identity, client, keys: bool, listen_at, tracker: list[str],
+           serve_plain: bool = False) -> None:
+    ledger = _ledger(vault)
+    settings = MarketSettings()
+    project = tuple(client.deployment.addresses.values())
+    offers = {}
+    for cid in cids:
+        offer = _offer(cid, vault, identity, client, keys, settings, project)
+        offers[offer.torrent.info_hash] = offer
+    agents = [offer for offer in offers.values() if offer.agent is not None]
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with SwarmNode(_settings(listen, False), registry=_registry()) as node:
-            content = node.seed(store)
-            service = MarketService(content, payee=identity.wallet_address, domain=client.cheque_domain,
-                                    settings=settings, key_agent=agent, grant_lookup=client.grant,
-                                    cover_lookup=client.guarantee, unpayable=project,
-                                    serve_plain_peers=True if serve_plain else None,
-                                    paid_before=_paid_before(ledger, client, identity.wallet_address))
-            service.on_cheque_accepted = cashier.on_cheque
-            service.on_cover = cashier.note_cover
+        def keep_cheque(signed) -> None:
+            try:
+                cashier.on_cheque(signed)
+            except VeilError as exc:  # the ledger cannot keep it (a full disk): stop rather than serve unpaid
+                fatal.append(exc)
+                stop.set()
 
-            def terms_now(now_record) -> None:  # the registry's share in force and any cut ahead
-                service.terms_changed(now_record.seeder_share_bps, now_record.scheduled_seeder_share_bps,
-                                      now_record.share_effective_at)
-                cut = now_record.scheduled_seeder_share_bps
-                if cut is not None and cut < terms.seeder_share_bps:
-                    cashier.cash_content_by(torrent.info_hash, now_record.share_effective_at)
+        def on_loop_error(loop_, context) -> None:  # a write that failed in a callback (the audit log's, say)
+            error = context.get("exception")
+            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+                fatal.append(MarketCommandError(f"no space left on the disk of the vault at {vault.home}"))
+                stop.set()
+            else:
+                loop_.default_exception_handler(context)
 
-            if record is not None:
-                terms_now(record)
-            if agent is not None:
-                agent.on_release = lambda head: cashier.on_audit_head(head, agent.audit.count, torrent.info_hash)
-            for url in tracker:
-                node.announce_to(content, url)
+        loop.set_exception_handler(on_loop_error)
+
+        async with SwarmNode(listen_at, registry=_registry()) as node:
             host, port = node.listen_address
-            console.print(f"serving {cid} on {host}:{port}{' and selling keys' if agent else ''}")
-            if not service.serve_plain_peers:
+            for offer in offers.values():
+                _start_offer(node, offer, identity, client, ledger, cashier, keep_cheque, settings, project,
+                             serve_plain, tracker)
+                console.print(f"serving {offer.torrent.content_id} on {host}:{port}"
+                              f"{' and selling keys' if offer.agent else ''}")
+                console.print(f"magnet {offer.torrent.magnet}&x.pe={host}:{port}", soft_wrap=True)
+            if not all(offer.service.serve_plain_peers for offer in offers.values()):
                 err_console.print("plain BitTorrent peers get nothing from this node (--serve-plain seeds them free)")
-            console.print(f"magnet {torrent.magnet}&x.pe={host}:{port}", soft_wrap=True)
             sys.stdout.flush()
-            responder = GrantResponder(client, agent) if agent is not None else None
-            watch = ChainWatch(client, {torrent.info_hash})
+            responders = [GrantResponder(client, offer.agent) for offer in agents]
+            watch = ChainWatch(client, set(offers))
 
-            def act_on(changes, now_record) -> None:  # on the loop: what the watch saw
+            def act_on(changes, records) -> None:  # on the loop: what the watch saw
                 for change in changes:
                     if isinstance(change, WithdrawalRequested):
                         cashier.on_withdrawal_requested(change.viewer)
-                if now_record is not None:
-                    terms_now(now_record)
+                for content_id, record in records.items():
+                    if record is not None:
+                        _terms_now(offers[content_id], record, cashier)
 
             def watch_chain() -> None:  # on the chain thread
                 changes = watch.poll()
                 if changes:
-                    shares = any(isinstance(change, ShareChange) for change in changes)
-                    loop.call_soon_threadsafe(act_on, changes, client.content(torrent.info_hash) if shares else None)
+                    shares = {change.content_id for change in changes if isinstance(change, ShareChange)}
+                    records = {content_id: client.content(content_id) for content_id in shares & set(offers)}
+                    loop.call_soon_threadsafe(act_on, changes, records)
+
+            def answer_grants() -> None:  # on the chain thread
+                for responder in responders:
+                    responder.poll()
 
             polled_at = watched_at = 0.0
             with Live(console=err_console, refresh_per_second=4, transient=True) as live:
                 while not stop.is_set():
                     now = loop.time()
-                    if responder is not None and now - polled_at >= GRANT_POLL_INTERVAL_S and cashier.idle:
+                    if responders and now - polled_at >= GRANT_POLL_INTERVAL_S and cashier.idle:
                         polled_at = now
-                        cashier.run_later(responder.poll)  # on-chain purchases get their keys
+                        cashier.run_later(answer_grants)  # on-chain purchases get their keys
                     if now - watched_at >= WATCH_INTERVAL_S:
                         watched_at = now
                         cashier.run_later(watch_chain)
                     cashier.tick()
-                    live.update(f"{content.peers} peers · {service.stats.bytes_served / 2**20:.1f} MiB served · "
-                                f"{service.stats.cheques_accepted} cheques · earned {format_ether(service.earned_wei)}"
-                                + (f" · {service.stats.keys_released} keys released" if agent else "")
-                                + (f" · {len(responder.issued)} grants answered" if responder else ""))
+                    live.update(_serve_status(offers.values(), responders))
                     try:
                         async with asyncio.timeout(0.25):
                             await stop.wait()
@@ -187,13 +218,67 @@ def _serve(cid: str, vault, identity, client, keys: bool, listen: str, tracker: 
                         pass
 
     cashier = Cashier(client, ledger, settings)  # also cashes what an earlier run left uncashed
+    fatal: list[VeilError] = []
     run(main())
-    claimed = cashier.close(agent.audit.head if agent is not None and agent.audit.count else None, torrent.info_hash)
+    for offer in agents:
+        if offer.agent.audit.count:
+            cashier.anchor_audit_head(offer.agent.audit.head, offer.torrent.info_hash)
+    claimed = cashier.close()
+    if fatal:
+        raise MarketCommandError(f"stopped serving: {fatal[0]}; what was kept before it was cashed "
+                                 f"({format_ether(claimed)} claimed)")
     console.print(f"stopped; cashed and claimed {format_ether(claimed)} "
                   f"({cashier.batches_cashed} cash batches, {cashier.anchors_posted} audit anchors; "
                   f"gas paid {format_gas(cashier.gas_paid_wei)})")
-    for line in held_back_lines(cashier.held_back, cashier.unclaimed, settings):
+    held_back = cashier.held_back
+    for line in held_back_lines(held_back, cashier.unclaimed, settings):
         console.print(line)
+    failed = cashier.uncashed_wei - (held_back.amount_wei if held_back is not None else 0)  # held back: by choice
+    if failed > 0:
+        raise MarketCommandError(f"{format_ether(failed)} in cheques could not be cashed "
+                                 f"({cashier.failures[-1] if cashier.failures else 'the chain refused'}); they are "
+                                 "kept in the vault: `veil wallet cash` tries again")
+
+
+def _start_offer(node: SwarmNode, offer: _Offer, identity, client, ledger, cashier: Cashier, keep_cheque,
+                 settings: MarketSettings, project: tuple, serve_plain: bool, tracker: list[str]) -> None:
+    """Seed one content on the node, behind its market service, wired to the one cashier."""
+    content = node.seed(offer.store)
+    service = offer.service = MarketService(
+        content, payee=identity.wallet_address, domain=client.cheque_domain, settings=settings,
+        key_agent=offer.agent, grant_lookup=client.grant, cover_lookup=client.guarantee, unpayable=project,
+        serve_plain_peers=True if serve_plain else None,
+        paid_before=_paid_before(ledger, client, identity.wallet_address))
+    service.on_cheque_accepted = keep_cheque
+    service.on_cover = cashier.note_cover
+    if offer.record is not None:
+        _terms_now(offer, offer.record, cashier)
+    if offer.agent is not None:
+        agent, info_hash = offer.agent, offer.torrent.info_hash
+        agent.on_release = lambda head: cashier.on_audit_head(head, agent.audit.count, info_hash)
+    for url in tracker:
+        node.announce_to(content, url)
+
+
+def _terms_now(offer: _Offer, record, cashier: Cashier) -> None:
+    """The registry's share in force and any cut ahead: a cut is cashed before it applies."""
+    offer.service.terms_changed(record.seeder_share_bps, record.scheduled_seeder_share_bps, record.share_effective_at)
+    cut = record.scheduled_seeder_share_bps
+    if cut is not None and cut < offer.torrent.manifest.terms.seeder_share_bps:
+        cashier.cash_content_by(offer.torrent.info_hash, record.share_effective_at)
+
+
+def _serve_status(offers, responders) -> str:
+    services = [offer.service for offer in offers]
+    served = sum(s.stats.bytes_served for s in services)
+    line = (f"{sum(s.content.peers for s in services)} peers · {served / 2**20:.1f} MiB served · "
+            f"{sum(s.stats.cheques_accepted for s in services)} cheques · "
+            f"earned {format_ether(sum(s.earned_wei for s in services))}")
+    if any(offer.agent for offer in offers):
+        line += f" · {sum(s.stats.keys_released for s in services)} keys released"
+    if responders:
+        line += f" · {sum(len(r.issued) for r in responders)} grants answered"
+    return line
 
 
 def play(
@@ -221,7 +306,7 @@ def play(
     tracker = [*tracker, *magnet_trackers]
     if not peers and not tracker:
         raise MarketCommandError("give at least one --peer HOST:PORT or --tracker URL to find the content")
-    with _client(rpc, deployment) as (vault, client):
+    with _client(rpc, deployment) as (vault, client), hold_content(vault, cid):
         identity = vault.identity()
         _play(cid, vault, identity, client, out, peers, tracker, budget, force)
         if view and (card_id or _has_card(vault.home, cid)):
@@ -429,7 +514,7 @@ def buy(
 ) -> None:
     """Buy slices on chain in one transaction; wait for the key agent's sealed keys; keep them."""
     cid = parse_content_id(content_id)
-    with _client(rpc, deployment) as (vault, client):
+    with _client(rpc, deployment) as (vault, client), hold_content(vault, cid):
         torrent = _torrent_to_buy(vault, cid)
         registered_record(client, torrent)  # never pay for a content registered to someone else
         count = count or torrent.piece_count - first

@@ -8,6 +8,7 @@ verifies every block it is given, stores only verified pieces, and resumes after
 from __future__ import annotations
 
 import asyncio
+from contextlib import nullcontext
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,11 +26,12 @@ from rich.table import Table
 
 from veilstream.content import Torrent, TorrentError, parse_content_id
 from veilstream.errors import VeilError
-from veilstream.node.cli.common import console, err_console, open_vault, veil_home
-from veilstream.swarm import FetchError, PieceStore, SwarmError, SwarmNode, SwarmSettings, TrackerServer, run
+from veilstream.node.cli.common import console, err_console, hold_content, open_vault, veil_home
+from veilstream.swarm import FetchError, ListenError, PieceStore, SwarmNode, SwarmSettings, TrackerServer, run
 from veilstream.vault import write_atomic
 
 STATUS_REFRESH_S = 0.25  # how often the live progress line is redrawn
+FETCH_STALL_S = 120.0  # a fetch gives up after this long without a new verified piece (BitTorrent clients call a swarm stalled sooner)
 
 
 class SwarmCommandError(VeilError):
@@ -163,7 +165,8 @@ def fetch(
     out: Path = typer.Option(None, "--out", help="Put the ciphertext and torrent here instead of in the vault."),
     listen: str = typer.Option("127.0.0.1:0", "--listen", help="Where to accept peers while fetching, HOST:PORT."),
     dht_bootstrap: list[str] = typer.Option([], "--dht-bootstrap", help="Find peers in the DHT through this node, HOST:PORT (repeatable)."),
-    timeout: float = typer.Option(0, "--timeout", help="Give up after this many seconds (0: never)."),
+    timeout: float = typer.Option(FETCH_STALL_S, "--timeout", min=0, help="Give up after this many seconds without "
+                                  "progress (no metadata, no new verified piece); what arrived is kept. 0: wait forever."),
 ) -> None:
     """Download ciphertext from peers, verifying every block; resumes if interrupted."""
     torrent, cid = _fetch_target(source)
@@ -207,26 +210,21 @@ def fetch(
                     node.announce_to(content, url)
                 if node.dht is not None:
                     node.discover_via_dht(content)
-                meta = await _with_status(content.metadata(), content, progress, task, "fetching metadata")
+                # with no tracker or DHT to find others, once every peer given is gone nobody is left to ask
+                watch = _Stall(timeout, cid, peers_only=not trackers and node.dht is None)
+                meta = await _with_status(content.metadata(), content, progress, task, "fetching metadata", watch)
                 write_torrent(directory, meta)
                 resumed = content.store.resumed_count
                 progress.update(task, total=meta.length, completed=content.have_bytes)
-                path = await _with_status(content.completed(), content, progress, task, f"fetching {cid[:12]}…")
+                path = await _with_status(content.completed(), content, progress, task, f"fetching {cid[:12]}…", watch)
             return meta, path, resumed
 
-    async def bounded():
-        if timeout <= 0:
-            return await download()
-        try:
-            async with asyncio.timeout(timeout):
-                return await download()
-        except TimeoutError:
-            raise FetchError(f"gave up after {timeout:g} s; run the command again to resume") from None
-
-    meta, path, resumed = run(bounded())
-    if vault is not None:
-        (directory / (meta.name + ".resume")).unlink(missing_ok=True)
-        path = vault.adopt(directory, meta, role="seeder") / meta.name
+    # one process at a time fetches a content into a vault: they would share its work dir
+    with hold_content(vault, cid) if vault is not None else nullcontext():
+        meta, path, resumed = run(download())
+        if vault is not None:
+            (directory / (meta.name + ".resume")).unlink(missing_ok=True)
+            path = vault.adopt(directory, meta, role="seeder") / meta.name
     fetched = meta.piece_count - resumed
     console.print(f"[green]✓[/] {meta.piece_count} pieces verified ({resumed} resumed from disk, {fetched} fetched) → {path}")
 
@@ -237,8 +235,35 @@ def write_torrent(directory: Path, torrent: Torrent) -> None:
         write_atomic(target, torrent.to_bytes(), 0o644)
 
 
-async def _with_status(awaitable, content, progress: Progress, task, description: str):
-    """Await `awaitable` while redrawing the progress line (rate, peers, ETA)."""
+class _Stall:
+    """When a fetch stops waiting: `limit_s` without progress (0: never), or, when peers
+    were its only sources, once none of them is left connected or connecting."""
+
+    def __init__(self, limit_s: float, cid: str, *, peers_only: bool) -> None:
+        self.limit_s = limit_s
+        self.cid = cid
+        self.peers_only = peers_only
+        self._mark: tuple | None = None
+        self._since = 0.0
+
+    def check(self, content, now: float) -> None:
+        mark = (content.torrent is not None, content.have_bytes)
+        if mark != self._mark:
+            self._mark, self._since = mark, now
+        kept = "; what arrived is kept: run the command again to resume" if content.have_bytes else ""
+        if self.peers_only and not content.addresses:
+            raise FetchError(f"no peer given has {self.cid[:16]}… (any more): each refused it, went away or could not "
+                             f"be reached; give another --peer or a --tracker{kept}")
+        if self.limit_s and now - self._since >= self.limit_s:
+            what = f"{self.cid[:16]}…'s metadata" if content.torrent is None else f"a new piece of {self.cid[:16]}…"
+            raise FetchError(f"no peer sent {what} within {self.limit_s:g} s ({content.peers} connected){kept} "
+                             "(--timeout 0 waits forever)")
+
+
+async def _with_status(awaitable, content, progress: Progress, task, description: str, stall: _Stall):
+    """Await `awaitable` while redrawing the progress line (rate, peers, ETA); `stall`
+    says when to stop waiting."""
+    loop = asyncio.get_running_loop()
     waiter = asyncio.ensure_future(awaitable)
     try:
         while True:
@@ -246,6 +271,7 @@ async def _with_status(awaitable, content, progress: Progress, task, description
             progress.update(task, description=description, completed=content.have_bytes, peers=content.peers)
             if done:
                 return waiter.result()
+            stall.check(content, loop.time())
     finally:
         if not waiter.done():
             waiter.cancel()
@@ -266,7 +292,7 @@ def tracker_command(
         try:
             await server.start(host, port)
         except OSError as exc:
-            raise SwarmError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise ListenError.of(host, port, exc) from None
         console.print(f"tracker announce URL: [bold]{server.url}[/]")
         try:
             with Live(console=err_console, refresh_per_second=2, transient=True) as live:
