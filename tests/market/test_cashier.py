@@ -11,7 +11,7 @@ from eth_account import Account
 from veilstream.chain.client import AnchorKind, ChainClient
 from veilstream.chain.errors import ChainUnavailable
 from veilstream.chain.ledger import ChequeLedger
-from veilstream.market.cashier import Cashier, claim_if_worth_it
+from veilstream.market.cashier import Cashier
 from veilstream.market.settings import MarketSettings
 
 ETHER = 10**18

@@ -263,7 +263,7 @@ def test_one_serve_of_two_contents_and_one_process_per_content(tmp_path):
         for name in ("a", "b"):
             movie = tmp_path / f"{name}.bin"
             movie.write_bytes(os.urandom(200_000))
-            published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", "1000000000000",
+            published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", "1000000000000wei",
                                 *chain))
             movies.append(movie)
             cids.append(re.search(r"content id\s+([0-9a-f]{64})", published)[1])
@@ -347,7 +347,7 @@ def test_a_serve_whose_disk_fills_up_stops_in_one_line(tmp_path, small_disk):
         movie = tmp_path / "movie.bin"
         movie.write_bytes(os.urandom(200_000))
         ok(veil(creator, "wallet", "faucet", "1", *chain))
-        published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", "1000000000000", *chain))
+        published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", "1000000000000wei", *chain))
         cid = re.search(r"content id\s+([0-9a-f]{64})", published)[1]
         ok(veil(viewer, "wallet", "faucet", "1", *chain))
         ok(veil(viewer, "wallet", "deposit", "0.1", *chain))

@@ -142,7 +142,7 @@ def test_default_relay_is_started_for_the_command(home, tmp_path):
 def _publish_small(home: Path, tmp_path: Path, name: str = "noise.bin") -> str:
     movie = tmp_path / name
     movie.write_bytes(os.urandom(200_000))
-    published = ok(run(home, "publish", str(movie), "--slice-size", "64KiB", "--price", "1000000000000",
+    published = ok(run(home, "publish", str(movie), "--slice-size", "64KiB", "--price", "1000000000000wei",
                        "--seeder-share", "2500"))
     return re.search(r"content id\s+([0-9a-f]{64})", published)[1]
 

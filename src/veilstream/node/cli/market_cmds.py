@@ -15,7 +15,7 @@ import shutil
 import signal
 import sys
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +44,7 @@ from veilstream.market.stream import BudgetSpent, PaidStream, viewer_swarm_setti
 from veilstream.node.cli.chain_cmds import (ChainDeployment, ChainRpc, _client, _ledger, format_ether, format_gas,
                                           held_back_lines, parse_amount)
 from veilstream.node.cards import open_index, publish_view, resolve_card
-from veilstream.node.cli.common import console, err_console, veil_home
+from veilstream.node.cli.common import console, err_console, hold_content, veil_home
 from veilstream.node.cli.swarm_cmds import _settings, magnet_hints, parse_host_port
 from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
 from veilstream.swarm.node import SwarmNode, run
