@@ -82,7 +82,7 @@ def test_the_wallet_on_the_embedded_chain(home):
         ledger.record(client.cheque_domain, cheque, Direction.RECEIVED)
         ledger.close()
     assert "0.1 ETH" in ok(veil(home, "wallet", "pending"))
-    assert "cashed 1 cheques for 0.1 ETH" in ok(veil(home, "wallet", "cash"))
+    assert "cashed 1 cheque for 0.1 ETH" in ok(veil(home, "wallet", "cash"))
     assert "no uncashed cheques" in ok(veil(home, "wallet", "pending"))
     assert "claimed 0.1 ETH" in ok(veil(home, "wallet", "claim"))
 
@@ -96,7 +96,7 @@ def test_the_wallet_on_the_embedded_chain(home):
     assert "cashed 0 cheques for 0 ETH" in held
     assert re.search(r"left uncashed: 0\.000001 ETH in 1 cheques \(gas ~0\.\d+ ETH would cost more than they are "
                      r"worth\); they stay in the ledger", held), held
-    assert "cashed 1 cheques for 0.000001 ETH" in ok(veil(home, "wallet", "cash", "--all"))
+    assert "cashed 1 cheque for 0.000001 ETH" in ok(veil(home, "wallet", "cash", "--all"))
 
 
 def test_mistakes_are_one_red_line(home):

@@ -367,3 +367,49 @@ def test_a_serve_whose_disk_fills_up_stops_in_one_line(tmp_path, small_disk):
             server.kill()
         small_disk.free()
         stop(devnet)
+
+
+def test_a_chain_outage_is_one_line_and_loses_no_cheque(tmp_path):
+    """The chain goes away under a serving creator: one line says so (not one every poll),
+    the exit says what stays uncashed, and once the chain is back `wallet cash` cashes it."""
+    creator, viewer = tmp_path / "creator", tmp_path / "viewer"
+    for home in (creator, viewer):
+        Vault.create(home, PASS, generate_mnemonic(), CHEAP_KDF)
+    port, directory = free_port(), tmp_path / "devnet"
+    chain = ["--chain-rpc", f"http://127.0.0.1:{port}", "--chain-deployment", str(directory / "devnet.json")]
+    devnet, _ = start(creator, "devnet", "--port", str(port), "--dir", str(directory), ready="nodes use it with")
+    server = None
+    try:
+        movie = tmp_path / "movie.bin"
+        movie.write_bytes(os.urandom(300_000))
+        ok(veil(creator, "wallet", "faucet", "1", *chain))
+        published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", "0.0001eth", *chain))
+        cid = re.search(r"content id\s+([0-9a-f]{64})", published)[1]
+        ok(veil(viewer, "wallet", "faucet", "1", *chain))
+        ok(veil(viewer, "wallet", "deposit", "0.1", *chain))
+        server, banner = start(creator, "serve", cid, "--keys", *chain, ready="magnet ")
+        ok(veil(viewer, "play", re.search(r"magnet (\S+)", banner)[1], "--out", str(tmp_path / "o.bin"), *chain))
+        stop(devnet)  # the chain is gone; the serve polls it every 2 s
+        devnet = None
+        deadline = time.monotonic() + 30
+        seen = []
+        for line in server.stdout:  # the outage is said once, as soon as the serve meets it
+            seen.append(line)
+            if "does not answer" in line or time.monotonic() > deadline:
+                break
+        server.send_signal(signal.SIGINT)
+        rest, _ = server.communicate(timeout=120)
+        server = None
+        out = "".join(seen) + rest
+        assert out.count("does not answer") == 2, out  # the outage, then the exit
+        assert "Traceback" not in out and "refused the transaction" not in out
+        assert re.search(r"error: stopped; the chain at http://127\.0\.0\.1:\d+ does not answer \(connection refused\): "
+                         r"0\.0005 ETH in 1 cheque stay in the ledger", out), out
+
+        devnet, _ = start(creator, "devnet", "--port", str(port), "--dir", str(directory), ready="nodes use it with")
+        assert re.search(r"cashed 1 cheque for 0\.0005 ETH", ok(veil(creator, "wallet", "cash", "--all", *chain)))
+    finally:
+        if server is not None:
+            server.kill()
+        if devnet is not None:
+            stop(devnet)

@@ -269,6 +269,8 @@ def _wait_receipt(w3: Web3, tx_hash: bytes) -> Any:
         raise ChainError(
             f"transaction {HexBytes(tx_hash).to_0x_hex()} not mined after {RECEIPT_TIMEOUT_S:.0f}s"
         ) from None
+    except (Web3Exception, OSError) as exc:
+        raise _unavailable(exc, w3) from None
 
 
 def _revert_reason(exc: BaseException) -> str:
@@ -459,7 +461,7 @@ class ChainClient:
         except ContractLogicError as exc:
             raise ContractRevert(_revert_reason(exc)) from None
         except (Web3Exception, OSError) as exc:
-            raise ChainUnavailable(f"chain request failed: {exc}") from None
+            raise _unavailable(exc, self.w3) from None
         except Exception as exc:
             if type(exc).__name__ == "TransactionFailed":  # the embedded EVM's revert of a call
                 raise ContractRevert(_revert_reason(exc)) from None
@@ -486,7 +488,7 @@ class ChainClient:
         try:
             response = self.w3.provider.make_request("eth_call", [{"to": contract.address, "data": data}, "latest"])
         except (Web3Exception, OSError) as exc:
-            raise ChainUnavailable(f"chain request failed: {exc}") from None
+            raise _unavailable(exc, self.w3) from None
         if "error" in response:
             message = str(response["error"].get("message", response["error"]))
             if "revert" in message.lower():
@@ -941,7 +943,7 @@ def _transact(
     except ContractLogicError as exc:
         raise ContractRevert(_revert_reason(exc)) from None
     except Exception as exc:
-        raise _classify(exc) from None
+        raise _classify(exc, w3) from None
     receipt = _wait_receipt(w3, tx_hash)
     if int(receipt["status"]) != 1:
         raise ChainError(
@@ -951,8 +953,25 @@ def _transact(
     return receipt
 
 
-def _classify(exc: Exception) -> ChainError:
+def _unavailable(exc: Exception, w3: Web3 | None) -> ChainUnavailable:
+    """A request that got no answer: say which endpoint, and why in a few words."""
+    import requests
+
+    endpoint = getattr(getattr(w3, "provider", None), "endpoint_uri", None) or "the chain"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return ChainUnavailable(f"the chain at {endpoint} does not answer (timed out)")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        refused = "refused" in str(exc).lower()
+        return ChainUnavailable(f"the chain at {endpoint} does not answer ({'connection refused' if refused else 'unreachable'})")
+    return ChainUnavailable(f"chain request failed: {exc}")
+
+
+def _classify(exc: Exception, w3: Web3 | None = None) -> ChainError:
     """Turn a node's refusal into a ChainError that says what happened."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return _unavailable(exc, w3)
     text = str(exc)
     lowered = text.lower()
     if "execution reverted" in lowered or type(exc).__name__ == "TransactionFailed":

@@ -28,7 +28,7 @@ from hashlib import sha256
 
 from veilstream.chain.cheque import SignedCheque
 from veilstream.chain.client import AnchorKind, ChainClient, Guarantee
-from veilstream.chain.errors import ChainError
+from veilstream.chain.errors import ChainError, ChainUnavailable
 from veilstream.chain.ledger import ChequeLedger, Direction
 from veilstream.market.settings import MarketSettings
 
@@ -108,6 +108,7 @@ class Cashier:
         self.gas_paid_wei = 0  # for the cash, anchor and claim transactions sent here
         self.unclaimed: HeldBack | None = None  # what close() left unclaimed for its gas
         self.failures: list[str] = []
+        self.chain_down_since: float | None = None  # the chain stopped answering then (None: it answers)
         for signed in ledger.latest(client.cheque_domain, Direction.RECEIVED):  # what an earlier run kept
             c = signed.cheque
             cover = client.guarantee(c.viewer, c.content_id, c.seeder)
@@ -120,6 +121,10 @@ class Cashier:
     @property
     def uncashed_wei(self) -> int:
         return sum(s.cheque.cumulative_amount - self._submitted.get(k, 0) for k, s in self._latest.items())
+
+    @property
+    def uncashed_cheques(self) -> int:
+        return sum(1 for k in self._latest if self._uncashed(k))
 
     @property
     def held_back(self) -> HeldBack | None:
@@ -325,5 +330,12 @@ class Cashier:
                 self.failures.append(str(error))
                 if not isinstance(error, ChainError):
                     raise error
-                log.warning("chain work failed: %s", error)
+                if not isinstance(error, ChainUnavailable):
+                    log.warning("chain work failed: %s", error)
+                elif self.chain_down_since is None:  # one line per outage, not one per attempt
+                    self.chain_down_since = self._clock()
+                    log.warning("%s; cheques stay in the ledger and are cashed once it answers", error)
+            elif self.chain_down_since is not None:
+                log.warning("the chain answers again after %.0f s", self._clock() - self.chain_down_since)
+                self.chain_down_since = None
         self._pending = still

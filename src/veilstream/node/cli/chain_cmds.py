@@ -72,6 +72,10 @@ def parse_duration(text: str) -> int:
     return int(number) * DURATION_UNITS[unit]
 
 
+def _cheques(count: int) -> str:
+    return f"{count} cheque" + ("" if count == 1 else "s")
+
+
 def format_ether(wei: int) -> str:
     text = f"{Decimal(wei) / WEI_PER_ETHER:f}"
     if "." in text:
@@ -101,7 +105,7 @@ def held_back_lines(cheques: HeldBack | None, earnings: HeldBack | None,
     if cheques is not None:
         why = ("more than they are worth" if cheques.gas_wei >= cheques.amount_wei
                else f"more than {share} of what they bring in")
-        line = (f"left uncashed: {format_ether(cheques.amount_wei)} in {cheques.cheques} cheques "
+        line = (f"left uncashed: {format_ether(cheques.amount_wei)} in {_cheques(cheques.cheques)} "
                 f"(gas {format_gas(cheques.gas_wei)} would cost {why}); they stay in the ledger and are cashed "
                 "by a later run or `veil wallet cash` (`--all`: whatever the gas)")
         if cheques.due_by is not None:
@@ -342,7 +346,7 @@ def register(app: typer.Typer) -> None:
                 return
             if cashier.failures and not cashier.cheques_cashed:
                 raise ChainError(f"cashing failed: {cashier.failures[-1]}")
-            console.print(f"cashed {cashier.cheques_cashed} cheques for {format_ether(cashier.paid_wei)}; "
+            console.print(f"cashed {_cheques(cashier.cheques_cashed)} for {format_ether(cashier.paid_wei)}; "
                           f"gas paid {format_gas(cashier.gas_paid_wei)}")
             for line in held_back_lines(cashier.held_back, None, settings):
                 console.print(line)

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from veilstream.chain import ContentRecord
+from veilstream.chain.errors import ChainUnavailable
 from veilstream.chain.ledger import Direction
 from veilstream.content import ContentKeys, Torrent, parse_content_id
 from veilstream.errors import VeilError
@@ -223,7 +224,14 @@ def _serve(cids: list[str], vault, identity, client, keys: bool, listen_at, trac
     for offer in agents:
         if offer.agent.audit.count:
             cashier.anchor_audit_head(offer.agent.audit.head, offer.torrent.info_hash)
-    claimed = cashier.close()
+    try:
+        claimed = cashier.close()
+    except ChainUnavailable as down:  # cheques are kept: nothing is lost while the chain is away
+        count = cashier.uncashed_cheques
+        raise MarketCommandError(f"stopped; {down}: {format_ether(cashier.uncashed_wei)} in {count} "
+                                 f"cheque{'' if count == 1 else 's'} stay in the ledger, and `veil wallet cash` cashes "
+                                 "them once it answers (before the viewers' lanes end, a day after they played)"
+                                 ) from None
     if fatal:
         raise MarketCommandError(f"stopped serving: {fatal[0]}; what was kept before it was cashed "
                                  f"({format_ether(claimed)} claimed)")
