@@ -94,7 +94,7 @@ def test_the_wallet_on_the_embedded_chain(home):
         ledger.close()
     held = ok(veil(home, "wallet", "cash"))
     assert "cashed 0 cheques for 0 ETH" in held
-    assert re.search(r"left uncashed: 0\.000001 ETH in 1 cheques \(gas ~0\.\d+ ETH would cost more than they are "
+    assert re.search(r"left uncashed: 0\.000001 ETH in 1 cheque \(gas ~0\.\d+ ETH would cost more than they are "
                      r"worth\); they stay in the ledger", held), held
     assert "cashed 1 cheque for 0.000001 ETH" in ok(veil(home, "wallet", "cash", "--all"))
 
