@@ -64,3 +64,19 @@ def test_releases_are_read_back_by_viewer_and_content(tmp_path):
     again = AuditLog(tmp_path / "audit.log")
     assert [(r.first, r.end, r.paid_by) for r in again.releases_to("0xA", "c1")] == [(0, 4, PAID_BY_CHEQUES), (4, 6, PAID_BY_GRANT)]
     assert again.releases_to("0xA", "c2") == []
+
+
+def test_a_full_disk_keeps_no_half_entry_and_the_log_goes_on(small_disk):
+    log = AuditLog(small_disk.path / "audit.log")
+    log.append("0xviewer", "ab" * 32, 0, 4, 100)
+    head, count = log.head, log.count
+    small_disk.fill()
+    with pytest.raises(AuditLogError, match="cannot be written .* no key is released without its entry"):
+        for n in range(10_000):  # the page cache may take a few before the disk says no
+            log.append("0xviewer", "ab" * 32, 4 + n, 5 + n, 100)
+    kept = log.count
+    small_disk.free()
+    log.append("0xviewer", "ab" * 32, 0, 1, 100)
+    log.close()
+    reopened = AuditLog(small_disk.path / "audit.log")  # the chain of hashes is whole: no torn line
+    assert reopened.count == kept + 1 and reopened.count > count and reopened.head != head

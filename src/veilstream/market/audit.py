@@ -100,9 +100,20 @@ class AuditLog:
         release = Release(viewer, content_id, first, end, paid_wei, time.time(), paid_by)
         digest = _entry_hash(self.head, self.count, release)
         line = json.dumps({"seq": self.count, **asdict(release), "hash": digest.hex()}, sort_keys=True)
-        self._file.write(line.encode() + b"\n")
-        self._file.flush()
-        _sync_data(self._file.fileno())
+        end = self._file.tell()
+        try:
+            self._file.write(line.encode() + b"\n")
+            self._file.flush()
+            _sync_data(self._file.fileno())
+        except OSError as exc:  # a full disk, say: the entry is not half kept, and no key goes out without it
+            for undo in (self._file.close, lambda: os.truncate(self.path, end)):
+                try:
+                    undo()  # closing drops what the buffer still holds (its flush fails as well)
+                except OSError:
+                    pass
+            self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for the log's life
+            raise AuditLogError(f"audit log {self.path} cannot be written ({exc.strerror or exc}): no key is "
+                                "released without its entry") from None
         self.head, self.count = digest, self.count + 1
         self._heads.add(digest)
         self._index(release)

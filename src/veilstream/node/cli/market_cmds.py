@@ -505,7 +505,8 @@ def earnings(rpc: ChainRpc = None, deployment: ChainDeployment = None) -> None:
         for signed in ledger.latest(client.cheque_domain, Direction.RECEIVED):
             c = signed.cheque
             cashed = client.cashed(c.viewer, c.content_id, c.seeder)
-            table.add_row(c.content_id.hex()[:16] + "…", c.viewer[:10] + "…", c.seeder[:10] + "…",
+            table.add_row(c.content_id.hex()[:16] + "…" if any(c.content_id) else "(direct)", c.viewer[:10] + "…",
+                          c.seeder[:10] + "…",
                           format_ether(c.cumulative_amount), format_ether(cashed))
         console.print(table)
         console.print(f"credited, waiting to be claimed: {format_ether(client.earnings())} "
