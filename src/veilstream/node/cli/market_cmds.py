@@ -460,6 +460,8 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
         raise Interrupted(f"interrupted at slice {report.played}/{report.slices} after paying "
                           f"{format_ether(report.paid_wei)}{report.kept()}") from None
     except StorageError as exc:
+        if not report.paid_wei:
+            raise
         raise MarketCommandError(f"{exc} (paid {format_ether(report.paid_wei)} so far, kept in the ledger: "
                                  "playing again pays nothing twice)") from None
 

@@ -256,7 +256,9 @@ class _Stall:
                              f"be reached; give another --peer or a --tracker{kept}")
         if self.limit_s and now - self._since >= self.limit_s:
             what = f"{self.cid[:16]}…'s metadata" if content.torrent is None else f"a new piece of {self.cid[:16]}…"
-            raise FetchError(f"no peer sent {what} within {self.limit_s:g} s ({content.peers} connected){kept} "
+            hint = ("; a node that sells slices serves peers that do not pay nothing, unless started with "
+                    "`veil serve --serve-plain`" if content.peers and content.torrent is not None else "")
+            raise FetchError(f"no peer sent {what} within {self.limit_s:g} s ({content.peers} connected){kept}{hint} "
                              "(--timeout 0 waits forever)")
 
 
