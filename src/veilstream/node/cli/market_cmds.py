@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
 import errno
 import shutil
@@ -33,7 +34,7 @@ from veilstream.market import messages
 from veilstream.chain.client import GrantState
 from veilstream.market.access import (AccessError, GrantResponder, OneTimeKey, collect_grant, grants_bought,
                                      held_grants)
-from veilstream.market.audit import AuditLog
+from veilstream.market.audit import AuditLog, AuditLogError
 from veilstream.market.cashier import Cashier, audit_anchor_kind
 from veilstream.market.credit import seeder_part_wei
 from veilstream.market.key_agent import KeyAgent
@@ -159,8 +160,12 @@ def _serve(cids: list[str], vault, identity, client, keys: bool, listen_at, trac
 
         def on_loop_error(loop_, context) -> None:  # a write that failed in a callback (the audit log's, say)
             error = context.get("exception")
-            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+            if full or (isinstance(error, AuditLogError) and _disk_full(vault.home)):
                 fatal.append(MarketCommandError(f"no space left on the disk of the vault at {vault.home}"))
+                stop.set()
+            elif isinstance(error, VeilError):  # the audit log cannot be kept, say: no key may go out
+                fatal.append(error)
                 stop.set()
             else:
                 loop_.default_exception_handler(context)
@@ -246,6 +251,14 @@ def _serve(cids: list[str], vault, identity, client, keys: bool, listen_at, trac
         raise MarketCommandError(f"{format_ether(failed)} in cheques could not be cashed "
                                  f"({cashier.failures[-1] if cashier.failures else 'the chain refused'}); they are "
                                  "kept in the vault: `veil wallet cash` tries again")
+
+
+def _disk_full(path) -> bool:
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 1 << 20
 
 
 def _start_offer(node: SwarmNode, offer: _Offer, identity, client, ledger, cashier: Cashier, keep_cheque,
