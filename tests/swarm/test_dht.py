@@ -80,3 +80,37 @@ def test_a_leecher_finds_a_seeder_through_the_dht_alone(content, tmp_path):
                 router.close()
 
     run(main())
+
+
+def test_a_lookup_among_silent_nodes_ends_at_its_deadline_and_the_node_goes_on(content, tmp_path):
+    """16 nodes that never answer and a lookup deadline shorter than one query's: the lookup
+    returns what it found (nothing), the node keeps looking, and the fetch still completes
+    from a peer given afterwards. (A TimeoutError escaping the lookup used to end the node.)"""
+    import socket
+
+    settings = SwarmSettings(dht_enabled=True, dht_query_timeout_s=5.0, dht_lookup_timeout_s=0.3,
+                             tracker_min_interval_s=0.05)
+    silent = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(16)]
+    for sock in silent:
+        sock.bind(("127.0.0.1", 0))
+
+    async def main():
+        async with SwarmNode(SwarmSettings()) as seeder, SwarmNode(settings) as leecher:
+            seeder.seed(PieceStore.for_seeding(content.torrent, content.ciphertext_path))
+            for n, sock in enumerate(silent):
+                leecher.dht.core.add_node(bytes([n + 1]) * 20, sock.getsockname(), 0.0)
+            fetch = leecher.fetch(content.torrent.info_hash, tmp_path)
+            leecher.discover_via_dht(fetch)
+            async with asyncio.timeout(WAIT_S):
+                while await leecher.dht_lookup_finished() < 2:  # two lookups ran out of time; the loop goes on
+                    pass
+            fetch.add_peer(*seeder.listen_address)
+            async with asyncio.timeout(WAIT_S):
+                path = await fetch.completed()
+            assert path.read_bytes() == content.ciphertext_path.read_bytes()
+
+    try:
+        run(main())
+    finally:
+        for sock in silent:
+            sock.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import logging
 import os
 import struct
 import time
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from veilstream.content import bencode
 from veilstream.swarm.errors import SwarmError
 from veilstream.swarm.settings import SwarmSettings
+
+log = logging.getLogger("veilstream.swarm.dht")
 
 K = 8  # BEP 5: bucket size and lookup width
 ALPHA = 3  # Kademlia: queries in flight per lookup
@@ -349,6 +352,15 @@ class DhtNode:
         if not lookup.candidates:
             raise SwarmError("the DHT routing table is empty: bootstrap from a known node first")
         in_flight: dict[asyncio.Task, bytes] = {}
+        try:
+            await self._look_up(lookup, info_hash, announce_port, in_flight)
+        except TimeoutError:  # slow or silent nodes: what was found by the deadline is the answer
+            log.info("dht lookup stopped after %.1f s with %d peers", self.settings.dht_lookup_timeout_s,
+                     len(lookup.peers))
+        return sorted(lookup.peers)
+
+    async def _look_up(self, lookup: Lookup, info_hash: bytes, announce_port: int | None,
+                       in_flight: dict[asyncio.Task, bytes]) -> None:
         async with asyncio.timeout(self.settings.dht_lookup_timeout_s):
             async with asyncio.TaskGroup() as group:
                 while True:
@@ -371,5 +383,4 @@ class DhtNode:
                     for _nid, address, token in lookup.announce_targets():
                         group.create_task(self._query(
                             b"announce_peer", {b"info_hash": info_hash, b"port": announce_port, b"token": token}, address))
-        return sorted(lookup.peers)
 

@@ -358,6 +358,8 @@ class SwarmNode:
         self._unrouted = 0
         self._server: asyncio.base_events.Server | None = None
         self._group: asyncio.TaskGroup | None = None
+        self.dht_lookups = 0  # lookups finished (with peers or none): how a watcher sees the loop go on
+        self._dht_done = asyncio.Event()
         self._ticker: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         self._hash_pool: ThreadPoolExecutor | None = None
@@ -621,13 +623,22 @@ class SwarmNode:
             raise LocalProtocolError("the DHT is disabled in these settings")
         self._spawn(self._dht_loop(content))
 
+    async def dht_lookup_finished(self) -> int:
+        """Wait for the next DHT lookup to finish (found peers or not); returns how many have."""
+        event = self._dht_done
+        await event.wait()
+        return self.dht_lookups
+
     async def _dht_loop(self, content: Content) -> None:
         while True:
             try:
                 peers = await self.dht.get_peers(content.info_hash[:20], announce_port=self.listen_port)
                 for host, port in peers:
                     self.connect(content, host, port)
-            except SwarmError as exc:
+            except (SwarmError, OSError) as exc:  # expected: an empty table, a network that refuses
                 log.info("dht lookup: %s", exc)
+            self.dht_lookups += 1
+            self._dht_done.set()
+            self._dht_done = asyncio.Event()
             wait = self.settings.tracker_default_interval_s if content.peers else self.settings.tracker_min_interval_s
             await asyncio.sleep(wait)
