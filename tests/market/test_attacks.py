@@ -482,3 +482,33 @@ def test_with_no_key_agent_a_viewer_pays_at_most_its_pay_ahead_and_is_told(publi
             assert stream.payer.content_spent_wei <= market.pay_ahead_slices * PRICE
             assert net.seeder_service.stats.bytes_served <= (market.pay_ahead_slices + WINDOW) * SLICE
     asyncio.run(scenario())
+
+
+# -- a peer that breaks the market protocol ------------------------------------------------------
+
+
+def test_a_peer_that_breaks_the_market_protocol_is_dropped(published, chain, tmp_path):
+    """Garbage on the market extension: the seller says why and closes the connection
+    (it used to answer with a refusal and keep the peer)."""
+    done = published[0]
+
+    async def scenario():
+        async with Network(published, chain, tmp_path) as net, market_node() as hostile:
+            content = hostile.fetch(done.torrent, tmp_path / "hostile")
+            ready, dropped, conns = asyncio.Event(), asyncio.Event(), []
+
+            def on_ready(event) -> None:
+                if messages.MARKET_EXTENSION in event.extensions:
+                    conns.append(event.conn)
+                    ready.set()
+            content.on_peer_ready = on_ready
+            content.on_peer_dropped = lambda event: dropped.set()
+            content.add_peer("127.0.0.1", net.nodes[1].listen_port)
+            async with asyncio.timeout(TIMEOUT_S):
+                await ready.wait()
+                conn = conns[0]
+                assert content.send_extension(conn, messages.MARKET_EXTENSION, b"not bencode at all")
+                await dropped.wait()
+            assert net.seeder_service.stats.peers_dropped == 1 and not content.peers
+            assert not content.send_extension(conn, messages.MARKET_EXTENSION, b"x")  # gone: said, not raised
+    asyncio.run(scenario())

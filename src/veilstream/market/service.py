@@ -326,8 +326,10 @@ class MarketService:
         try:
             message = messages.decode(event.payload)
             self._handle(event.conn, state, message)
-        except MarketProtocolError as exc:
+        except MarketProtocolError as exc:  # malformed or out of order: told why, then the connection goes
             self._refuse(event.conn, messages.RefusalCode.BAD_REQUEST, str(exc))
+            self.stats.peers_dropped += 1
+            self.content.drop_peer(event.conn, f"broke the market protocol: {exc}")
         except PaymentRefused as exc:
             self.stats.cheques_refused += 1
             self._refuse(event.conn, messages.RefusalCode.BAD_CHEQUE, str(exc))
@@ -454,10 +456,8 @@ class MarketService:
         self.content.uploads_may_resume(conn)
 
     def _send(self, conn: int, message: messages.Message) -> None:
-        try:
-            self.content.send_extension(conn, messages.MARKET_EXTENSION, messages.encode(message))
-        except Exception as exc:  # noqa: BLE001 - the peer left meanwhile: nothing to tell it
-            log.debug("market message to %s not sent: %s", conn, exc)
+        if not self.content.send_extension(conn, messages.MARKET_EXTENSION, messages.encode(message)):
+            log.debug("market message to %s not sent: the peer left", conn)
 
     def _refuse(self, conn: int, code: int, text: str) -> None:
         self.stats.refusals.append(text)

@@ -674,7 +674,12 @@ class PaidStream:
         try:
             message = messages.decode(event.payload)
         except MarketProtocolError as exc:
-            log.info("peer %s sent a malformed market message: %s", event.conn, exc)
+            log.info("peer %s sent a malformed market message: %s; dropped", event.conn, exc)
+            self.content.drop_peer(event.conn, f"broke the market protocol: {exc}")
+            if self._key_request is not None and self._key_request[0] == event.conn:
+                self._pass_over(event.conn, f"the key agent broke the market protocol ({exc})")
+            else:
+                self._distrusted.add(event.conn)
             return
         source = self._sources.setdefault(event.conn, _Source(self.content.peer_address(event.conn) or ("?", 0)))
         match message:
@@ -737,10 +742,8 @@ class PaidStream:
         return [c for c in (self.payer.latest(s) for s in self.payer.owed) if c is not None]
 
     def _send(self, conn: int, message: messages.Message) -> None:
-        try:
-            self.content.send_extension(conn, messages.MARKET_EXTENSION, messages.encode(message))
-        except Exception as exc:  # noqa: BLE001 - the peer left meanwhile
-            log.debug("market message to %s not sent: %s", conn, exc)
+        if not self.content.send_extension(conn, messages.MARKET_EXTENSION, messages.encode(message)):
+            log.debug("market message to %s not sent: the peer left", conn)
 
     def _fail(self, error: StreamError) -> None:
         if self._failure is None:

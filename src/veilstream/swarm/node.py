@@ -214,8 +214,15 @@ class Content:
     def add_peer(self, host: str, port: int) -> None:
         self.node.connect(self, host, port)
 
-    def send_extension(self, conn: int, name: str, payload: bytes) -> None:
-        self.swarm.send_extension(conn, name, payload)
+    def send_extension(self, conn: int, name: str, payload: bytes) -> bool:
+        """Send an extension message; False if the peer has left."""
+        sent = self.swarm.send_extension(conn, name, payload)
+        self.node._flush(self)
+        return sent
+
+    def drop_peer(self, conn: int, reason: str, *, ban: bool = False) -> None:
+        """Close a peer's connection (and with `ban`, keep it out)."""
+        self.swarm.drop_peer(conn, reason, ban=ban)
         self.node._flush(self)
 
     def set_upload_gate(self, gate: Callable[[int, int, int], bool] | None) -> None:

@@ -377,15 +377,26 @@ class Swarm:
                 self._reader_seen = True
                 self.store.keep_recent_pieces()
 
-    def send_extension(self, conn: int, name: str, payload: bytes) -> None:
-        """Send a registered extension message (e.g. the market's) to a peer that speaks it."""
-        peer = self.peers.get(conn)
-        if peer is None or peer.ext is None or name not in peer.ext.extensions:
-            raise LocalProtocolError(f"peer {conn} does not speak extension {name!r}")
+    def send_extension(self, conn: int, name: str, payload: bytes) -> bool:
+        """Send a registered extension message (e.g. the market's) to a peer that speaks it;
+        False if the peer is gone (it may leave at any time: not a caller's mistake)."""
         if name not in self.registry.ids:
             raise LocalProtocolError(f"extension {name!r} is not registered")
+        peer = self.peers.get(conn)
+        if peer is None or peer.wire.phase is Phase.CLOSED:
+            return False
+        if peer.ext is None or name not in peer.ext.extensions:
+            raise LocalProtocolError(f"peer {conn} does not speak extension {name!r}")
         peer.wire.send(wire.Extended(peer.ext.extensions[name], payload))
         self.dirty.add(conn)
+        return True
+
+    def drop_peer(self, conn: int, reason: str, *, ban: bool = False) -> None:
+        """Close a peer's connection (a protocol the layer above speaks was broken, say);
+        with `ban`, its address and peer id are not let back in."""
+        peer = self.peers.get(conn)
+        if peer is not None:
+            self._drop(peer, reason, ban=ban)
 
     def uploads_may_resume(self, conn: int) -> None:
         """The upload gate may now say yes to `conn` (say, a cheque came in)."""
