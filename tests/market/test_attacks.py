@@ -10,6 +10,7 @@ import asyncio
 import os
 import shutil
 import time
+from contextlib import AsyncExitStack
 from dataclasses import replace
 
 import pytest
@@ -88,9 +89,9 @@ class Network:
 
     async def __aenter__(self):
         torrent, chain = self.done.torrent, self.chain
-        self.nodes = [market_node(), market_node(), market_node(viewer_swarm_settings(SLICE, self.market))]
-        for node in self.nodes:
-            await node.__aenter__()
+        self._stack = AsyncExitStack()
+        self.nodes = [await self._stack.enter_async_context(node) for node in
+                      (market_node(), market_node(), market_node(viewer_swarm_settings(SLICE, self.market)))]
         self.agent = agent_for((self.done, self.creator, None, None), chain, self.tmp_path)
         self.creator_service = self.creator_service_class(
             self.nodes[0].seed(PieceStore.for_seeding(torrent, self.done.ciphertext_path)),
@@ -114,8 +115,7 @@ class Network:
         return stream
 
     async def __aexit__(self, *exc):
-        for node in reversed(self.nodes):
-            await node.__aexit__(None, None, None)
+        await self._stack.aclose()
 
 
 async def play(stream, limit_s=TIMEOUT_S) -> dict[int, bytes]:

@@ -12,6 +12,7 @@ import asyncio
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,13 +171,14 @@ async def run_network_demo(root: Path, seconds: float = 30.0, log: Callable[[str
     viewer_chain = chain.with_account(viewer.wallet)
     viewer_chain.deposit(DEMO_DEPOSIT_WEI)
 
-    tracker = TrackerServer()
-    await tracker.start()
-    lt_session, lt_handle = _lt_seeder(done.torrent_path, seeder_dirs[2], tracker.url)
-    nodes = [_market_node() for _ in range(3)] + [_market_node(viewer_swarm_settings(DEMO_SLICE_SIZE))]
-    try:
-        for node in nodes:
-            await node.__aenter__()
+    async with AsyncExitStack() as stack:  # unwound in reverse: the nodes, the tracker, the chain
+        stack.callback(chain.close)
+        tracker = TrackerServer()
+        await tracker.start()
+        stack.push_async_callback(tracker.close)
+        lt_session, lt_handle = _lt_seeder(done.torrent_path, seeder_dirs[2], tracker.url)
+        nodes = [await stack.enter_async_context(node) for node in
+                 [_market_node() for _ in range(3)] + [_market_node(viewer_swarm_settings(DEMO_SLICE_SIZE))]]
         creator_node, seeder_nodes, viewer_node = nodes[0], nodes[1:3], nodes[3]
         project = tuple(chain.deployment.addresses.values())
         agent = KeyAgent(chain.cheque_domain, AuditLog(root / "creator-audit.log"), signing_key=creator.wallet_key,
@@ -288,12 +290,6 @@ async def run_network_demo(root: Path, seconds: float = 30.0, log: Callable[[str
         report.plaintext_on_seeders = any(_holds_plaintext(folder, plaintext) for folder in seeder_dirs)
         report.keys_on_seeders = any(_holds_keys(folder, secrets) for folder in seeder_dirs) or any(
             s.key_agent is not None for s in seeder_services)
-    finally:
-        for node in reversed(nodes):
-            await node.__aexit__(None, None, None)
-        await tracker.close()
-        del lt_session
-        chain.close()
     return report
 
 
