@@ -88,10 +88,16 @@ class RelayConnection:
         return self
 
     async def close(self) -> None:
+        """Hang up and wait for the reader. The reader takes the expected ends of a
+        connection itself; anything else it raises is a bug, and surfaces here."""
         if self._socket is not None:
-            await self._socket.close()
+            try:
+                await self._socket.close()
+            except (OSError, ConnectionClosed) as exc:  # the relay went first
+                log.info("relay %s: closing: %s", self.url, exc)
         if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
+            reader, self._reader = self._reader, None
+            await reader
 
     async def __aenter__(self) -> RelayConnection:
         return await self.open()
@@ -127,7 +133,10 @@ class RelayConnection:
             reason = f"connection error: {exc}"
         finally:
             if hang_up is not None:
-                await asyncio.gather(hang_up, return_exceptions=True)
+                try:
+                    await hang_up
+                except (OSError, ConnectionClosed) as exc:
+                    log.info("relay %s: hanging up: %s", self.url, exc)
             self.closed_reason = reason
             lost = _ConnectionLost(reason)
             for future in self._acks.values():
@@ -256,8 +265,10 @@ class RelayPool:
         await self.close()
 
     async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self.connections.values()), return_exceptions=True)
-        self.connections.clear()
+        connections, self.connections = list(self.connections.values()), {}
+        async with asyncio.TaskGroup() as group:  # each takes its expected failures; a bug in one is raised
+            for connection in connections:
+                group.create_task(connection.close())
 
     async def publish(self, event: Event) -> list[PublishOutcome]:
         outcomes = await asyncio.gather(
