@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from veilstream.atomic import replace_file
 from veilstream.chain.errors import ChainError
 
 CONTRACTS_DIR = Path(__file__).parent / "contracts"
@@ -70,16 +69,7 @@ def build_all() -> dict[str, Any]:
 
 
 def write_artifacts(doc: dict[str, Any], path: Path = ARTIFACTS_PATH) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".artifacts.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_file(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(), 0o644)
 
 
 @cache

@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
 import threading
 import time
 import zlib
@@ -30,6 +29,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.providers.eth_tester import EthereumTesterProvider
 
+from veilstream.atomic import replace_file
 from veilstream.chain.errors import ChainError
 
 JOURNAL_FORMAT = 1
@@ -42,24 +42,8 @@ DEPLOYER_KEY = (2).to_bytes(32, "big")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a whole file or nothing: temp file in the same directory, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write a whole file or nothing (world-readable: deployment files are public)."""
+    replace_file(path, text.encode(), 0o644)
 
 
 def _encode_entry(entry: dict[str, Any]) -> bytes:

@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from veilstream.atomic import replace_file
 from veilstream.content import merkle
 from veilstream.content.crypto import SALT_SIZE, TAG_SIZE, CipherSuite, ContentKeys, key_commitment, seal_slice_into
 from veilstream.content.keytree import SequentialLeafKeys
@@ -215,8 +216,5 @@ def _publish_stream(handle, size, out_dir, creator, options, progress, metadata)
     )
     torrent = Torrent(name, piece_length, ciphertext_length, pieces_root, layer, manifest, options.trackers)
     torrent_path = out_dir / f"{torrent.content_id}.torrent"
-    with open(torrent_path, "wb") as f:
-        f.write(torrent.to_bytes())
-        f.flush()
-        os.fsync(f.fileno())
+    replace_file(torrent_path, torrent.to_bytes(), 0o644)
     return Published(torrent, keys, metadata, torrent_path, ciphertext_path)

@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from veilstream.atomic import replace_file
 from veilstream.social.errors import SocialError
 
 log = logging.getLogger(__name__)
@@ -53,12 +52,7 @@ class BlobStore:
         target = self.path(digest)
         if target.is_file():
             return digest
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, prefix=".incoming-") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp.name, target)
+        replace_file(target, data)
         return digest
 
     def get(self, digest: str) -> bytes:

@@ -31,6 +31,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from veilstream.atomic import replace_file
 from veilstream.social.errors import SocialError
 
 DEFAULT_PORT = 7447
@@ -214,9 +215,7 @@ class EmbeddedRelay:
             )
         # Advertised once listening: a client connecting now waits in the backlog, not in vain.
         owner = {"url": self.url, "pid": os.getpid(), "shared": self.shared}
-        scratch = self.data_dir / f".{OWNER_FILE}.{os.getpid()}"
-        scratch.write_text(json.dumps(owner))
-        os.replace(scratch, self.data_dir / OWNER_FILE)
+        replace_file(self.data_dir / OWNER_FILE, json.dumps(owner).encode(), 0o644)
         return self
 
     def wait(self) -> int:

@@ -21,12 +21,12 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import tempfile
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
 from pathlib import Path
 
+from veilstream.atomic import replace_file
 from veilstream.content import bencode
 from veilstream.content.sink import DIRECT_ALIGNMENT, aligned_buffer
 from veilstream.content.torrent import Torrent
@@ -54,25 +54,6 @@ def _describe(exc: OSError, path: Path) -> str:
     if exc.errno in DISK_FULL_ERRNOS:
         return f"disk full while writing {path}; free some space and run the command again to resume"
     return f"cannot use {path}: {exc.strerror or exc}"
-
-
-def write_atomic(target: Path, data: bytes) -> None:
-    """Replace `target` with `data` in one rename, durable before it returns."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def bits_to_bytes(have: bytearray) -> bytes:
@@ -329,7 +310,7 @@ class PieceStore:
             os.fdatasync(self._fd)
             body = {b"version": RESUME_VERSION, b"info hash": self.torrent.info_hash,
                     b"pieces": self.torrent.piece_count, b"have": snapshot}
-            write_atomic(self.resume_path, bencode.encode(body))
+            replace_file(self.resume_path, bencode.encode(body))
         except OSError as exc:
             self._resume_dirty = True
             raise StorageError(_describe(exc, self.resume_path)) from None

@@ -1,15 +1,15 @@
-"""Crash-safe file writes: write a temporary file beside the target, fsync, rename."""
+"""The vault's crash-safe writes (veilstream.atomic's), their failures said as `StorageError`."""
 
 from __future__ import annotations
 
 import errno
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from veilstream.atomic import replacing
 from veilstream.errors import VeilError
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -20,14 +20,6 @@ NEARLY_FULL_BYTES = 1 << 20
 
 class StorageError(VeilError):
     """The disk refused a write (full, read-only, permission); nothing was changed."""
-
-
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def user_file_mode() -> int:
@@ -56,27 +48,11 @@ def describe_os_error(exc: OSError, target: Path) -> str:
 @contextmanager
 def atomic_writer(target: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
     """Yield a file that replaces `target` only if the block finishes without error."""
-    target = Path(target)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise StorageError(describe_os_error(exc, target)) from None
-    tmp = Path(tmp_name)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
+        with replacing(target, mode) as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        fsync_directory(target.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StorageError(describe_os_error(exc, target)) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        raise StorageError(describe_os_error(exc, Path(target))) from None
 
 
 def write_atomic(target: Path, data: bytes, mode: int = 0o600) -> None:
