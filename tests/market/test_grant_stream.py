@@ -5,6 +5,7 @@ cheques the Wallet pays them in full. Real sockets, the embedded chain."""
 import asyncio
 import os
 import shutil
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 from eth_account import Account
@@ -69,12 +70,17 @@ def world(tmp_path_factory):
     chain.close()
 
 
+@asynccontextmanager
 async def network(world, *, seeder_checks_grants=True):
+    async with AsyncExitStack() as stack:
+        nodes = [await stack.enter_async_context(node)
+                 for node in (market_node(), market_node(), market_node(viewer_swarm_settings(SLICE)))]
+        yield (nodes, *_services(world, nodes, seeder_checks_grants))
+
+
+def _services(world, nodes, seeder_checks_grants):
     chain, done, tmp = world["chain"], world["done"], world["tmp"]
     torrent = done.torrent
-    nodes = [market_node(), market_node(), market_node(viewer_swarm_settings(SLICE))]
-    for node in nodes:
-        await node.__aenter__()
     creator_content = nodes[0].seed(PieceStore.for_seeding(torrent, done.ciphertext_path))
     agent = KeyAgent(chain.cheque_domain, AuditLog(tmp / f"audit-{os.urandom(4).hex()}.log"),
                      signing_key=world["creator"].wallet_key)  # each scenario's viewer starts its cheques at zero
@@ -85,7 +91,7 @@ async def network(world, *, seeder_checks_grants=True):
     seeder_service = MarketService(seeder_content, payee=world["seeder"].address, domain=chain.cheque_domain,
                                    grant_lookup=chain.grant if seeder_checks_grants else None,
                                    cover_lookup=chain.guarantee)
-    return nodes, creator_service, seeder_service
+    return creator_service, seeder_service
 
 
 async def play(stream):
@@ -109,17 +115,13 @@ def test_a_grant_holder_pays_seeders_only_their_share_of_granted_slices(world):
     first, end = GRANTED
 
     async def scenario():
-        nodes, creator_service, seeder_service = await network(world)
-        try:
+        async with network(world) as (nodes, creator_service, seeder_service):
             stream = viewer(world, nodes[2], world["grants"])
             for node in nodes[:2]:
                 stream.content.add_peer("127.0.0.1", node.listen_port)
             got = await play(stream)
             await nodes[2].drain()
             return stream, got, creator_service, seeder_service
-        finally:
-            for node in reversed(nodes):
-                await node.__aexit__(None, None, None)
 
     stream, got, creator_service, seeder_service = asyncio.run(scenario())
     assert b"".join(got[i] for i in range(n)) == world["plaintext"]
@@ -155,8 +157,7 @@ class NonPayingHolder(PaidStream):
 
 def test_a_holder_that_stops_paying_gets_at_most_the_window_of_granted_slices(world):
     async def scenario():
-        nodes, _creator_service, seeder_service = await network(world)
-        try:
+        async with network(world) as (nodes, _creator_service, seeder_service):
             grants = world["grants"]
             only_granted = HeldGrants(grants.grant_ids, grants.ranges, grants.keys)
             stream = viewer(world, nodes[2], only_granted, stream_class=NonPayingHolder)
@@ -166,9 +167,6 @@ def test_a_holder_that_stops_paying_gets_at_most_the_window_of_granted_slices(wo
                 while seeder_service.stats.blocks_refused == 0:
                     await asyncio.sleep(0.01)
             return seeder_service
-        finally:
-            for node in reversed(nodes):
-                await node.__aexit__(None, None, None)
 
     seeder_service = asyncio.run(scenario())
     account = seeder_service.direct_books.account(world["buyer"].address)
@@ -180,16 +178,12 @@ def test_a_seeder_that_cannot_check_grants_is_paid_in_full(world):
     n = world["done"].torrent.piece_count
 
     async def scenario():
-        nodes, creator_service, seeder_service = await network(world, seeder_checks_grants=False)
-        try:
+        async with network(world, seeder_checks_grants=False) as (nodes, creator_service, seeder_service):
             stream = viewer(world, nodes[2], world["grants"])
             stream.content.add_peer("127.0.0.1", nodes[1].listen_port)
             stream.content.add_peer("127.0.0.1", nodes[0].listen_port)
             got = await play(stream)
             return stream, got, seeder_service
-        finally:
-            for node in reversed(nodes):
-                await node.__aexit__(None, None, None)
 
     stream, got, seeder_service = asyncio.run(scenario())
     assert b"".join(got[i] for i in range(n)) == world["plaintext"]
@@ -203,8 +197,7 @@ def test_claims_on_other_viewers_or_contents_grants_are_refused(world):
     stranger = Account.create()
 
     async def scenario():
-        nodes, _creator_service, seeder_service = await network(world)
-        try:
+        async with network(world) as (nodes, _creator_service, seeder_service):
             stolen = world["grants"]
             content = nodes[2].fetch(done.torrent, world["tmp"] / "stranger")
             stream = PaidStream(content, done.torrent, wallet=stranger, domain=chain.cheque_domain, budget_wei=0,
@@ -214,9 +207,6 @@ def test_claims_on_other_viewers_or_contents_grants_are_refused(world):
                 while not any("not this viewer's" in r for r in seeder_service.stats.refusals):
                     await asyncio.sleep(0.01)
             return stream, seeder_service
-        finally:
-            for node in reversed(nodes):
-                await node.__aexit__(None, None, None)
 
     _stream, seeder_service = asyncio.run(scenario())
     assert seeder_service.granted.get(stranger.address, []) == []
@@ -235,10 +225,9 @@ def test_a_peer_cannot_make_a_seeder_look_up_grants_without_end(world):
     lookups = []
 
     async def scenario():
-        nodes, _creator_service, seeder_service = await network(world)
-        real = seeder_service.grant_lookup
-        seeder_service.grant_lookup = lambda grant_id: (lookups.append(grant_id), real(grant_id))[1]
-        try:
+        async with network(world) as (nodes, _creator_service, seeder_service):
+            real = seeder_service.grant_lookup
+            seeder_service.grant_lookup = lambda grant_id: (lookups.append(grant_id), real(grant_id))[1]
             content = nodes[2].fetch(done.torrent, world["tmp"] / "claimer")
             stream = PaidStream(content, done.torrent, wallet=stranger, domain=chain.cheque_domain, budget_wei=0)
             content.add_peer("127.0.0.1", nodes[1].listen_port)
@@ -251,9 +240,6 @@ def test_a_peer_cannot_make_a_seeder_look_up_grants_without_end(world):
             async with asyncio.timeout(TIMEOUT_S):
                 while not any("too many" in r for r in seeder_service.stats.refusals):
                     await asyncio.sleep(0.01)
-        finally:
-            for node in reversed(nodes):
-                await node.__aexit__(None, None, None)
 
     asyncio.run(scenario())
     assert len(lookups) == messages.MAX_GRANTS_PER_CLAIM

@@ -2,6 +2,7 @@
 a seeder holding only ciphertext, and a viewer that pays per verified slice."""
 
 import asyncio
+from contextlib import AsyncExitStack
 import os
 import shutil
 from dataclasses import replace
@@ -66,9 +67,9 @@ class Network:
     async def __aenter__(self):
         torrent = self.done.torrent
         viewer_settings = self.viewer_settings or viewer_swarm_settings(self.done.torrent.piece_length, self.market)
-        self.nodes = [market_node(), market_node(), market_node(viewer_settings)]
-        for node in self.nodes:
-            await node.__aenter__()
+        self._stack = AsyncExitStack()
+        self.nodes = [await self._stack.enter_async_context(node)
+                      for node in (market_node(), market_node(), market_node(viewer_settings))]
         creator_node, seeder_node, self.viewer_node = self.nodes
         agent = self.key_agent_class(self.domain, AuditLog(self.tmp_path / "audit.log"), self.market,
                                      signing_key=self.creator.wallet_key, released_floor=self.released_floor)
@@ -107,8 +108,7 @@ class Network:
         return stream
 
     async def __aexit__(self, *exc):
-        for node in reversed(self.nodes):
-            await node.__aexit__(None, None, None)
+        await self._stack.aclose()
 
 
 async def play(stream, start=0):

@@ -4,6 +4,7 @@ hostile connection costs only itself."""
 
 import asyncio
 import socket
+from contextlib import AsyncExitStack
 
 import pytest
 
@@ -68,10 +69,9 @@ def test_one_seeder_many_leechers_found_through_the_embedded_tracker(content, tm
         try:
             async with SwarmNode() as seeder:
                 seeder.announce_to(seeder.seed(seed_store(content)), server.url)
-                nodes = [SwarmNode(SwarmSettings(tracker_min_interval_s=0.2)) for _ in range(4)]
-                for node in nodes:
-                    await node.__aenter__()
-                try:
+                async with AsyncExitStack() as stack:
+                    nodes = [await stack.enter_async_context(SwarmNode(SwarmSettings(tracker_min_interval_s=0.2)))
+                             for _ in range(4)]
                     fetches = []
                     for i, node in enumerate(nodes):
                         fetch = node.fetch(content.torrent.info_hash, tmp_path / f"l{i}")
@@ -81,9 +81,6 @@ def test_one_seeder_many_leechers_found_through_the_embedded_tracker(content, tm
                         paths = await asyncio.gather(*(f.completed() for f in fetches))
                     for path in paths:
                         assert path.read_bytes() == content.ciphertext_path.read_bytes()
-                finally:
-                    for node in nodes:
-                        await node.__aexit__(None, None, None)
         finally:
             await server.close()
 
