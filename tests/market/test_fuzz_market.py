@@ -151,7 +151,7 @@ SESSION = ViewerKeySession(VIEWER.key, CONTENT, 2_000_000_000)
 SEED_MESSAGES = [messages.encode(m) for m in (
     messages.SessionMessage(SESSION.offer), messages.ChequeMessage(SEED_CHEQUE), messages.KeyRequest(0, 4),
     messages.SealedKeys(0, 4, b"s" * 80, b"g" * 65), messages.GrantClaim((1, 2)), messages.LanesOpened(),
-    messages.Terms(10**12, 2000, b"p" * 20, 2, 31337, b"w" * 20, True, b"a" * 20), messages.MarketRefusal(1, "no"))]
+    messages.TermsMessage(10**12, 2000, b"p" * 20, 2, 31337, b"w" * 20, True, b"a" * 20), messages.MarketRefusal(1, "no"))]
 
 
 @RULES

@@ -16,8 +16,8 @@ from veilstream.market.key_session import KeyDelivery, ViewerKeySession
 def examples(sign):
     offer = ViewerKeySession(Account.create().key, os.urandom(32), 10**9).offer
     return [
-        m.Terms(10**15, 2_000, os.urandom(20), 2, 31337, os.urandom(20), True),
-        m.Terms(0, 0, os.urandom(20), 0, 1, os.urandom(20), False),
+        m.TermsMessage(10**15, 2_000, os.urandom(20), 2, 31337, os.urandom(20), True),
+        m.TermsMessage(0, 0, os.urandom(20), 0, 1, os.urandom(20), False),
         m.ChequeMessage(sign(Account.create().address, 12345)),
         m.SessionMessage(offer),
         m.KeyRequest(3, 9),

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from veilstream.swarm.errors import StorageError
+from veilstream.swarm.errors import PieceStorageError
 from veilstream.swarm.storage import PieceStore, bits_to_bytes, bytes_to_bits
 
 
@@ -107,9 +107,9 @@ def test_seeding_a_corrupt_file_offers_only_good_pieces(content, tmp_path):
 
 def test_seeding_the_wrong_file_is_a_clear_error(content, tmp_path):
     (tmp_path / "x").write_bytes(b"short")
-    with pytest.raises(StorageError, match="not this content"):
+    with pytest.raises(PieceStorageError, match="not this content"):
         PieceStore.for_seeding(content.torrent, tmp_path / "x")
-    with pytest.raises(StorageError, match="no ciphertext"):
+    with pytest.raises(PieceStorageError, match="no ciphertext"):
         PieceStore.for_seeding(content.torrent, tmp_path / "missing")
 
 
@@ -120,11 +120,11 @@ def test_a_full_disk_is_reported_not_crashed(content, tmp_path):
         "import sys, pathlib\n"
         "from veilstream.content import Torrent\n"
         "from veilstream.swarm.storage import PieceStore\n"
-        "from veilstream.swarm.errors import StorageError\n"
+        "from veilstream.swarm.errors import PieceStorageError\n"
         "t = Torrent.load(pathlib.Path(sys.argv[1]))\n"
         "try:\n"
         "    PieceStore.for_download(t, pathlib.Path(sys.argv[2]))\n"
-        "except StorageError as e:\n"
+        "except PieceStorageError as e:\n"
         "    print('ERR', e)\n"
     )
 

@@ -19,7 +19,7 @@ from veilstream.swarm.swarm import (
     Swarm,
     SwarmFailed,
 )
-from veilstream.swarm.errors import StorageError
+from veilstream.swarm.errors import PieceStorageError
 
 from .conftest import connect, leecher_core, seeder_core
 
@@ -337,7 +337,7 @@ def test_upload_slots_are_bounded_with_one_optimistic_unchoke(content):
 def test_a_full_disk_fails_the_download_clearly(content, tmp_path):
     class FullDisk(PieceStore):
         def write_verified_piece(self, index, data):
-            raise StorageError("disk full while writing test; free some space")
+            raise PieceStorageError("disk full while writing test; free some space")
 
     torrent = content.torrent
     base = PieceStore.for_download(torrent, tmp_path)

@@ -27,7 +27,7 @@ MAX_GRANTS_PER_CLAIM = 64  # each is one chain lookup for the seeder
 
 
 @dataclass(frozen=True)
-class Terms:
+class TermsMessage:
     price_per_slice_wei: int
     seeder_share_bps: int
     payee: bytes  # the address cheques to this peer must name as seeder (20 bytes)
@@ -93,7 +93,7 @@ class RefusalCode:
     NO_COVER = 7  # no lane holds the viewer's deposit for this payee: open one, then say so
 
 
-Message = Terms | ChequeMessage | SessionMessage | KeyRequest | SealedKeys | GrantClaim | LanesOpened | MarketRefusal
+Message = TermsMessage | ChequeMessage | SessionMessage | KeyRequest | SealedKeys | GrantClaim | LanesOpened | MarketRefusal
 
 
 def encode(message: Message) -> bytes:
@@ -102,7 +102,7 @@ def encode(message: Message) -> bytes:
         return b"d1:c%d:%s1:t6:cheque1:vi%dee" % (len(raw), raw, VERSION)
     body: dict[bytes, object] = {b"v": VERSION}
     match message:
-        case Terms():
+        case TermsMessage():
             body |= {b"t": b"terms", b"price": message.price_per_slice_wei.to_bytes(32, "big"),
                      b"share": message.seeder_share_bps, b"payee": message.payee,
                      b"window": message.credit_window_slices, b"chain": message.chain_id,
@@ -145,7 +145,7 @@ def decode(payload: bytes) -> Message:
     kind = body.get(b"t")
     fields = _Fields(body)
     if kind == b"terms":
-        return Terms(
+        return TermsMessage(
             price_per_slice_wei=int.from_bytes(fields.raw(b"price", 32), "big"),
             seeder_share_bps=fields.int(b"share", 10_000),
             payee=fields.raw(b"payee", 20),

@@ -255,7 +255,7 @@ class MarketService:
         state = self._peers.setdefault(event.conn, _PeerState())
         state.speaks_market = messages.MARKET_EXTENSION in event.extensions
         if state.speaks_market:
-            self._send(event.conn, messages.Terms(
+            self._send(event.conn, messages.TermsMessage(
                 price_per_slice_wei=self.terms.price_per_slice_wei,
                 seeder_share_bps=self.terms.seeder_share_bps,
                 payee=bytes.fromhex(self.payee[2:]),
@@ -365,7 +365,7 @@ class MarketService:
             case messages.LanesOpened():
                 if state.viewer is not None:
                     self._look_up_for_session(conn, state, again=True)
-            case messages.Terms() | messages.SealedKeys() | messages.MarketRefusal():
+            case messages.TermsMessage() | messages.SealedKeys() | messages.MarketRefusal():
                 pass  # a viewer's business, not ours
 
     def _answer_key_request(self, conn: int, state: _PeerState, request: messages.KeyRequest) -> None:

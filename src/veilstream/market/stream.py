@@ -79,7 +79,7 @@ class BudgetSpent(StreamError):
 @dataclass
 class _Source:
     address: tuple[str, int]
-    terms: messages.Terms | None = None  # None: a plain BitTorrent peer (or not yet said)
+    terms: messages.TermsMessage | None = None  # None: a plain BitTorrent peer (or not yet said)
     speaks_market: bool = False
     refuses_grants: bool = False  # it charges granted slices in full
     refusals: int = 0  # key requests it refused in a row
@@ -683,7 +683,7 @@ class PaidStream:
             return
         source = self._sources.setdefault(event.conn, _Source(self.content.peer_address(event.conn) or ("?", 0)))
         match message:
-            case messages.Terms():
+            case messages.TermsMessage():
                 if message.chain_id != self.payer.domain.chain_id or _checksum(message.wallet_contract) != self.payer.domain.wallet:
                     log.info("peer %s prices on another chain or wallet; treated as a plain peer", event.conn)
                     return

@@ -22,7 +22,7 @@ from veilstream.swarm.errors import (
     ListenError,
     LocalProtocolError,
     RemoteProtocolError,
-    StorageError,
+    PieceStorageError,
     SwarmError,
     TrackerError,
 )
@@ -35,6 +35,6 @@ from veilstream.swarm.tracker import TrackerServer, TrackerState
 
 __all__ = [
     "Content", "ExtensionRegistry", "FetchError", "ListenError", "LocalProtocolError", "PieceStore", "RemoteProtocolError",
-    "StorageError", "Swarm", "SwarmError", "SwarmNode", "SwarmSettings", "TrackerError", "TrackerServer",
+    "PieceStorageError", "Swarm", "SwarmError", "SwarmNode", "SwarmSettings", "TrackerError", "TrackerServer",
     "TrackerState", "run",
 ]

@@ -31,7 +31,7 @@ class SwarmError(VeilError):
     """A swarm operation failed for a reason outside the program (network, disk, input)."""
 
 
-class StorageError(SwarmError):
+class PieceStorageError(SwarmError):
     """Local ciphertext storage failed (disk full, unreadable file, corrupt resume state)."""
 
 

@@ -30,7 +30,7 @@ from veilstream.atomic import replace_file
 from veilstream.content import bencode
 from veilstream.content.sink import DIRECT_ALIGNMENT, aligned_buffer
 from veilstream.content.torrent import Torrent
-from veilstream.swarm.errors import StorageError
+from veilstream.swarm.errors import PieceStorageError
 
 RESUME_VERSION = 1
 PART_SUFFIX = ".part"
@@ -102,7 +102,7 @@ class PieceStore:
         self._writes: deque[Future] = deque()
         self._unwritten: dict[int, bytes | bytearray | mmap.mmap] = {}  # verified pieces on their way to disk
         self._unwritten_bytes = 0
-        self._worker_error: StorageError | None = None
+        self._worker_error: PieceStorageError | None = None
         self._write_pool: ThreadPoolExecutor | None = None
         self._spare: deque[mmap.mmap] = deque()
         self._just_written: deque[tuple[int, bytes | bytearray | mmap.mmap]] = deque()  # from the writer threads
@@ -112,7 +112,7 @@ class PieceStore:
         try:
             self._fd = os.open(data_path, os.O_RDWR if resume_path else os.O_RDONLY)
         except OSError as exc:
-            raise StorageError(_describe(exc, data_path)) from None
+            raise PieceStorageError(_describe(exc, data_path)) from None
         if resume_path is not None and hasattr(os, "O_DIRECT") and torrent.piece_length % DIRECT_ALIGNMENT == 0:
             try:
                 self._direct_fd = os.open(data_path, os.O_WRONLY | os.O_DIRECT)
@@ -127,9 +127,9 @@ class PieceStore:
         that fails (a corrupt or truncated file) is simply not offered."""
         path = Path(path)
         if not path.is_file():
-            raise StorageError(f"no ciphertext at {path}: the torrent's file must sit beside it")
+            raise PieceStorageError(f"no ciphertext at {path}: the torrent's file must sit beside it")
         if path.stat().st_size != torrent.length:
-            raise StorageError(f"{path} is {path.stat().st_size} bytes, the torrent says {torrent.length}: not this content's ciphertext")
+            raise PieceStorageError(f"{path} is {path.stat().st_size} bytes, the torrent says {torrent.length}: not this content's ciphertext")
         have = _verify_pieces(torrent, path, range(torrent.piece_count), progress)
         return cls(torrent, path, final_path=path, resume_path=None, have=have, read_cache_pieces=read_cache_pieces)
 
@@ -158,7 +158,7 @@ class PieceStore:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise StorageError(_describe(exc, part)) from None
+            raise PieceStorageError(_describe(exc, part)) from None
         candidates = _load_resume(resume, torrent)
         have = _verify_pieces(torrent, part, candidates, progress)
         return cls(torrent, part, final_path=final, resume_path=resume, have=have, read_cache_pieces=read_cache_pieces)
@@ -185,7 +185,7 @@ class PieceStore:
         from memory. The worker runs writes and resume saves in order, so a saved resume
         state only names pieces whose writes came before it."""
         if self.resume_path is None:
-            raise StorageError("this store is read-only (seeding)")
+            raise PieceStorageError("this store is read-only (seeding)")
         self._raise_worker_error()
         if self.have[index]:
             return
@@ -220,7 +220,7 @@ class PieceStore:
                 view = view[written:]
                 offset += written
         except OSError as exc:
-            self._worker_error = StorageError(_describe(exc, self.data_path))
+            self._worker_error = PieceStorageError(_describe(exc, self.data_path))
             return
         self._just_written.append((index, piece))  # before it leaves `_unwritten`: readers always find it
         self._unwritten.pop(index, None)
@@ -291,7 +291,7 @@ class PieceStore:
             if not self._saving.done() and background:
                 return
             saving, self._saving = self._saving, None
-            saving.result()  # raises the worker's StorageError, if any
+            saving.result()  # raises the worker's PieceStorageError, if any
         if not self._resume_dirty:
             return
         snapshot = self.bitfield()
@@ -313,21 +313,21 @@ class PieceStore:
             replace_file(self.resume_path, bencode.encode(body))
         except OSError as exc:
             self._resume_dirty = True
-            raise StorageError(_describe(exc, self.resume_path)) from None
+            raise PieceStorageError(_describe(exc, self.resume_path)) from None
 
     def finish(self) -> Path:
         """Once complete: sync, move `.part` to its final name, drop the resume file."""
         if self.resume_path is None or self.data_path == self.final_path:
             return self.final_path
         if not self.complete:
-            raise StorageError("cannot finish an incomplete download")
+            raise PieceStorageError("cannot finish an incomplete download")
         self.drain()
         try:
             os.fsync(self._fd)
             os.replace(self.data_path, self.final_path)
             self.resume_path.unlink(missing_ok=True)
         except OSError as exc:
-            raise StorageError(_describe(exc, self.final_path)) from None
+            raise PieceStorageError(_describe(exc, self.final_path)) from None
         self.data_path = self.final_path
         self._resume_dirty = False
         self._spare.clear()
@@ -351,9 +351,9 @@ class PieceStore:
             try:
                 data = os.pread(self._fd, size, index * self.torrent.piece_length)
             except OSError as exc:
-                raise StorageError(_describe(exc, self.data_path)) from None
+                raise PieceStorageError(_describe(exc, self.data_path)) from None
             if len(data) != size:
-                raise StorageError(f"{self.data_path} was truncated while in use")
+                raise PieceStorageError(f"{self.data_path} was truncated while in use")
         view = memoryview(data)
         self._cache[index] = view
         if len(self._cache) > self._cache_size:
@@ -400,7 +400,7 @@ class PieceStore:
             index, begin = divmod(offset, pl)
             piece = self.read_piece(index)
             if piece is None:
-                raise StorageError(f"piece {index} is not here yet")
+                raise PieceStorageError(f"piece {index} is not here yet")
             take = min(end - offset, len(piece) - begin)
             out += piece[begin : begin + take]
             offset += take
@@ -411,7 +411,7 @@ class PieceStore:
             saving, self._saving = self._saving, None
             try:
                 saving.result()
-            except StorageError:
+            except PieceStorageError:
                 self._resume_dirty = True
 
     def close(self) -> None:
@@ -419,7 +419,7 @@ class PieceStore:
             while self._writes:
                 try:
                     self._writes.popleft().result()
-                except StorageError:
+                except PieceStorageError:
                     pass
             self._wait_saver()
             if self.data_path != self.final_path and self._worker_error is None:
@@ -448,7 +448,7 @@ def _load_resume(path: Path, torrent: Torrent) -> list[int]:
     except FileNotFoundError:
         return []
     except OSError as exc:
-        raise StorageError(_describe(exc, path)) from None
+        raise PieceStorageError(_describe(exc, path)) from None
     if len(raw) > MAX_RESUME_BYTES:
         return []
     try:
@@ -470,14 +470,14 @@ def _verify_pieces(torrent: Torrent, path: Path, pieces, progress) -> bytearray:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
-        raise StorageError(_describe(exc, path)) from None
+        raise PieceStorageError(_describe(exc, path)) from None
     try:
         for index in pieces:
             size = min(pl, torrent.length - index * pl)
             try:
                 data = os.pread(fd, size, index * pl)
             except OSError as exc:
-                raise StorageError(_describe(exc, path)) from None
+                raise PieceStorageError(_describe(exc, path)) from None
             if torrent.verify_piece(index, data):
                 have[index] = 1
             if progress:

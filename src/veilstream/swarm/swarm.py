@@ -31,7 +31,7 @@ from veilstream.content import bencode
 from veilstream.content.torrent import Torrent, TorrentError
 from veilstream.swarm import wire
 from veilstream.swarm.connection import Phase, PeerConnection
-from veilstream.swarm.errors import FetchError, LocalProtocolError, RemoteProtocolError, StorageError, SwarmError
+from veilstream.swarm.errors import FetchError, LocalProtocolError, RemoteProtocolError, PieceStorageError, SwarmError
 from veilstream.swarm.extensions import (
     CLIENT_NAME,
     METADATA_DATA,
@@ -295,7 +295,7 @@ class Swarm:
                     budget_bytes -= length
                     peer.uploaded += length
                     self.uploaded_bytes += length
-            except StorageError as exc:
+            except PieceStorageError as exc:
                 self._fail(exc)
             if uploads and not held:
                 self.dirty.add(conn)  # more once the buffer drains
@@ -706,7 +706,7 @@ class Swarm:
             return
         try:
             self.store.write_verified_piece(index, assembly.buffer)
-        except StorageError as exc:
+        except PieceStorageError as exc:
             picker.piece_failed(index)
             self._fail(exc)
             return
@@ -778,7 +778,7 @@ class Swarm:
             peer.hash_tokens -= 1
             try:
                 answer = self.hash_server.answer(request)
-            except StorageError:
+            except PieceStorageError:
                 answer = None
         fields = (request.pieces_root, request.base_layer, request.index, request.length, request.proof_layers)
         peer.wire.send(wire.Hashes(*fields, answer) if answer is not None else wire.HashReject(*fields))
@@ -940,7 +940,7 @@ class Swarm:
             raise LocalProtocolError("a magnet fetch needs open_store to place the download")
         try:
             store = self._open_store(torrent)
-        except StorageError as exc:
+        except PieceStorageError as exc:
             self._fail(exc)
             return
         self._attach(torrent, store)
@@ -1011,7 +1011,7 @@ class Swarm:
             return
         try:
             self.store.save_resume(background=background)
-        except StorageError as exc:
+        except PieceStorageError as exc:
             self._fail(exc)
 
     def _fail(self, error: SwarmError) -> None:
