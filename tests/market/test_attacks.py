@@ -297,8 +297,6 @@ class RefusingService(MarketService):
 
 
 def test_a_stream_whose_only_key_agent_refuses_what_is_paid_fails_and_says_why(published, chain, fund, tmp_path):
-    done = published[0]
-
     async def scenario():
         async with Network(published, chain, tmp_path, creator_service_class=RefusingService) as net:
             stream = net.stream(fund(Account.create(), 10**16))
