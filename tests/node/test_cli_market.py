@@ -66,15 +66,28 @@ def stop(process: subprocess.Popen) -> str:
     return out
 
 
+def new_vaults(*homes: Path) -> None:
+    for home in homes:
+        Vault.create(home, PASS, generate_mnemonic(), CHEAP_KDF)
+
+
+def chain_flags(port: int, directory: Path) -> list[str]:
+    return ["--chain-rpc", f"http://127.0.0.1:{port}", "--chain-deployment", str(directory / "devnet.json")]
+
+
+def start_devnet(home: Path, port: int, directory: Path) -> subprocess.Popen:
+    devnet, _ = start(home, "devnet", "--port", str(port), "--dir", str(directory), ready="nodes use it with")
+    return devnet
+
+
 def test_serve_play_earn_across_processes(tmp_path):
     if find_anvil() is None:
         pytest.fail("anvil is not installed: run `make tools` (scripts/install-tools.sh)")
     creator, viewer = tmp_path / "creator", tmp_path / "viewer"
-    for home in (creator, viewer):
-        Vault.create(home, PASS, generate_mnemonic(), CHEAP_KDF)
+    new_vaults(creator, viewer)
     port, directory = free_port(), tmp_path / "devnet"
-    chain = ["--chain-rpc", f"http://127.0.0.1:{port}", "--chain-deployment", str(directory / "devnet.json")]
-    devnet, _ = start(creator, "devnet", "--port", str(port), "--dir", str(directory), ready="nodes use it with")
+    chain = chain_flags(port, directory)
+    devnet = start_devnet(creator, port, directory)
     server = None
     try:
         movie = tmp_path / "movie.bin"
@@ -157,7 +170,7 @@ def test_serve_play_earn_across_processes(tmp_path):
 
         # a second viewer buys a range on chain instead; the serving key agent answers
         buyer = tmp_path / "buyer"
-        Vault.create(buyer, PASS, generate_mnemonic(), CHEAP_KDF)
+        new_vaults(buyer)
         ok(veil(buyer, "wallet", "faucet", "1", *chain))
         ok(veil(buyer, "fetch", magnet, "--peer", address))  # the ciphertext and torrent, into the vault
         bought = ok(veil(buyer, "buy", cid, "--first", "2", "--count", "3", *chain))
@@ -184,7 +197,7 @@ def test_serve_play_earn_across_processes(tmp_path):
 
         # a third vault fetches the ciphertext now, and buys while the creator's node is down
         late = tmp_path / "late"
-        Vault.create(late, PASS, generate_mnemonic(), CHEAP_KDF)
+        new_vaults(late)
         ok(veil(late, "wallet", "faucet", "1", *chain))
         ok(veil(late, "fetch", magnet, "--peer", address))
 
@@ -251,11 +264,10 @@ def test_one_serve_of_two_contents_and_one_process_per_content(tmp_path):
     if find_anvil() is None:
         pytest.fail("anvil is not installed: run `make tools` (scripts/install-tools.sh)")
     creator, viewer = tmp_path / "creator", tmp_path / "viewer"
-    for home in (creator, viewer):
-        Vault.create(home, PASS, generate_mnemonic(), CHEAP_KDF)
+    new_vaults(creator, viewer)
     port, directory = free_port(), tmp_path / "devnet"
-    chain = ["--chain-rpc", f"http://127.0.0.1:{port}", "--chain-deployment", str(directory / "devnet.json")]
-    devnet, _ = start(creator, "devnet", "--port", str(port), "--dir", str(directory), ready="nodes use it with")
+    chain = chain_flags(port, directory)
+    devnet = start_devnet(creator, port, directory)
     server = first = None
     try:
         ok(veil(creator, "wallet", "faucet", "1", *chain))
@@ -337,11 +349,10 @@ def test_a_serve_whose_disk_fills_up_stops_in_one_line(tmp_path, small_disk):
     if find_anvil() is None:
         pytest.fail("anvil is not installed: run `make tools` (scripts/install-tools.sh)")
     creator, viewer = small_disk.path / "creator", tmp_path / "viewer"
-    for home in (creator, viewer):
-        Vault.create(home, PASS, generate_mnemonic(), CHEAP_KDF)
+    new_vaults(creator, viewer)
     port, directory = free_port(), tmp_path / "devnet"
-    chain = ["--chain-rpc", f"http://127.0.0.1:{port}", "--chain-deployment", str(directory / "devnet.json")]
-    devnet, _ = start(viewer, "devnet", "--port", str(port), "--dir", str(directory), ready="nodes use it with")
+    chain = chain_flags(port, directory)
+    devnet = start_devnet(viewer, port, directory)
     server = None
     try:
         movie = tmp_path / "movie.bin"
@@ -373,11 +384,10 @@ def test_a_chain_outage_is_one_line_and_loses_no_cheque(tmp_path):
     """The chain goes away under a serving creator: one line says so (not one every poll),
     the exit says what stays uncashed, and once the chain is back `wallet cash` cashes it."""
     creator, viewer = tmp_path / "creator", tmp_path / "viewer"
-    for home in (creator, viewer):
-        Vault.create(home, PASS, generate_mnemonic(), CHEAP_KDF)
+    new_vaults(creator, viewer)
     port, directory = free_port(), tmp_path / "devnet"
-    chain = ["--chain-rpc", f"http://127.0.0.1:{port}", "--chain-deployment", str(directory / "devnet.json")]
-    devnet, _ = start(creator, "devnet", "--port", str(port), "--dir", str(directory), ready="nodes use it with")
+    chain = chain_flags(port, directory)
+    devnet = start_devnet(creator, port, directory)
     server = None
     try:
         movie = tmp_path / "movie.bin"
@@ -406,7 +416,7 @@ def test_a_chain_outage_is_one_line_and_loses_no_cheque(tmp_path):
         assert re.search(r"error: stopped; the chain at http://127\.0\.0\.1:\d+ does not answer \(connection refused\): "
                          r"0\.0005 ETH in 1 cheque stay in the ledger", out), out
 
-        devnet, _ = start(creator, "devnet", "--port", str(port), "--dir", str(directory), ready="nodes use it with")
+        devnet = start_devnet(creator, port, directory)
         assert re.search(r"cashed 1 cheque for 0\.0005 ETH", ok(veil(creator, "wallet", "cash", "--all", *chain)))
     finally:
         if server is not None:
