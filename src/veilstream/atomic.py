@@ -15,6 +15,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+# Below this much free space a failed write is put down to a full disk: SQLite reports
+# ENOSPC on its shared-memory file as a plain "disk I/O error", and needs 32 KiB for it.
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def disk_is_full(path: Path) -> bool:
+    """Whether the file system holding `path` has (next to) no space left for us."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < NEARLY_FULL_BYTES
+
 
 def fsync_directory(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

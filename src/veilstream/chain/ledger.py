@@ -10,7 +10,6 @@ its latest cheque was recorded (`history`).
 from __future__ import annotations
 
 import errno
-import os
 import sqlite3
 import time
 from contextlib import suppress
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from veilstream.atomic import disk_is_full
 from veilstream.chain.cheque import ChequeDomain, SignedCheque
 from veilstream.chain.errors import ChainError
 
@@ -55,11 +55,6 @@ class RecordedCheque:
     recorded_at: float | None
 
 
-# Below this much free space a failed write is put down to a full disk (SQLite reports
-# ENOSPC on its shared-memory file as a plain "disk I/O error").
-NEARLY_FULL_BYTES = 1 << 20
-
-
 class ChequeLedger:
     def __init__(self, path: Path) -> None:
         path = self.path = Path(path)
@@ -77,11 +72,7 @@ class ChequeLedger:
 
     def _error(self, exc: sqlite3.Error | OSError, what: str) -> ChainError:
         full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or getattr(exc, "errno", None) == errno.ENOSPC
-        try:
-            stats = os.statvfs(self.path.parent)
-            full = full or stats.f_bavail * stats.f_frsize < NEARLY_FULL_BYTES
-        except OSError:
-            pass
+        full = full or disk_is_full(self.path.parent)
         if full:
             return ChainError(f"no space left on the disk of the cheque ledger {self.path}: {what.removeprefix('is ')}; "
                               "free some space and run the command again")

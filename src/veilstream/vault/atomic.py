@@ -13,11 +13,6 @@ from veilstream.atomic import replacing
 from veilstream.errors import VeilError
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-# Below this much free space a failed write is put down to a full disk: SQLite reports
-# ENOSPC on its shared-memory file as a plain "disk I/O error", and needs 32 KiB for it.
-NEARLY_FULL_BYTES = 1 << 20
-
-
 class StorageError(VeilError):
     """The disk refused a write (full, read-only, permission); nothing was changed."""
 
@@ -28,15 +23,6 @@ def user_file_mode() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return 0o666 & ~mask
-
-
-def disk_is_full(path: Path) -> bool:
-    """Whether the file system holding `path` has (next to) no space left for us."""
-    try:
-        stats = os.statvfs(path)
-    except OSError:
-        return False
-    return stats.f_bavail * stats.f_frsize < NEARLY_FULL_BYTES
 
 
 def describe_os_error(exc: OSError, target: Path) -> str:

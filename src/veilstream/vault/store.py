@@ -29,8 +29,8 @@ from pathlib import Path
 from veilstream.content import ContentKeys, KeyRing, Torrent, TreeNode, WrongKeyError, parse_content_id, verify_all_keys
 from veilstream.identity import Identity
 from veilstream.vault import lock
-from veilstream.atomic import fsync_directory
-from veilstream.vault.atomic import StorageError, describe_os_error, disk_is_full, write_atomic
+from veilstream.atomic import disk_is_full, fsync_directory
+from veilstream.vault.atomic import StorageError, describe_os_error, write_atomic
 from veilstream.vault.sealing import DataKey, KdfParams, VaultError
 
 VAULT_VERSION = 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import re
 import errno
 import shutil
@@ -51,7 +50,7 @@ from veilstream.node.cli.swarm_cmds import _settings, magnet_hints, parse_host_p
 from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
 from veilstream.swarm.node import SwarmNode, run
 from veilstream.swarm.storage import PieceStore
-from veilstream.vault import ResumableOutput, StorageError
+from veilstream.vault import ResumableOutput, StorageError, disk_is_full
 
 GRANT_POLL_INTERVAL_S = 2.0  # how often a key agent looks for new on-chain purchases
 WATCH_INTERVAL_S = 2.0  # how often a payee looks for withdrawals and share changes on chain
@@ -161,7 +160,7 @@ def _serve(cids: list[str], vault, identity, client, keys: bool, listen_at, trac
         def on_loop_error(loop_, context) -> None:  # a write that failed in a callback (the audit log's, say)
             error = context.get("exception")
             full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
-            if full or (isinstance(error, AuditLogError) and _disk_full(vault.home)):
+            if full or (isinstance(error, AuditLogError) and disk_is_full(Path(vault.home))):
                 fatal.append(MarketCommandError(f"no space left on the disk of the vault at {vault.home}"))
                 stop.set()
             elif isinstance(error, VeilError):  # the audit log cannot be kept, say: no key may go out
@@ -251,14 +250,6 @@ def _serve(cids: list[str], vault, identity, client, keys: bool, listen_at, trac
         raise MarketCommandError(f"{format_ether(failed)} in cheques could not be cashed "
                                  f"({cashier.failures[-1] if cashier.failures else 'the chain refused'}); they are "
                                  "kept in the vault: `veil wallet cash` tries again")
-
-
-def _disk_full(path) -> bool:
-    try:
-        stats = os.statvfs(path)
-    except OSError:
-        return False
-    return stats.f_bavail * stats.f_frsize < 1 << 20
 
 
 def _start_offer(node: SwarmNode, offer: _Offer, identity, client, ledger, cashier: Cashier, keep_cheque,
