@@ -80,6 +80,16 @@ def start_devnet(home: Path, port: int, directory: Path) -> subprocess.Popen:
     return devnet
 
 
+def published_and_funded(creator: Path, viewer: Path, movie: Path, price: str, chain: list[str]) -> str:
+    """The creator publishes `movie` at `price` (registered on chain); the viewer deposits 0.1 ETH.
+    Returns the content id."""
+    ok(veil(creator, "wallet", "faucet", "1", *chain))
+    published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", price, *chain))
+    ok(veil(viewer, "wallet", "faucet", "1", *chain))
+    ok(veil(viewer, "wallet", "deposit", "0.1", *chain))
+    return re.search(r"content id\s+([0-9a-f]{64})", published)[1]
+
+
 def test_serve_play_earn_across_processes(tmp_path):
     if find_anvil() is None:
         pytest.fail("anvil is not installed: run `make tools` (scripts/install-tools.sh)")
@@ -357,11 +367,7 @@ def test_a_serve_whose_disk_fills_up_stops_in_one_line(tmp_path, small_disk):
     try:
         movie = tmp_path / "movie.bin"
         movie.write_bytes(os.urandom(200_000))
-        ok(veil(creator, "wallet", "faucet", "1", *chain))
-        published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", "1000000000000wei", *chain))
-        cid = re.search(r"content id\s+([0-9a-f]{64})", published)[1]
-        ok(veil(viewer, "wallet", "faucet", "1", *chain))
-        ok(veil(viewer, "wallet", "deposit", "0.1", *chain))
+        cid = published_and_funded(creator, viewer, movie, "1000000000000wei", chain)
         server, banner = start(creator, "serve", cid, "--keys", *chain, ready="magnet ")
         magnet = re.search(r"magnet (\S+)", banner)[1]
         small_disk.fill()
@@ -392,11 +398,7 @@ def test_a_chain_outage_is_one_line_and_loses_no_cheque(tmp_path):
     try:
         movie = tmp_path / "movie.bin"
         movie.write_bytes(os.urandom(300_000))
-        ok(veil(creator, "wallet", "faucet", "1", *chain))
-        published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", "0.0001eth", *chain))
-        cid = re.search(r"content id\s+([0-9a-f]{64})", published)[1]
-        ok(veil(viewer, "wallet", "faucet", "1", *chain))
-        ok(veil(viewer, "wallet", "deposit", "0.1", *chain))
+        cid = published_and_funded(creator, viewer, movie, "0.0001eth", chain)
         server, banner = start(creator, "serve", cid, "--keys", *chain, ready="magnet ")
         ok(veil(viewer, "play", re.search(r"magnet (\S+)", banner)[1], "--out", str(tmp_path / "o.bin"), *chain))
         stop(devnet)  # the chain is gone; the serve polls it every 2 s
