@@ -33,9 +33,7 @@ from veilstream.market.payer import Payer
 from veilstream.market.service import MarketService
 from veilstream.market.settings import MarketSettings
 from veilstream.market.stream import PaidStream, StreamError, viewer_swarm_settings
-from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
-from veilstream.swarm.node import SwarmNode
-from veilstream.swarm.storage import PieceStore
+from veilstream.swarm import ExtensionRegistry, PeerDropped, PeerReady, PieceStore, SwarmNode, UT_METADATA
 
 PRICE = 10**12
 SLICE = 16 * 1024
@@ -416,8 +414,6 @@ def test_books_of_viewers_gone_are_forgotten_past_a_bound(published, chain, tmp_
     """An attacker cycling through fresh addresses must not grow a payee's memory without
     end: past `max_idle_books`, the books of viewers with no connection are dropped (their
     payments are in the ledger and with the cashier)."""
-    from veilstream.swarm.swarm import PeerDropped
-
     done = published[0]
     market = replace(MarketSettings(), max_idle_books=5)
 
@@ -495,12 +491,13 @@ def test_a_peer_that_breaks_the_market_protocol_is_dropped(published, chain, tmp
             content = hostile.fetch(done.torrent, tmp_path / "hostile")
             ready, dropped, conns = asyncio.Event(), asyncio.Event(), []
 
-            def on_ready(event) -> None:
-                if messages.MARKET_EXTENSION in event.extensions:
+            def on_event(event) -> None:
+                if isinstance(event, PeerReady) and messages.MARKET_EXTENSION in event.extensions:
                     conns.append(event.conn)
                     ready.set()
-            content.on_peer_ready = on_ready
-            content.on_peer_dropped = lambda event: dropped.set()
+                elif isinstance(event, PeerDropped):
+                    dropped.set()
+            content.subscribe(on_event)
             content.add_peer("127.0.0.1", net.nodes[1].listen_port)
             async with asyncio.timeout(TIMEOUT_S):
                 await ready.wait()

@@ -28,7 +28,7 @@ from veilstream.market import messages
 from veilstream.market.errors import MarketProtocolError, PaymentRefused
 from veilstream.market.key_session import SessionOffer, ViewerKeySession, delivery_signer, sign_delivery
 from veilstream.swarm.dht import DhtCore
-from veilstream.swarm.errors import TrackerError
+from veilstream.swarm import TrackerError
 from veilstream.swarm.tracker import TrackerState, parse_announce_response, parse_request_head
 
 FUZZ_SECONDS = float(os.environ.get("VEIL_FUZZ_SECONDS") or 0)

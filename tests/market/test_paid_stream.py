@@ -19,10 +19,7 @@ from veilstream.market.lanes import LaneOpener
 from veilstream.market.service import MarketService
 from veilstream.market.settings import MarketSettings
 from veilstream.market.stream import PaidStream, StreamError, viewer_swarm_settings
-from veilstream.swarm.settings import SwarmSettings
-from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
-from veilstream.swarm.node import SwarmNode
-from veilstream.swarm.storage import PieceStore
+from veilstream.swarm import ExtensionRegistry, PieceStore, PieceVerified, SwarmNode, SwarmSettings, UT_METADATA
 
 PRICE = 10**12
 SLICE = 16 * 1024
@@ -170,8 +167,8 @@ def test_gated_seeders_never_wait_on_each_other(published_in_big_slices, chain, 
                            viewer_settings=viewer_swarm_settings(BIG_SLICE, market, patient)) as net:
             stream = net.viewer(Account.create())
             senders = []
-            pay = stream._on_piece_verified
-            stream.content.on_piece_verified = lambda event: (senders.append(len(event.bytes_by_sender)), pay(event))
+            stream.content.subscribe(
+                lambda event: senders.append(len(event.bytes_by_sender)) if isinstance(event, PieceVerified) else None)
             got = await play(stream)
             n = net.done.torrent.piece_count
             assert b"".join(got[i] for i in range(n)) == net.plaintext

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from veilstream.swarm.errors import PieceStorageError
+from veilstream.swarm.settings import SwarmSettings
 from veilstream.swarm.storage import PieceStore, bits_to_bytes, bytes_to_bits
 
 
@@ -146,7 +147,7 @@ def test_a_player_gets_pieces_it_reads_from_memory_once_written(content, tmp_pat
     pl = torrent.piece_length
     store = PieceStore.for_download(torrent, tmp_path)
     if player_reads:
-        store.keep_recent_pieces()
+        store.keep_recent_pieces(SwarmSettings().recent_pieces_kept_bytes)
     reads_from_disk = []
     real_pread = os.pread
     store_fd = store._fd

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from veilstream.errors import VeilError
-from veilstream.swarm.errors import RemoteProtocolError
+from veilstream.swarm import RemoteProtocolError
 
 
 class MarketError(VeilError):

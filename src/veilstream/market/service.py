@@ -1,7 +1,7 @@
 """The serving side of the market on one content: a seeder that charges per slice, and,
 on the creator's node, the key agent.
 
-It binds the protocol pieces to a swarm `Content`: when a peer that speaks the market
+It binds the protocol pieces to a swarm `Transfer`: when a peer that speaks the market
 extension is ready it gets our terms; its signed session offer tells us which viewer it
 is; its cheques feed the viewer's books; the upload gate lets a piece go out only while
 those books allow; key requests go to the key agent. Cheques this node is owed are kept
@@ -40,8 +40,7 @@ from veilstream.market.credit import DIRECT_CONTENT_ID, ZERO_ADDRESS, DirectBook
 from veilstream.market.errors import MarketProtocolError, PaymentRefused
 from veilstream.market.key_agent import KeyAgent
 from veilstream.market.settings import MarketSettings
-from veilstream.swarm.node import Content
-from veilstream.swarm.swarm import ExtensionMessageReceived, PeerDropped, PeerReady
+from veilstream.swarm import ExtensionMessageReceived, PeerDropped, PeerReady, SwarmEvent, Transfer
 
 log = logging.getLogger("veilstream.market")
 
@@ -73,7 +72,7 @@ class SellerStats:
 class MarketService:
     def __init__(
         self,
-        content: Content,
+        content: Transfer,
         *,
         payee: str,
         domain: ChequeDomain,
@@ -124,9 +123,7 @@ class MarketService:
         self._units_per_wei = math.lcm(torrent.piece_length, self._last_piece_size)
         self._seeder_part_wei = seeder_part_wei(self.terms)
         self.serving_paid_until = math.inf  # a seeder-share cut ahead stops paid serving before it (`terms_changed`)
-        content.on_peer_ready = self._on_peer_ready
-        content.on_peer_dropped = self._on_peer_dropped
-        content.on_extension_message = self._on_message
+        self.close = content.subscribe(self._on_swarm_event)  # stop listening (the node's own end stops it too)
         content.set_upload_gate(self._may_upload)
 
     # -- books -------------------------------------------------------------------------
@@ -251,6 +248,11 @@ class MarketService:
             self.content.uploads_may_resume(conn)
 
     # -- swarm callbacks ------------------------------------------------------------------
+    def _on_swarm_event(self, event: SwarmEvent) -> None:
+        handler = self._SWARM_HANDLERS.get(type(event))
+        if handler is not None:
+            getattr(self, handler)(event)
+
     def _on_peer_ready(self, event: PeerReady) -> None:
         state = self._peers.setdefault(event.conn, _PeerState())
         state.speaks_market = messages.MARKET_EXTENSION in event.extensions
@@ -463,3 +465,5 @@ class MarketService:
         self.stats.refusals.append(text)
         log.info("refused peer %s: %s", conn, text)
         self._send(conn, messages.MarketRefusal(code, text))
+
+    _SWARM_HANDLERS = {PeerReady: "_on_peer_ready", PeerDropped: "_on_peer_dropped", ExtensionMessageReceived: "_on_message"}

@@ -24,9 +24,9 @@ class MarketSettings:
     key_lookahead_slices: int = 32  # keys held ahead of the playhead (asked for in batches of half)
     key_batch_wait_s: float = 0.02  # a waiting player's short batch waits this long for payments to widen it
     key_request_timeout_s: float = 5.0  # a key agent that answers nothing in this long is passed over
-    key_refusals_while_paid: int = 5
+    key_refusals_while_paid: int = 5  # refusals in a row, though paid for, before an agent is passed over
     key_refusal_backoff_s: float = 0.2  # a refused key request is asked again this long × the refusals so far
-    no_key_agent_timeout_s: float = 10.0  # a player waiting for a key with no agent to ask gives up after this  # refusals in a row, though paid for, before an agent is passed over
+    no_key_agent_timeout_s: float = 10.0  # a player waiting for a key with no agent to ask gives up after this
     audit_anchor_every_entries: int = 1_000  # the key agent anchors its audit-log head this often
     max_slices_per_key_request: int = 4_096  # bounds the work one request can ask of a key agent
     # A viewer holds a lane of its deposit for each payee (the Wallet's `open_lanes`) this

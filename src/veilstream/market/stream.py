@@ -43,10 +43,7 @@ from veilstream.market.lanes import LaneOpener, NoCover
 from veilstream.market.payer import BudgetExceeded, Payer
 from veilstream.market.settings import MarketSettings
 from veilstream.content.merkle import BLOCK_SIZE
-from veilstream.swarm.node import Content
-from veilstream.swarm.settings import SwarmSettings
-from veilstream.swarm.storage import RECENT_BYTES
-from veilstream.swarm.swarm import ExtensionMessageReceived, PeerReady, PieceVerified
+from veilstream.swarm import ExtensionMessageReceived, PeerReady, PieceVerified, SwarmEvent, SwarmSettings, Transfer
 
 log = logging.getLogger("veilstream.market")
 
@@ -132,7 +129,7 @@ class Evidence:
 class PaidStream:
     def __init__(
         self,
-        content: Content,
+        content: Transfer,
         torrent: Torrent,
         *,
         wallet: LocalAccount,
@@ -186,7 +183,7 @@ class PaidStream:
         self._fetch_limit: int | None = None
         # Half the lookahead, but a player behind by a batch must still find its slices in
         # the swarm's memory of recent pieces, not read them back from disk.
-        self._key_batch = max(1, min(settings.key_lookahead_slices // 2, RECENT_BYTES // (2 * self.manifest.piece_length)))
+        self._key_batch = max(1, min(settings.key_lookahead_slices // 2, content.settings.recent_pieces_kept_bytes // (2 * self.manifest.piece_length)))
         self._batch_timer: asyncio.TimerHandle | None = None
         self._batch_waited = False
         self.grants = grants
@@ -203,9 +200,7 @@ class PaidStream:
         self._playhead = 0
         self._failure: StreamError | None = None
         self._failed = asyncio.Event()
-        content.on_peer_ready = self._on_peer_ready
-        content.on_extension_message = self._on_message
-        content.on_piece_verified = self._on_piece_verified
+        self._unsubscribe = content.subscribe(self._on_swarm_event)
 
     # -- what the player sees -------------------------------------------------------------
     async def slices(self, start: int = 0, *, reuse: bool = False) -> AsyncIterator[tuple[int, bytes | memoryview]]:
@@ -252,6 +247,7 @@ class PaidStream:
         return self.manifest.metadata(self.metadata_key)
 
     def close(self) -> None:
+        self._unsubscribe()
         for timer in (self._batch_timer, self._key_timer, self._gather_timer, self._retry_timer):
             if timer is not None:
                 timer.cancel()
@@ -660,6 +656,11 @@ class PaidStream:
                 shown[seeder] = amount
 
     # -- swarm callbacks ------------------------------------------------------------------
+    def _on_swarm_event(self, event: SwarmEvent) -> None:
+        handler = self._SWARM_HANDLERS.get(type(event))
+        if handler is not None:
+            getattr(self, handler)(event)
+
     def _on_peer_ready(self, event: PeerReady) -> None:
         source = self._sources.setdefault(event.conn, _Source(event.address))
         source.speaks_market = messages.MARKET_EXTENSION in event.extensions
@@ -750,6 +751,9 @@ class PaidStream:
             self._failure = error
         self._failed.set()
         self._keys_changed.set()
+
+    _SWARM_HANDLERS = {PeerReady: "_on_peer_ready", ExtensionMessageReceived: "_on_message",
+                       PieceVerified: "_on_piece_verified"}
 
 
 def _checksum(address: bytes) -> str:

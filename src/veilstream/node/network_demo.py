@@ -31,11 +31,7 @@ from veilstream.market.onchain import registered_record
 from veilstream.market.service import MarketService
 from veilstream.market.stream import PaidStream, viewer_swarm_settings
 from veilstream.node.sample import make_sample_video
-from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
-from veilstream.swarm.node import SwarmNode
-from veilstream.swarm.settings import SwarmSettings
-from veilstream.swarm.storage import PieceStore
-from veilstream.swarm.tracker import TrackerServer
+from veilstream.swarm import ExtensionRegistry, PieceStore, SwarmNode, SwarmSettings, TrackerServer, UT_METADATA
 
 ETHER = 10**18
 DEMO_SLICE_SIZE = 64 * 1024  # a 30 s clip spans ~90 slices: enough to see payments spread

@@ -7,9 +7,10 @@ HTTP tracker client and server (BEP 3/23) and a DHT node (BEP 5).
     extensions.py   BEP 10 handshake and extension registry; BEP 9 metadata messages
     hashes.py       BEP 52 hash requests: answering and checking
     picker.py       which block next: deadlines, rarest first, endgame
+    events.py       the core's event vocabulary, delivered to every subscriber
     swarm.py        the protocol core for one content across its peers
     storage.py      verified pieces on disk, resumable
-    node.py         asyncio transport: sockets, timers, tasks
+    node.py         asyncio transport: sockets, timers, tasks; a `Transfer` per content
     tracker.py      HTTP tracker client and embedded tracker
     dht.py          BEP 5 DHT node
     settings.py     every tunable, one frozen dataclass
@@ -26,15 +27,26 @@ from veilstream.swarm.errors import (
     SwarmError,
     TrackerError,
 )
-from veilstream.swarm.extensions import ExtensionRegistry
-from veilstream.swarm.node import Content, SwarmNode, run
+from veilstream.swarm.events import (
+    DownloadComplete,
+    ExtensionMessageReceived,
+    MetadataReceived,
+    PeerDropped,
+    PeerReady,
+    PieceVerified,
+    SwarmEvent,
+    SwarmFailed,
+)
+from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
+from veilstream.swarm.node import SwarmNode, Transfer, run
 from veilstream.swarm.settings import SwarmSettings
 from veilstream.swarm.storage import PieceStore
 from veilstream.swarm.swarm import Swarm
 from veilstream.swarm.tracker import TrackerServer, TrackerState
 
 __all__ = [
-    "Content", "ExtensionRegistry", "FetchError", "ListenError", "LocalProtocolError", "PieceStore", "RemoteProtocolError",
-    "PieceStorageError", "Swarm", "SwarmError", "SwarmNode", "SwarmSettings", "TrackerError", "TrackerServer",
-    "TrackerState", "run",
+    "DownloadComplete", "ExtensionMessageReceived", "ExtensionRegistry", "FetchError", "ListenError",
+    "LocalProtocolError", "MetadataReceived", "PeerDropped", "PeerReady", "PieceStorageError", "PieceStore",
+    "PieceVerified", "RemoteProtocolError", "Swarm", "SwarmError", "SwarmEvent", "SwarmFailed", "SwarmNode",
+    "SwarmSettings", "TrackerError", "TrackerServer", "TrackerState", "Transfer", "UT_METADATA", "run",
 ]

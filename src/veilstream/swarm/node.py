@@ -2,15 +2,15 @@
 
 A `SwarmNode` listens on one port for every content it serves or fetches, routes each
 incoming connection by the info-hash in its handshake, and moves bytes between sockets
-and each content's `Swarm` core. Timers call `Swarm.tick`. Trackers and the DHT are
+and each content's `Swarm` core (one `Transfer` per content). Timers call `Swarm.tick`. Trackers and the DHT are
 polled by tasks. Every task lives in the node's `TaskGroup`; leaving the node's
 `async with` closes every connection and cancels every task.
 
     async with SwarmNode(settings) as node:
-        content = node.fetch(torrent_or_info_hash, directory)
-        content.add_peer("127.0.0.1", 6881)
-        await content.completed()
-        data = await content.read(offset, length)
+        transfer = node.fetch(torrent_or_info_hash, directory)
+        transfer.add_peer("127.0.0.1", 6881)
+        await transfer.completed()
+        data = await transfer.read(offset, length)
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,16 +32,15 @@ from veilstream.swarm.errors import FetchError, ListenError, LocalProtocolError,
 from veilstream.swarm.extensions import ExtensionRegistry
 from veilstream.swarm.settings import SwarmSettings
 from veilstream.swarm.storage import PieceStore
-from veilstream.swarm.swarm import (
+from veilstream.swarm.events import (
     DownloadComplete,
-    ExtensionMessageReceived,
     MetadataReceived,
     PeerDropped,
-    PeerReady,
     PieceVerified,
-    Swarm,
+    SwarmEvent,
     SwarmFailed,
 )
+from veilstream.swarm.swarm import Swarm
 
 log = logging.getLogger("veilstream.swarm")
 
@@ -48,6 +48,8 @@ PEER_ID_PREFIX = b"-VS0100-"  # Azureus-style client id: Veilstream 0.1.0.0
 ROUTING_PREFIX_BYTES = 48  # handshake bytes needed to read the info-hash and route a connection
 MAX_UNROUTED_CONNECTIONS = 256  # inbound connections still in their handshake; more are refused
 RECEIVE_BUFFER_BYTES = 1024 * 1024  # one socket read at most; uvloop's own buffer is 256 KiB
+
+RECENT_DROPS_KEPT = 256  # a transfer remembers this many dropped peers (for `veil status`, tests); older ones go
 
 
 def new_peer_id() -> bytes:
@@ -68,8 +70,9 @@ def run(coro, *, use_uvloop: bool = True):
         return runner.run(coro)
 
 
-class Content:
-    """One content on this node: its protocol core, its storage, and ways to wait on it."""
+class Transfer:
+    """One content on this node, seeded or fetched: its protocol core, its storage, ways
+    to wait on it, and its events for any number of subscribers (`subscribe`)."""
 
     def __init__(self, node: SwarmNode, swarm: Swarm) -> None:
         self.node = node
@@ -79,11 +82,8 @@ class Content:
         self._metadata = asyncio.Event()
         self._complete = asyncio.Event()
         self.addresses: set[tuple[str, int]] = set()  # connected or being connected
-        self.on_extension_message: Callable[[ExtensionMessageReceived], None] | None = None
-        self.on_peer_ready: Callable[[PeerReady], None] | None = None
-        self.on_piece_verified: Callable[[PieceVerified], None] | None = None
-        self.on_peer_dropped: Callable[[PeerDropped], None] | None = None
-        self.dropped: list[PeerDropped] = []
+        self._subscribers: list[Callable[[SwarmEvent], None]] = []
+        self.dropped: deque[PeerDropped] = deque(maxlen=RECENT_DROPS_KEPT)
         self.started_at = time.monotonic()
         self.first_piece_at: float | None = None
         self.completed_at: float | None = None
@@ -93,6 +93,10 @@ class Content:
             self._complete.set()
 
     # -- what it is -----------------------------------------------------------------------
+    @property
+    def settings(self) -> SwarmSettings:
+        return self.node.settings
+
     @property
     def info_hash(self) -> bytes:
         return self.swarm.info_hash
@@ -237,16 +241,25 @@ class Content:
         peer = self.swarm.peers.get(conn)
         return peer.address if peer else None
 
-    def _on_event(self, event) -> None:
+    # -- events ---------------------------------------------------------------------------
+    def subscribe(self, listener: Callable[[SwarmEvent], None]) -> Callable[[], None]:
+        """Call `listener` with every event of this content (see `swarm.events`), in the
+        order the core reports them, after the node's own bookkeeping; returns the call that
+        unsubscribes. Listeners run inside the node's flush: what they send leaves in the
+        same write. A listener that raises is a bug and stops the node."""
+        self._subscribers.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._subscribers:
+                self._subscribers.remove(listener)
+
+        return unsubscribe
+
+    def _on_event(self, event: SwarmEvent) -> None:
         kind = type(event)
         if kind is PieceVerified:
             if self.first_piece_at is None:
                 self.first_piece_at = time.monotonic()
-            if self.on_piece_verified is not None:
-                self.on_piece_verified(event)
-        elif kind is PeerReady:
-            if self.on_peer_ready is not None:
-                self.on_peer_ready(event)
         elif kind is MetadataReceived:
             self._metadata.set()
         elif kind is DownloadComplete:
@@ -255,13 +268,10 @@ class Content:
         elif kind is PeerDropped:
             self.dropped.append(event)
             self.addresses.discard(event.address)
-            if self.on_peer_dropped is not None:
-                self.on_peer_dropped(event)
-        elif kind is ExtensionMessageReceived:
-            if self.on_extension_message is not None:
-                self.on_extension_message(event)
         elif kind is SwarmFailed:
             log.warning("swarm failed: %s", event.error)
+        for listener in tuple(self._subscribers):
+            listener(event)
         self._notify()
 
 
@@ -273,9 +283,9 @@ class _PeerWire(asyncio.BufferedProtocol):
     across reads is kept by the core), so one buffer serves every connection of the node.
     """
 
-    def __init__(self, node: SwarmNode, content: Content | None, address: tuple[str, int] | None) -> None:
+    def __init__(self, node: SwarmNode, transfer: Transfer | None, address: tuple[str, int] | None) -> None:
         self.node = node
-        self.content = content
+        self.transfer = transfer
         self.address = address
         self.conn = node._next_conn_id()
         self.transport: asyncio.Transport | None = None
@@ -296,9 +306,9 @@ class _PeerWire(asyncio.BufferedProtocol):
         if self.address is None:
             self.address = (peer[0], peer[1]) if peer else ("?", 0)
         self.node._wires[self.conn] = self
-        if self.content is not None:  # outbound: we speak first
-            self.content.swarm.connection_made(self.conn, self.address, outbound=True, now=time.monotonic())
-            self.node._flush(self.content)
+        if self.transfer is not None:  # outbound: we speak first
+            self.transfer.swarm.connection_made(self.conn, self.address, outbound=True, now=time.monotonic())
+            self.node._flush(self.transfer)
         elif self.node._unrouted >= MAX_UNROUTED_CONNECTIONS:
             transport.abort()
         else:
@@ -311,45 +321,45 @@ class _PeerWire(asyncio.BufferedProtocol):
         self.data_received(self.node._receive_buffer[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
-        content = self.content
-        if content is None:
+        transfer = self.transfer
+        if transfer is None:
             self._prefix += data
             if len(self._prefix) < ROUTING_PREFIX_BYTES:
                 return
             self.node._unrouted -= 1
-            content = self.node._route(bytes(self._prefix[28:48]))
-            if content is None or content.swarm.is_banned(self.address):
+            transfer = self.node._route(bytes(self._prefix[28:48]))
+            if transfer is None or transfer.swarm.is_banned(self.address):
                 self.transport.abort()
                 return
-            self.content = content
+            self.transfer = transfer
             data, self._prefix = bytes(self._prefix), bytearray()
-            content.swarm.connection_made(self.conn, self.address, outbound=False, now=time.monotonic())
+            transfer.swarm.connection_made(self.conn, self.address, outbound=False, now=time.monotonic())
         try:
-            content.swarm.data_received(self.conn, data, time.monotonic())
+            transfer.swarm.data_received(self.conn, data, time.monotonic())
         except Exception:  # a bug must cost this connection, never the node
             log.exception("internal error while handling a peer's data; dropping the peer")
             self.node.internal_errors += 1
             self.transport.abort()
             return
-        self.node._flush(content)
+        self.node._flush(transfer)
 
     def connection_lost(self, exc) -> None:
         self.node._wires.pop(self.conn, None)
-        if self.content is None:
+        if self.transfer is None:
             if len(self._prefix) < ROUTING_PREFIX_BYTES:
                 self.node._unrouted -= 1
             return
-        self.content.swarm.connection_lost(self.conn, time.monotonic())
-        self.content.addresses.discard(self.address)
-        self.node._flush(self.content)
+        self.transfer.swarm.connection_lost(self.conn, time.monotonic())
+        self.transfer.addresses.discard(self.address)
+        self.node._flush(self.transfer)
 
     def pause_writing(self) -> None:
         self.paused = True
 
     def resume_writing(self) -> None:
         self.paused = False
-        if self.content is not None:
-            self.node._flush(self.content)
+        if self.transfer is not None:
+            self.node._flush(self.transfer)
 
 
 class SwarmNode:
@@ -358,7 +368,7 @@ class SwarmNode:
         self.settings = settings
         self.registry = registry or ExtensionRegistry()
         self.peer_id = peer_id or new_peer_id()
-        self.contents: dict[bytes, Content] = {}  # by the 20-byte wire info-hash
+        self.transfers: dict[bytes, Transfer] = {}  # by the 20-byte wire info-hash
         self.internal_errors = 0
         self._wires: dict[int, _PeerWire] = {}
         self._conn_ids = 0
@@ -419,12 +429,12 @@ class SwarmNode:
             wire_.transport.abort()
         for task in list(self._background):
             task.cancel()
-        for content in self.contents.values():
+        for transfer in self.transfers.values():
             # no "stopped" announce: trackers expire silent peers, and waiting on one
             # would let an unreachable tracker delay shutdown
-            if content.store is not None:
+            if transfer.store is not None:
                 try:
-                    content.store.close()
+                    transfer.store.close()
                 except SwarmError as exc:
                     log.warning("closing storage: %s", exc)
         if self.dht is not None:
@@ -461,11 +471,11 @@ class SwarmNode:
         self._conn_ids += 1
         return self._conn_ids
 
-    def _route(self, wire_hash: bytes) -> Content | None:
-        return self.contents.get(wire_hash)
+    def _route(self, wire_hash: bytes) -> Transfer | None:
+        return self.transfers.get(wire_hash)
 
-    # -- contents ------------------------------------------------------------------------------
-    def seed(self, store: PieceStore) -> Content:
+    # -- transfers ------------------------------------------------------------------------------
+    def seed(self, store: PieceStore) -> Transfer:
         """Serve a complete (verified) store."""
         torrent = store.torrent
         swarm = Swarm(torrent.info_hash, peer_id=self.peer_id, settings=self.settings, registry=self.registry,
@@ -473,7 +483,7 @@ class SwarmNode:
         return self._add(swarm)
 
     def fetch(self, target: Torrent | bytes, directory: Path,
-              progress: Callable[[int], None] | None = None) -> Content:
+              progress: Callable[[int], None] | None = None) -> Transfer:
         """Download a torrent, or a bare v2 info-hash (metadata fetched from peers), into
         `directory`, resuming whatever is already there."""
         settings = self.settings
@@ -491,49 +501,49 @@ class SwarmNode:
                           open_store=open_store, listen_port=self.listen_port)
         return self._add(swarm)
 
-    def _add(self, swarm: Swarm) -> Content:
-        if swarm.wire_hash in self.contents:
+    def _add(self, swarm: Swarm) -> Transfer:
+        if swarm.wire_hash in self.transfers:
             raise LocalProtocolError("this node already has that content")
-        content = Content(self, swarm)
+        transfer = Transfer(self, swarm)
         if self._hash_pool is not None:
-            swarm.hash_offload = lambda index, buffer: self._offload_hash(content, index, buffer)
-        self.contents[swarm.wire_hash] = content
-        return content
+            swarm.hash_offload = lambda index, buffer: self._offload_hash(transfer, index, buffer)
+        self.transfers[swarm.wire_hash] = transfer
+        return transfer
 
-    def connect(self, content: Content, host: str, port: int) -> None:
+    def connect(self, transfer: Transfer, host: str, port: int) -> None:
         address = (host, port)
-        if address in content.addresses or content.swarm.is_banned(address) or address == self.listen_address:
+        if address in transfer.addresses or transfer.swarm.is_banned(address) or address == self.listen_address:
             return
-        if len(content.addresses) >= self.settings.max_peers_per_content:
+        if len(transfer.addresses) >= self.settings.max_peers_per_content:
             return
-        content.addresses.add(address)
-        self._spawn(self._connect(content, address))
+        transfer.addresses.add(address)
+        self._spawn(self._connect(transfer, address))
 
-    async def _connect(self, content: Content, address: tuple[str, int]) -> None:
+    async def _connect(self, transfer: Transfer, address: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.settings.connect_timeout_s):
-                await loop.create_connection(lambda: _PeerWire(self, content, address), *address)
+                await loop.create_connection(lambda: _PeerWire(self, transfer, address), *address)
         except (OSError, TimeoutError) as exc:
-            content.addresses.discard(address)
+            transfer.addresses.discard(address)
             log.info("cannot connect to %s:%d: %s", address[0], address[1], exc)
 
-    def _offload_hash(self, content: Content, index: int, buffer: bytearray) -> None:
+    def _offload_hash(self, transfer: Transfer, index: int, buffer: bytearray) -> None:
         """Hash a complete piece's blocks on a worker thread (hashlib releases the GIL,
         so this runs beside the event loop); the core gets the hashes back on the loop."""
         loop = asyncio.get_running_loop()
 
         def done(future) -> None:
             if not future.cancelled() and not self._closed:
-                loop.call_soon_threadsafe(self._piece_hashed, content, index, future)
+                loop.call_soon_threadsafe(self._piece_hashed, transfer, index, future)
 
         self._hash_pool.submit(block_hashes, buffer).add_done_callback(done)
 
-    def _piece_hashed(self, content: Content, index: int, future) -> None:
+    def _piece_hashed(self, transfer: Transfer, index: int, future) -> None:
         if self._closed:
             return
-        content.swarm.piece_hashed(index, future.result(), time.monotonic())
-        self._flush(content)
+        transfer.swarm.piece_hashed(index, future.result(), time.monotonic())
+        self._flush(transfer)
 
     # -- timers and IO ----------------------------------------------------------------------------
     async def _tick_forever(self) -> None:
@@ -541,25 +551,25 @@ class SwarmNode:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            for content in list(self.contents.values()):
-                content.swarm.tick(now)
-                self._flush(content)
+            for transfer in list(self.transfers.values()):
+                transfer.swarm.tick(now)
+                self._flush(transfer)
 
-    def _flush(self, content: Content) -> None:
+    def _flush(self, transfer: Transfer) -> None:
         """Hand the core's events to the application, then write what the core has for
         each peer and close what it closed; again while that produced more events. The
         handlers run first so that what they send (a cheque for the piece that just
         verified) leaves in the same write as the core's own messages: one system call
         per peer per flush, not one per message or per pass."""
-        if content._flushing:
+        if transfer._flushing:
             return  # called from an event handler: the flush under way writes it
-        content._flushing = True
+        transfer._flushing = True
         try:
-            swarm = content.swarm
+            swarm = transfer.swarm
             while True:
                 while events := swarm.take_events():
                     for event in events:
-                        content._on_event(event)
+                        transfer._on_event(event)
                 if swarm.dirty:
                     self._write_dirty(swarm)
                 for conn, reason in swarm.take_closing():
@@ -570,7 +580,7 @@ class SwarmNode:
                 if not swarm.has_events:
                     return
         finally:
-            content._flushing = False
+            transfer._flushing = False
 
     def _write_dirty(self, swarm: Swarm) -> None:
         high = self.settings.write_buffer_high_bytes
@@ -588,47 +598,47 @@ class SwarmNode:
                 wire_.transport.writelines(chunks)
 
     # -- discovery --------------------------------------------------------------------------------
-    def announce_to(self, content: Content, url: str) -> None:
-        """Keep announcing `content` to an HTTP tracker and connect to the peers it names."""
-        self._spawn(self._announce_loop(content, url))
+    def announce_to(self, transfer: Transfer, url: str) -> None:
+        """Keep announcing `transfer` to an HTTP tracker and connect to the peers it names."""
+        self._spawn(self._announce_loop(transfer, url))
 
-    async def _announce_loop(self, content: Content, url: str) -> None:
+    async def _announce_loop(self, transfer: Transfer, url: str) -> None:
         event: str | None = "started"
         interval = self.settings.tracker_min_interval_s
         while True:
             try:
                 reply = await tracker_client.announce(
-                    url, content.info_hash, self.peer_id, self.listen_port,
-                    timeout_s=self.settings.tracker_timeout_s, uploaded=content.swarm.uploaded_bytes,
-                    downloaded=content.swarm.downloaded_bytes, left=self._left(content), event=event,
+                    url, transfer.info_hash, self.peer_id, self.listen_port,
+                    timeout_s=self.settings.tracker_timeout_s, uploaded=transfer.swarm.uploaded_bytes,
+                    downloaded=transfer.swarm.downloaded_bytes, left=self._left(transfer), event=event,
                     numwant=self.settings.tracker_numwant)
                 event = None
                 interval = max(self.settings.tracker_min_interval_s, min(reply.interval_s, self.settings.tracker_default_interval_s))
                 for host, port in reply.peers:
-                    self.connect(content, host, port)
+                    self.connect(transfer, host, port)
             except TrackerError as exc:
                 log.info("tracker %s: %s", url, exc)
             # re-announce sooner while we still lack peers
-            wait = interval if content.peers else self.settings.tracker_min_interval_s
-            done_before = content._complete.is_set()
+            wait = interval if transfer.peers else self.settings.tracker_min_interval_s
+            done_before = transfer._complete.is_set()
             try:
                 async with asyncio.timeout(wait):
-                    while content._complete.is_set() == done_before:
-                        await content._wait_change()
+                    while transfer._complete.is_set() == done_before:
+                        await transfer._wait_change()
                 if not done_before:
                     event = "completed"
             except TimeoutError:
                 pass
 
-    def _left(self, content: Content) -> int:
-        torrent = content.torrent
-        return torrent.length - content.have_bytes if torrent is not None else 1
+    def _left(self, transfer: Transfer) -> int:
+        torrent = transfer.torrent
+        return torrent.length - transfer.have_bytes if torrent is not None else 1
 
-    def discover_via_dht(self, content: Content) -> None:
+    def discover_via_dht(self, transfer: Transfer) -> None:
         """Look the content up in the DHT (and announce it) now and then."""
         if self.dht is None:
             raise LocalProtocolError("the DHT is disabled in these settings")
-        self._spawn(self._dht_loop(content))
+        self._spawn(self._dht_loop(transfer))
 
     async def dht_lookup_finished(self) -> int:
         """Wait for the next DHT lookup to finish (found peers or not); returns how many have."""
@@ -636,16 +646,16 @@ class SwarmNode:
         await event.wait()
         return self.dht_lookups
 
-    async def _dht_loop(self, content: Content) -> None:
+    async def _dht_loop(self, transfer: Transfer) -> None:
         while True:
             try:
-                peers = await self.dht.get_peers(content.info_hash[:20], announce_port=self.listen_port)
+                peers = await self.dht.get_peers(transfer.info_hash[:20], announce_port=self.listen_port)
                 for host, port in peers:
-                    self.connect(content, host, port)
+                    self.connect(transfer, host, port)
             except (SwarmError, OSError) as exc:  # expected: an empty table, a network that refuses
                 log.info("dht lookup: %s", exc)
             self.dht_lookups += 1
             self._dht_done.set()
             self._dht_done = asyncio.Event()
-            wait = self.settings.tracker_default_interval_s if content.peers else self.settings.tracker_min_interval_s
+            wait = self.settings.tracker_default_interval_s if transfer.peers else self.settings.tracker_min_interval_s
             await asyncio.sleep(wait)

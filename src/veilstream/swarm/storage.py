@@ -43,11 +43,6 @@ WRITE_THREADS = 2  # writes of different pieces proceed in parallel (libtorrent 
 # is filled with, which cost the event loop more than parsing the blocks. Spares are kept
 # up to what was in flight at once (a handful when the disk keeps up), at most this much.
 MAX_SPARE_BYTES = MAX_UNWRITTEN_BYTES
-# While a player reads, pieces just written stay in memory this long: it asks for each
-# piece soon after it verifies (a paying player may wait a little for the piece's key),
-# and an O_DIRECT write leaves nothing in the page cache (reading back from disk cost half
-# the time of a 512 MiB stream on the test VM). A store nobody reads from keeps none.
-RECENT_BYTES = 32 * 1024 * 1024
 
 
 def _describe(exc: OSError, path: Path) -> str:
@@ -226,9 +221,10 @@ class PieceStore:
         self._unwritten.pop(index, None)
         self._unwritten_bytes -= len(piece)
 
-    def keep_recent_pieces(self) -> None:
-        """A player reads this store as it fills: keep what was just written in memory."""
-        self._recent_size = max(1, RECENT_BYTES // self.torrent.piece_length)
+    def keep_recent_pieces(self, budget_bytes: int) -> None:
+        """A player reads this store as it fills: keep about `budget_bytes` of what was
+        just written in memory (`SwarmSettings.recent_pieces_kept_bytes`)."""
+        self._recent_size = max(1, budget_bytes // self.torrent.piece_length)
 
     def _take_written(self) -> None:
         """Move what the writer threads finished into the recent pieces (on the loop's

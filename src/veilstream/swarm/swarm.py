@@ -24,13 +24,22 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from hashlib import sha256
 
 from veilstream.content import bencode
 from veilstream.content.torrent import Torrent, TorrentError
 from veilstream.swarm import wire
 from veilstream.swarm.connection import Phase, PeerConnection
+from veilstream.swarm.events import (
+    DownloadComplete,
+    ExtensionMessageReceived,
+    MetadataReceived,
+    PeerDropped,
+    PeerReady,
+    PieceVerified,
+    SwarmEvent,
+    SwarmFailed,
+)
 from veilstream.swarm.errors import FetchError, LocalProtocolError, RemoteProtocolError, PieceStorageError, SwarmError
 from veilstream.swarm.extensions import (
     CLIENT_NAME,
@@ -70,59 +79,6 @@ HASH_FAILURE_STRIKES = 2  # shared in two pieces that failed without a culprit f
 # of the peer); three quarters of the queue stay in flight, which keeps the pipe full.
 REQUEST_REFILL_FRACTION = 4
 RATE_SMOOTHING = 0.3  # weight of the newest interval in a peer's moving-average rate
-
-
-# -- events for the application ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PieceVerified:
-    index: int
-    senders: tuple[int, ...] = ()  # connections that delivered its blocks, most bytes first
-    bytes_by_sender: tuple[tuple[int, int], ...] = ()  # (conn, bytes of this piece it delivered)
-
-
-@dataclass(frozen=True)
-class PeerReady:
-    """A peer finished its BEP 10 handshake: these are the extensions it speaks."""
-
-    conn: int
-    address: tuple[str, int]
-    extensions: frozenset[str]
-
-
-@dataclass(frozen=True)
-class MetadataReceived:
-    torrent: Torrent
-
-
-@dataclass(frozen=True)
-class DownloadComplete:
-    pass
-
-
-@dataclass(frozen=True)
-class PeerDropped:
-    conn: int
-    address: tuple[str, int]
-    reason: str
-    banned: bool
-
-
-@dataclass(frozen=True)
-class ExtensionMessageReceived:
-    conn: int
-    name: str
-    payload: bytes
-
-
-@dataclass(frozen=True)
-class SwarmFailed:
-    error: SwarmError
-
-
-Event = (PieceVerified | MetadataReceived | DownloadComplete | PeerDropped | ExtensionMessageReceived | SwarmFailed
-         | PeerReady)
 
 
 class _Assembly:
@@ -189,7 +145,7 @@ class Swarm:
         self.peers: dict[int, Peer] = {}
         self.banned_peer_ids: set[bytes] = set()
         self.banned_addresses: set[tuple[str, int]] = set()
-        self._events: list[Event] = []
+        self._events: list[SwarmEvent] = []
         self._closing: list[tuple[int, str]] = []
         self.dirty: set[int] = set()
         self.torrent: Torrent | None = None
@@ -314,7 +270,7 @@ class Swarm:
     def has_events(self) -> bool:
         return bool(self._events)
 
-    def take_events(self) -> list[Event]:
+    def take_events(self) -> list[SwarmEvent]:
         out, self._events = self._events, []
         return out
 
@@ -375,7 +331,7 @@ class Swarm:
                 self.picker.seek(piece)
             if self.store is not None and not self._reader_seen:
                 self._reader_seen = True
-                self.store.keep_recent_pieces()
+                self.store.keep_recent_pieces(self.settings.recent_pieces_kept_bytes)
 
     def send_extension(self, conn: int, name: str, payload: bytes) -> bool:
         """Send a registered extension message (e.g. the market's) to a peer that speaks it;

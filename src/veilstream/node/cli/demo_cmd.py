@@ -10,7 +10,7 @@ from rich.table import Table
 
 from veilstream.node.cli.common import console
 from veilstream.node.network_demo import DemoFailed, report_ok, run_network_demo
-from veilstream.swarm.node import run
+from veilstream.swarm import run
 
 
 def _eth(wei: int) -> str:

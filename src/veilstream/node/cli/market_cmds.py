@@ -47,9 +47,7 @@ from veilstream.node.cli.chain_cmds import (ChainDeployment, ChainRpc, _client, 
 from veilstream.node.cards import open_index, publish_view, resolve_card
 from veilstream.node.cli.common import console, err_console, hold_content, veil_home
 from veilstream.node.cli.swarm_cmds import _settings, magnet_hints, parse_host_port
-from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
-from veilstream.swarm.node import SwarmNode, run
-from veilstream.swarm.storage import PieceStore
+from veilstream.swarm import ExtensionRegistry, PieceStore, run, SwarmNode, UT_METADATA
 from veilstream.vault import ResumableOutput, StorageError, disk_is_full
 
 GRANT_POLL_INTERVAL_S = 2.0  # how often a key agent looks for new on-chain purchases
