@@ -266,7 +266,7 @@ async def _with_status(awaitable, content, progress: Progress, task, description
     """Await `awaitable` while redrawing the progress line (rate, peers, ETA); `stall`
     says when to stop waiting."""
     loop = asyncio.get_running_loop()
-    waiter = asyncio.ensure_future(awaitable)
+    waiter = asyncio.ensure_future(awaitable)  # awaited below whatever happens
     try:
         while True:
             done, _ = await asyncio.wait({waiter}, timeout=STATUS_REFRESH_S)
@@ -275,9 +275,9 @@ async def _with_status(awaitable, content, progress: Progress, task, description
                 return waiter.result()
             stall.check(content, loop.time())
     finally:
-        if not waiter.done():
+        if not waiter.done():  # leaving with an error (a stall, Ctrl-C): the fetch ends before we do
             waiter.cancel()
-            await asyncio.gather(waiter, return_exceptions=True)
+            await asyncio.wait({waiter})
 
 
 # -- veil tracker ------------------------------------------------------------------------------
