@@ -5,12 +5,14 @@ import json
 import logging
 import socket
 
+import pytest
 from websockets.asyncio.server import serve
 
 from veilstream.social import kinds
 from veilstream.social.events import NostrKey, sign_event
 from veilstream.social.index import FeedIndex, RateLimit
 from veilstream.social.relay_client import RelayConnection, RelayPool
+from veilstream.social.settings import SocialSettings
 
 NOW = 1_750_000_000
 
@@ -130,6 +132,55 @@ def test_dropped_connections_and_silent_relays_give_reasons(tmp_path):
                 assert {o.relay for o in outcomes} == {dead_url, silent_url}
                 assert not any(o.accepted for o in outcomes)
                 assert dead_url in pool.unreachable
+
+    asyncio.run(scenario())
+
+
+def test_a_relay_that_keeps_breaking_the_protocol_is_hung_up_on():
+    async def garbage(ws, req):
+        for _ in range(10):
+            await ws.send("}{")
+        await ws.wait_closed()
+
+    async def scenario():
+        server, url = await scripted_relay(garbage)
+        async with server, RelayConnection(url, settings=SocialSettings(relay_max_violations=5)) as relay:
+            result = await relay.fetch([{}], timeout=10)
+        return result, relay
+
+    result, relay = asyncio.run(scenario())
+    assert not result.complete and "too many protocol violations (5)" in result.problem
+    assert relay.closed_reason == "too many protocol violations (5)"
+
+
+def relay_tasks():
+    return [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("relay-")]
+
+
+def test_a_bug_in_the_reader_is_raised_not_reported(monkeypatch):
+    """A relay's failures are reasons; our own bug crashes loudly, and no task outlives the pool."""
+
+    async def chatty(ws, req):
+        await ws.send(json.dumps(["NOTICE", "hello"]))
+        await ws.wait_closed()
+
+    def broken_dispatch(self, relay_event):
+        raise RuntimeError("a bug in dispatch")
+
+    async def scenario():
+        server, url = await scripted_relay(chatty)
+        async with server:
+            async with RelayPool([url], reply_timeout=0.3) as pool:
+                _, (result,) = await pool.fetch([{}])
+                assert "no EOSE" in result.problem
+                assert relay_tasks() == [f"relay-reader {url}"]
+            assert relay_tasks() == []
+            monkeypatch.setattr(RelayConnection, "_dispatch", broken_dispatch)
+            with pytest.raises(ExceptionGroup) as raised:
+                async with RelayPool([url], reply_timeout=5) as pool:
+                    await pool.fetch([{}])
+            assert raised.group_contains(RuntimeError, match="a bug in dispatch")
+            assert relay_tasks() == []
 
     asyncio.run(scenario())
 

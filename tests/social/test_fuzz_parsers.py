@@ -95,8 +95,8 @@ def test_fuzz_relay_frames():
         session = RelaySession()
         session.subscribe([{}])
         for frame in (json.dumps([verb, *args]), junk):
-            for happening in session.receive(frame):
-                assert not isinstance(happening, Exception)
+            for relay_event in session.receive(frame):
+                assert not isinstance(relay_event, Exception)
         assert session.violations <= 2
 
     run_for_budget(target)

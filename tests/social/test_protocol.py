@@ -45,8 +45,8 @@ def test_garbage_frames_are_violations_not_exceptions():
         '["OK", 5, true]', "x" * 100_000,
     ]
     for frame in frames:
-        happenings = session.receive(frame)
-        assert len(happenings) == 1 and isinstance(happenings[0], ProtocolViolation), frame
+        reported = session.receive(frame)
+        assert len(reported) == 1 and isinstance(reported[0], ProtocolViolation), frame
     assert session.should_disconnect
 
 

@@ -5,6 +5,8 @@ Contracts (contracts/*.vy): ContentRegistry (terms per content id), Wallet (depo
 EIP-712 cheques split on chain), AccessSales (buy a range; the key agent posts the sealed
 key or the buyer is refunded), Anchor (Merkle roots). The rest of Veilstream talks to them
 only through `ChainClient`; `open_chain` picks the embedded chain or an RPC endpoint.
+`ChainSettings` are the contracts' (fixed at deployment), `ChainClientSettings` a client's
+own (timeouts, log ranges).
 """
 
 from veilstream.chain.cheque import Cheque, ChequeDomain, SignedCheque, content_id_bytes
@@ -27,6 +29,7 @@ from veilstream.chain.client import (
     RejectReason,
     SealedDelivery,
 )
+from veilstream.chain.client_settings import ChainClientSettings
 from veilstream.chain.deployment import ChainSettings, Deployment
 from veilstream.chain.devnet import Devnet, open_chain
 from veilstream.chain.errors import ChainError, ChainUnavailable, ChequeError, ContractRevert
@@ -37,6 +40,7 @@ __all__ = [
     "CashResult",
     "ClaimResult",
     "ChainClient",
+    "ChainClientSettings",
     "ChainError",
     "ChainEvent",
     "ChainSettings",

@@ -39,19 +39,13 @@ from veilstream.chain.cheque import (
     checksum_address,
     content_id_bytes,
 )
+from veilstream.chain.client_settings import ChainClientSettings
 from veilstream.chain.deployment import ChainSettings, Deployment
 from veilstream.chain.embedded import EmbeddedChain
 from veilstream.chain.errors import ChainError, ChainUnavailable, ContractRevert
 
-# Receipts come at once from an auto-mining node; a real chain may take a while.
-RECEIPT_TIMEOUT_S = 120.0
-RECEIPT_POLL_S = 0.05
-DEPLOY_FUNDS_WEI = 10**17  # gas for deploying the four contracts, with room
 # Where the manifest starts in a Veilstream info dict (ContentRegistry.CREATOR_MARK).
 MANIFEST_MARK = b"10:veilstreamd7:creator20:"
-# Public RPC endpoints cap eth_getLogs ranges (10,000 blocks is a common limit).
-MAX_LOG_BLOCKS = 5_000
-RPC_TIMEOUT_S = 30
 DEPLOYMENT_FILE = "deployment.json"
 
 
@@ -210,6 +204,7 @@ class DevControls:
     w3: Web3
     embedded: EmbeddedChain | None = None
     _owner: Any = field(default=None, repr=False)
+    client_settings: ChainClientSettings = ChainClientSettings()
 
     def fund(self, address: str, wei: int) -> None:
         address = checksum_address(address)
@@ -225,7 +220,7 @@ class DevControls:
                 "maxPriorityFeePerGas": 10**9,
             }
             tx_hash = self.w3.eth.send_raw_transaction(faucet.sign_transaction(tx).raw_transaction)
-            _wait_receipt(self.w3, tx_hash)
+            _wait_receipt(self.w3, tx_hash, self.client_settings)
         else:
             balance = self.w3.eth.get_balance(address)
             self._rpc("anvil_setBalance", [address, hex(balance + int(wei))])
@@ -260,14 +255,14 @@ class DevControls:
         return response["result"]
 
 
-def _wait_receipt(w3: Web3, tx_hash: bytes) -> Any:
+def _wait_receipt(w3: Web3, tx_hash: bytes, client_settings: ChainClientSettings) -> Any:
     try:
         return w3.eth.wait_for_transaction_receipt(
-            tx_hash, timeout=RECEIPT_TIMEOUT_S, poll_latency=RECEIPT_POLL_S
+            tx_hash, timeout=client_settings.receipt_timeout_s, poll_latency=client_settings.receipt_poll_s
         )
     except TimeExhausted:
         raise ChainError(
-            f"transaction {HexBytes(tx_hash).to_0x_hex()} not mined after {RECEIPT_TIMEOUT_S:.0f}s"
+            f"transaction {HexBytes(tx_hash).to_0x_hex()} not mined after {client_settings.receipt_timeout_s:.0f}s"
         ) from None
     except (Web3Exception, OSError) as exc:
         raise _unavailable(exc, w3) from None
@@ -292,7 +287,11 @@ def _plain(value: Any) -> Any:
 
 
 class ChainClient:
-    """One account's view of one Veilstream deployment."""
+    """One account's view of one Veilstream deployment.
+
+    `client_settings` are this client's own tunables (timeouts, log ranges); the contracts'
+    settings are the deployment's (`deployment.settings`).
+    """
 
     def __init__(
         self,
@@ -302,11 +301,13 @@ class ChainClient:
         *,
         dev: DevControls | None = None,
         embedded: EmbeddedChain | None = None,
+        client_settings: ChainClientSettings = ChainClientSettings(),
     ) -> None:
         self.w3 = w3
         self.deployment = deployment
         self.account = account
         self.dev = dev
+        self.client_settings = client_settings
         self._embedded = embedded
         # address → a context held from picking a transaction's nonce until it is sent, so
         # that two processes (or threads) sending from one account never pick the same one
@@ -348,9 +349,11 @@ class ChainClient:
         rpc_url: str,
         deployment: Deployment | Path | str | None = None,
         account: LocalAccount | None = None,
+        *,
+        client_settings: ChainClientSettings = ChainClientSettings(),
     ) -> ChainClient:
         """A client of any EVM JSON-RPC endpoint holding a Veilstream deployment."""
-        w3 = connect_rpc(rpc_url)
+        w3 = connect_rpc(rpc_url, client_settings)
         if deployment is None:
             raise ChainError(
                 f"no deployment known for {rpc_url}: pass --chain-deployment FILE "
@@ -363,7 +366,7 @@ class ChainClient:
                 f"no Wallet contract at {deployment.wallet} on {rpc_url}: "
                 "the chain was reset or the deployment file is for another chain"
             )
-        return cls(w3, deployment, account, dev=_dev_controls_for(w3))
+        return cls(w3, deployment, account, dev=_dev_controls_for(w3, client_settings), client_settings=client_settings)
 
     @classmethod
     def embedded(
@@ -371,9 +374,11 @@ class ChainClient:
         directory: Path | None,
         account: LocalAccount | None = None,
         settings: ChainSettings | None = None,
+        *,
+        client_settings: ChainClientSettings = ChainClientSettings(),
     ) -> ChainClient:
-        """The in-process chain kept in `directory` (created and deployed on first use;
-        None: in memory). Close it with `close()`."""
+        """The in-process chain kept in `directory` (created and deployed on first use, with
+        the contracts' `settings`; None: in memory). Close it with `close()`."""
         chain = EmbeddedChain(directory)
         try:
             path = chain.directory / DEPLOYMENT_FILE if chain.directory is not None else None
@@ -385,11 +390,13 @@ class ChainClient:
                         "hold; move the directory aside to start a new chain"
                     )
             else:
-                deployment = cls.deploy_fresh(chain.w3, chain.deployer_account, settings or ChainSettings())
+                deployment = cls.deploy_fresh(
+                    chain.w3, chain.deployer_account, settings or ChainSettings(), client_settings=client_settings
+                )
                 if path is not None:
                     deployment.save(path)
-            dev = DevControls("embedded", chain.w3, embedded=chain)
-            return cls(chain.w3, deployment, account, dev=dev, embedded=chain)
+            dev = DevControls("embedded", chain.w3, embedded=chain, client_settings=client_settings)
+            return cls(chain.w3, deployment, account, dev=dev, embedded=chain, client_settings=client_settings)
         except BaseException:
             chain.close()
             raise
@@ -412,19 +419,32 @@ class ChainClient:
         self.close()
 
     @staticmethod
-    def deploy_fresh(w3: Web3, funder: LocalAccount, settings: ChainSettings | None = None) -> Deployment:
+    def deploy_fresh(
+        w3: Web3,
+        funder: LocalAccount,
+        settings: ChainSettings | None = None,
+        *,
+        client_settings: ChainClientSettings = ChainClientSettings(),
+    ) -> Deployment:
         """Deploy from a new account that `funder` pays for: the contracts' addresses (and so
         the cheques' EIP-712 domain) differ from every other chain's, so a cheque signed on
         one development chain is void on any other."""
         from eth_account import Account
 
         deployer = Account.create()
-        _transact(w3, funder, None, to=deployer.address, value=DEPLOY_FUNDS_WEI, chain_id=w3.eth.chain_id)
-        return ChainClient.deploy(w3, deployer, settings)
+        _transact(w3, funder, None, to=deployer.address, value=client_settings.deploy_funds_wei,
+                  chain_id=w3.eth.chain_id, client_settings=client_settings)
+        return ChainClient.deploy(w3, deployer, settings, client_settings=client_settings)
 
     @staticmethod
-    def deploy(w3: Web3, deployer: LocalAccount, settings: ChainSettings | None = None) -> Deployment:
-        """Deploy the four contracts; returns where they are."""
+    def deploy(
+        w3: Web3,
+        deployer: LocalAccount,
+        settings: ChainSettings | None = None,
+        *,
+        client_settings: ChainClientSettings = ChainClientSettings(),
+    ) -> Deployment:
+        """Deploy the four contracts (with the contracts' `settings`); returns where they are."""
         settings = settings or ChainSettings()
         chain_id = w3.eth.chain_id
         first_block = w3.eth.block_number + 1
@@ -432,7 +452,8 @@ class ChainClient:
         def create(name: str, *args: Any) -> str:
             artifact = artifacts.load(name)
             factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-            receipt = _transact(w3, deployer, factory.constructor(*args), chain_id=chain_id)
+            receipt = _transact(w3, deployer, factory.constructor(*args), chain_id=chain_id,
+                                client_settings=client_settings)
             return receipt["contractAddress"]
 
         registry = create("ContentRegistry", settings.terms_delay_s)
@@ -509,7 +530,8 @@ class ChainClient:
     def _send(self, fn, value: int = 0, to: str | None = None) -> Receipt:
         account = self._require_account()
         held = self.sender_lock(account.address) if self.sender_lock is not None else nullcontext()
-        raw = _transact(self.w3, account, fn, value=value, chain_id=self.chain_id, to=to, held=held)
+        raw = _transact(self.w3, account, fn, value=value, chain_id=self.chain_id, to=to, held=held,
+                        client_settings=self.client_settings)
         return self._receipt(raw)
 
     def _receipt(self, raw: Any) -> Receipt:
@@ -875,7 +897,7 @@ class ChainClient:
         found: list[ChainEvent] = []
         addresses = list(self._by_address)
         while start <= end:
-            stop = min(end, start + MAX_LOG_BLOCKS - 1)
+            stop = min(end, start + self.client_settings.max_log_range_blocks - 1)
             query = {"fromBlock": start, "toBlock": stop, "address": addresses}
             logs = self._call_rpc(lambda q=query: self.w3.eth.get_logs(q))
             for log in logs:
@@ -894,10 +916,10 @@ def _abi_type(entry: dict) -> str:
     return entry["type"]
 
 
-def connect_rpc(rpc_url: str) -> Web3:
+def connect_rpc(rpc_url: str, client_settings: ChainClientSettings = ChainClientSettings()) -> Web3:
     if not rpc_url.startswith(("http://", "https://")):
         raise ChainError(f"--chain-rpc wants an http(s) URL, got {rpc_url!r}")
-    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": RPC_TIMEOUT_S}))
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": client_settings.rpc_timeout_s}))
     try:
         w3.eth.chain_id  # noqa: B018 - the first request proves the endpoint answers
     except Exception as exc:  # requests raises its own hierarchy; any failure means "down"
@@ -905,12 +927,12 @@ def connect_rpc(rpc_url: str) -> Web3:
     return w3
 
 
-def _dev_controls_for(w3: Web3) -> DevControls | None:
+def _dev_controls_for(w3: Web3, client_settings: ChainClientSettings) -> DevControls | None:
     try:
         version = str(w3.client_version)
     except Exception:
         return None
-    return DevControls("anvil", w3) if version.lower().startswith("anvil") else None
+    return DevControls("anvil", w3, client_settings=client_settings) if version.lower().startswith("anvil") else None
 
 
 def _transact(
@@ -922,6 +944,7 @@ def _transact(
     chain_id: int,
     to: str | None = None,
     held: AbstractContextManager[Any] | None = None,
+    client_settings: ChainClientSettings = ChainClientSettings(),
 ) -> Any:
     """Estimate (surfacing a revert reason), sign locally, send raw, wait for the receipt.
     `fn` is a contract call or constructor; None sends plain ether to `to`. `held` is
@@ -944,7 +967,7 @@ def _transact(
         raise ContractRevert(_revert_reason(exc)) from None
     except Exception as exc:
         raise _classify(exc, w3) from None
-    receipt = _wait_receipt(w3, tx_hash)
+    receipt = _wait_receipt(w3, tx_hash, client_settings)
     if int(receipt["status"]) != 1:
         raise ChainError(
             f"transaction {HexBytes(tx_hash).to_0x_hex()} reverted on chain "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from veilstream.market.errors import MarketError
+
 
 @dataclass(frozen=True)
 class MarketSettings:
@@ -36,3 +38,13 @@ class MarketSettings:
     lane_gather_s: float = 0.05  # the first lanes wait this long for peers met at start, to open in one transaction
     cover_lookups_per_connection: int = 64  # chain lookups of lanes one peer can cost a payee
     max_idle_books: int = 10_000  # past this many viewers' books, those of viewers gone are forgotten
+    # A cold cheque signature costs ~3× a warm one (libsecp256k1's tables leave the cache as
+    # slices stream through): each cold one also signs the next this many cheques to the same
+    # payee for the same content and step, so the stream does not wait on signing (Payer's
+    # `sign_ahead`; unused ones are dropped, and never pass the budget); 0: sign on demand.
+    cheques_signed_ahead: int = 7
+
+    def __post_init__(self) -> None:
+        value = self.cheques_signed_ahead
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise MarketError("cheques_signed_ahead must be a whole number, 0 or more")

@@ -149,7 +149,7 @@ class PaidStream:
         self.settings = settings
         self.creator = _checksum(self.manifest.creator_address)
         self.payer = Payer(wallet, domain, torrent.info_hash, self.manifest.terms.price_per_slice_wei, budget_wei,
-                           signed_before, sign_ahead=7)
+                           signed_before, sign_ahead=settings.cheques_signed_ahead)
         self._wallet = wallet
         self.session = ViewerKeySession(wallet.key, torrent.info_hash, int(time.time()) + settings.key_session_ttl_s)
         self._old_sessions: list[ViewerKeySession] = []  # renewed: kept to open deliveries already sealed to them

@@ -18,12 +18,9 @@ from pathlib import Path
 
 from veilstream.atomic import replace_file
 from veilstream.social.errors import SocialError
+from veilstream.social.settings import SocialSettings
 
 log = logging.getLogger(__name__)
-
-MAX_BLOB_BYTES = 64 * 1024 * 1024
-MAX_REQUEST_HEAD = 8 * 1024
-REQUEST_TIMEOUT_S = 10.0
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _BLOB_PATH = re.compile(r"/([0-9a-f]{64})(\.[A-Za-z0-9]{1,8})?")
@@ -68,9 +65,12 @@ class BlobStore:
         return data
 
 
-def fetch_blob(base_url: str, digest: str, *, store: BlobStore | None = None, timeout: float = 10.0,
-               max_bytes: int = MAX_BLOB_BYTES) -> bytes:
-    """`GET base_url/<digest>`, refused unless the bytes hash to `digest`; kept in `store` if given."""
+def fetch_blob(base_url: str, digest: str, *, store: BlobStore | None = None, timeout: float | None = None,
+               max_bytes: int | None = None, settings: SocialSettings = SocialSettings()) -> bytes:
+    """`GET base_url/<digest>`, refused unless the bytes hash to `digest`; kept in `store` if given.
+    `timeout` and `max_bytes` override `settings`."""
+    timeout = settings.blob_fetch_timeout_s if timeout is None else timeout
+    max_bytes = settings.max_blob_bytes if max_bytes is None else max_bytes
     if not _SHA256.fullmatch(digest):
         raise SocialError(f"{digest!r} is not a SHA-256 blob name")
     if store is not None and store.has(digest):
@@ -133,10 +133,12 @@ def _response(status: int, reason: str, body: bytes = b"", *, length: int | None
 class BlobServer:
     """`GET /<sha256>` over a `BlobStore`, on 127.0.0.1 by default."""
 
-    def __init__(self, store: BlobStore, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, store: BlobStore, host: str = "127.0.0.1", port: int = 0, *,
+                 settings: SocialSettings = SocialSettings()) -> None:
         self.store = store
         self.host = host
         self.port = port
+        self.settings = settings
         self._server: asyncio.Server | None = None
 
     @property
@@ -144,7 +146,9 @@ class BlobServer:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> BlobServer:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_REQUEST_HEAD)
+        self._server = await asyncio.start_server(
+            self._handle, self.host, self.port, limit=self.settings.blob_request_head_bytes
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -161,7 +165,7 @@ class BlobServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.settings.blob_request_timeout_s)
             writer.write(self._answer(head))
             await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, asyncio.TimeoutError):

@@ -33,10 +33,10 @@ from pathlib import Path
 
 from veilstream.atomic import replace_file
 from veilstream.social.errors import SocialError
+from veilstream.social.settings import SocialSettings
 
-DEFAULT_PORT = 7447
-STARTUP_TIMEOUT_S = 60.0
-MAX_CONTENT_CHARS = 60_000  # nostr-relay checks content length; our own frame limit is 64 KiB
+DEFAULT_PORT = 7447  # where every command on the machine looks for the local relay (node/relays.py)
+STARTUP_TIMEOUT_S = SocialSettings.relay_startup_timeout_s  # for callers that take a bare default (node/relays.py)
 LOCK_FILE = "owner.lock"
 OWNER_FILE = "owner.json"
 # The relay child needs nothing of ours: it gets an environment with only these, so no
@@ -46,16 +46,16 @@ CHILD_ENVIRONMENT = ("PATH", "PYTHONPATH", "PYTHONHOME", "HOME", "TMPDIR", "LANG
 _CONFIG = """\
 storage:
   sqlalchemy.url: sqlite+aiosqlite:///{database}
-  num_concurrent_adds: 2
+  num_concurrent_adds: {concurrent_adds}
   validators:
     - nostr_relay.validators.is_not_too_large
     - nostr_relay.validators.is_signed
 max_event_size: {max_content}
 relay_name: veilstream embedded relay
 relay_description: the default relay of a Veilstream node
-subscription_limit: 64
-max_limit: 10000
-message_timeout: 3600
+subscription_limit: {subscription_limit}
+max_limit: {max_filter_limit}
+message_timeout: {idle_timeout:g}
 logging:
   version: 1
   formatters:
@@ -135,7 +135,8 @@ class EmbeddedRelay:
 
     `shared` marks a relay that others may use for as long as it runs (`veil relay`);
     a command's own relay is not shared: it stops when the command ends. Starting raises
-    `RelayStoreBusy` when another process's relay owns `data_dir`.
+    `RelayStoreBusy` when another process's relay owns `data_dir`. `startup_timeout_s`
+    overrides `settings`.
     """
 
     def __init__(
@@ -145,13 +146,17 @@ class EmbeddedRelay:
         host: str = "127.0.0.1",
         *,
         shared: bool = False,
-        startup_timeout_s: float = STARTUP_TIMEOUT_S,
+        settings: SocialSettings = SocialSettings(),
+        startup_timeout_s: float | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.requested_port = port
         self.shared = shared
-        self.startup_timeout_s = startup_timeout_s
+        if startup_timeout_s is not None:
+            settings = settings.but(relay_startup_timeout_s=startup_timeout_s)
+        self.settings = settings
+        self.startup_timeout_s = settings.relay_startup_timeout_s
         self.port: int | None = None
         self._process: subprocess.Popen | None = None
         self._socket: socket.socket | None = None
@@ -189,7 +194,11 @@ class EmbeddedRelay:
             _CONFIG.format(
                 database=(self.data_dir / "relay.sqlite3").resolve(),
                 log=self.log_path.resolve(),
-                max_content=MAX_CONTENT_CHARS,
+                max_content=self.settings.relay_max_content_chars,
+                concurrent_adds=self.settings.relay_concurrent_adds,
+                subscription_limit=self.settings.relay_subscription_limit,
+                max_filter_limit=self.settings.relay_max_filter_limit,
+                idle_timeout=self.settings.relay_idle_timeout_s,
             )
         )
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -199,7 +208,7 @@ class EmbeddedRelay:
         except OSError as exc:
             listener.close()
             raise SocialError(f"cannot listen on {self.host}:{self.requested_port} for the relay: {exc.strerror}") from exc
-        listener.listen(512)
+        listener.listen(self.settings.relay_listen_backlog)
         self._socket = listener
         self.port = listener.getsockname()[1]
         with open(self.data_dir / "relay.stderr", "wb") as stderr:
@@ -229,7 +238,8 @@ class EmbeddedRelay:
         from veilstream.social.relay_client import RelayConnection
 
         async def handshake() -> None:
-            async with RelayConnection(self.url, open_timeout=timeout or self.startup_timeout_s):
+            open_timeout = timeout or self.startup_timeout_s
+            async with RelayConnection(self.url, settings=self.settings, open_timeout=open_timeout):
                 pass
 
         try:
@@ -249,7 +259,7 @@ class EmbeddedRelay:
             if self._process.stdin:
                 self._process.stdin.close()  # the child's signal to exit
             try:
-                self._process.wait(timeout=10)
+                self._process.wait(timeout=self.settings.relay_stop_timeout_s)
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()

@@ -36,10 +36,10 @@ from veilstream.social.events import (
     parse_event_json,
     verify_event,
 )
+from veilstream.social.settings import SocialSettings
 
 log = logging.getLogger(__name__)
 
-MAX_FUTURE_S = 15 * 60  # clocks drift; an event from further ahead is refused
 ROWID_TIME_SHIFT = 20  # created_at (< 2^42 for any accepted card) · 2^20 stays inside SQLite's 63 bits
 SCHEMA_VERSION = 1
 
@@ -105,8 +105,18 @@ _COUNT_COLUMN = {"reaction": "reactions", "repost": "reposts", "view": "views"}
 
 @dataclass(frozen=True)
 class RateLimit:
-    max_events: int = 60
-    window_s: int = 60
+    max_events: int = SocialSettings.rate_limit_events
+    window_s: int = SocialSettings.rate_limit_window_s
+
+    @classmethod
+    def of(cls, settings: SocialSettings) -> RateLimit | None:
+        """The rate limit `settings` ask for (None: `rate_limit_events` is 0, no limit)."""
+        if settings.rate_limit_events == 0:
+            return None
+        return cls(settings.rate_limit_events, settings.rate_limit_window_s)
+
+
+_FROM_SETTINGS: Any = object()  # a keyword argument not given: its value comes from `settings`
 
 
 @dataclass(frozen=True)
@@ -155,21 +165,26 @@ class CommentRow:
 
 
 class FeedIndex:
-    """SQLite (WAL) index of the feed. One instance per thread."""
+    """SQLite (WAL) index of the feed. One instance per thread.
+
+    `rate_limit` (None: no limit) and `min_pow_bits` override `settings`.
+    """
 
     def __init__(
         self,
         path: str | Path,
         *,
-        rate_limit: RateLimit | None = RateLimit(),
-        min_pow_bits: int = 0,
+        settings: SocialSettings = SocialSettings(),
+        rate_limit: RateLimit | None = _FROM_SETTINGS,
+        min_pow_bits: int | None = None,
         max_event_bytes: int = MAX_EVENT_BYTES,
         clock=time.time,
     ) -> None:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.rate_limit = rate_limit
-        self.min_pow_bits = min_pow_bits
+        self.settings = settings if min_pow_bits is None else settings.but(min_pow_bits=min_pow_bits)
+        self.rate_limit = RateLimit.of(self.settings) if rate_limit is _FROM_SETTINGS else rate_limit
+        self.min_pow_bits = self.settings.min_pow_bits
         self.max_event_bytes = max_event_bytes
         self._clock = clock
         self._window_counts: OrderedDict[tuple[str, int], int] = OrderedDict()
@@ -177,8 +192,8 @@ class FeedIndex:
             self._db = sqlite3.connect(str(path), isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes
-            self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the id and FTS indexes stay hot
-            self._db.execute("PRAGMA mmap_size=268435456")
+            self._db.execute(f"PRAGMA cache_size=-{self.settings.index_cache_bytes // 1024}")  # negative: in KiB
+            self._db.execute(f"PRAGMA mmap_size={self.settings.index_mmap_bytes}")
             self._db.execute("PRAGMA foreign_keys=OFF")
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -222,8 +237,9 @@ class FeedIndex:
             raise SocialError(f"the feed index cannot store events ({exc}): disk full or locked?") from exc
         return result
 
-    def ingest_many(self, raws: Iterable[str | bytes | dict | Event], batch: int = 2_000) -> IngestReport:
-        """Ingest in transactions of `batch` events: a commit per event would dominate."""
+    def ingest_many(self, raws: Iterable[str | bytes | dict | Event], batch: int | None = None) -> IngestReport:
+        """Ingest in transactions of `batch` events (default: the settings' `ingest_batch_events`)."""
+        batch = self.settings.ingest_batch_events if batch is None else batch
         report = IngestReport()
         pending = 0
         try:
@@ -268,7 +284,7 @@ class FeedIndex:
             return IngestResult(False, "duplicate", event.id)
         if event.kind not in kinds.KNOWN_KINDS:
             return self._refuse(event, "unknown-kind", str(event.kind))
-        if event.created_at > self._clock() + MAX_FUTURE_S:
+        if event.created_at > self._clock() + self.settings.max_future_s:
             return self._refuse(event, "from-the-future", str(event.created_at))
         try:
             verify_event(event)
@@ -309,7 +325,7 @@ class FeedIndex:
             self._window_counts[key] = count
             return False
         self._window_counts[key] = count + 1
-        if len(self._window_counts) > 50_000:  # a cache of the table; dropping entries only costs a query
+        if len(self._window_counts) > self.settings.rate_limit_cache_windows:  # a cache of the table
             self._window_counts.popitem(last=False)
         return True
 
@@ -490,7 +506,7 @@ class FeedIndex:
         where, params = [], []
         source = "cards c"
         if search:
-            query = fts_query(search)
+            query = fts_query(search, self.settings.search_max_words)
             if query is None:
                 return []
             if order == "time" and authors is None:
@@ -640,14 +656,14 @@ def _card_row(row: tuple) -> CardRow:
 _WORD = re.compile(r"(\w+)(\*?)", re.UNICODE)
 
 
-def fts_query(text: str) -> str | None:
+def fts_query(text: str, max_words: int = SocialSettings.search_max_words) -> str | None:
     """A user's words as a safe FTS5 query: every word must match; `word*` matches a prefix.
 
     Quoting each word keeps FTS5 syntax (AND, NEAR, column filters) out of user hands.
     Prefixes are opt-in: a short prefix can expand to thousands of terms and make a search
     a hundred times slower than whole words.
     """
-    words = _WORD.findall(text)[:16]
+    words = _WORD.findall(text)[:max_words]
     if not words:
         return None
     return " ".join(f'"{word}"{star}' for word, star in words)

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from veilstream.social.events import MAX_EVENT_BYTES, Event
+from veilstream.social.settings import SocialSettings
 
-MAX_FRAME_BYTES = MAX_EVENT_BYTES + 1024
-DEFAULT_EVENT_BUDGET = 10_000  # per subscription; a feed sync asks for far fewer
-MAX_VIOLATIONS = 50
+MAX_FRAME_BYTES = MAX_EVENT_BYTES + 1024  # one event and its ["EVENT", sub_id, ...] wrapping
 
 
 # --- what the session reports -------------------------------------------------------------
@@ -67,7 +66,9 @@ class ProtocolViolation:
     subscription_id: str | None = None
 
 
-Happening = (
+# What the relay protocol core reports (its "events", as h11 calls them), not a Nostr event:
+# a signed note is an `events.Event`, carried inside an `EventReceived`.
+RelayEvent = (
     EventReceived | PublishAcknowledged | EndOfStoredEvents | SubscriptionClosed | Notice | AuthRequested
     | ProtocolViolation
 )
@@ -89,9 +90,9 @@ class _Subscription:
 
 @dataclass
 class RelaySession:
-    event_budget: int = DEFAULT_EVENT_BUDGET
+    event_budget: int = SocialSettings.relay_event_budget
     max_frame_bytes: int = MAX_FRAME_BYTES
-    max_violations: int = MAX_VIOLATIONS
+    max_violations: int = SocialSettings.relay_max_violations
     violations: int = 0
     outgoing: list[str] = field(default_factory=list)
     _subscriptions: dict[str, _Subscription] = field(default_factory=dict)
@@ -129,14 +130,14 @@ class RelaySession:
 
     # --- what we receive ---
 
-    def receive(self, frame: str | bytes) -> list[Happening]:
-        happenings = self._receive(frame)
-        for happening in happenings:
-            if isinstance(happening, ProtocolViolation):
+    def receive(self, frame: str | bytes) -> list[RelayEvent]:
+        reported = self._receive(frame)
+        for relay_event in reported:
+            if isinstance(relay_event, ProtocolViolation):
                 self.violations += 1
-        return happenings
+        return reported
 
-    def _receive(self, frame: str | bytes) -> list[Happening]:
+    def _receive(self, frame: str | bytes) -> list[RelayEvent]:
         if len(frame) > self.max_frame_bytes:
             return [ProtocolViolation(f"oversized frame ({len(frame)} bytes)")]
         try:
@@ -151,7 +152,7 @@ class RelaySession:
             return [ProtocolViolation(f"unknown message {verb[:20]!r}")]
         return handler(self, args)
 
-    def _on_event(self, args: list) -> list[Happening]:
+    def _on_event(self, args: list) -> list[RelayEvent]:
         if len(args) != 2 or not isinstance(args[0], str) or not isinstance(args[1], dict):
             return [ProtocolViolation("EVENT is [sub_id, event]")]
         subscription_id, event = args
@@ -169,7 +170,7 @@ class RelaySession:
             ]
         return [EventReceived(subscription_id, event)]
 
-    def _on_ok(self, args: list) -> list[Happening]:
+    def _on_ok(self, args: list) -> list[RelayEvent]:
         if len(args) < 2 or not isinstance(args[0], str) or not isinstance(args[1], bool):
             return [ProtocolViolation("OK is [event_id, bool, message]")]
         event_id, accepted = args[0], args[1]
@@ -184,7 +185,7 @@ class RelaySession:
         self._pending_publishes.discard(event_id)
         return [PublishAcknowledged(event_id, accepted, message)]
 
-    def _on_eose(self, args: list) -> list[Happening]:
+    def _on_eose(self, args: list) -> list[RelayEvent]:
         if len(args) != 1 or not isinstance(args[0], str):
             return [ProtocolViolation("EOSE is [sub_id]")]
         subscription = self._subscriptions.get(args[0])
@@ -193,7 +194,7 @@ class RelaySession:
         subscription.stored_done = True
         return [EndOfStoredEvents(args[0])]
 
-    def _on_closed(self, args: list) -> list[Happening]:
+    def _on_closed(self, args: list) -> list[RelayEvent]:
         if not args or not isinstance(args[0], str):
             return [ProtocolViolation("CLOSED is [sub_id, message]")]
         message = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
@@ -201,17 +202,17 @@ class RelaySession:
             return []
         return [SubscriptionClosed(args[0], message)]
 
-    def _on_notice(self, args: list) -> list[Happening]:
+    def _on_notice(self, args: list) -> list[RelayEvent]:
         if not args or not isinstance(args[0], str):
             return [ProtocolViolation("NOTICE is [message]")]
         return [Notice(args[0][:500])]
 
-    def _on_auth(self, args: list) -> list[Happening]:
+    def _on_auth(self, args: list) -> list[RelayEvent]:
         if not args or not isinstance(args[0], str):
             return [ProtocolViolation("AUTH is [challenge]")]
         return [AuthRequested(args[0][:500])]
 
-    def _on_count(self, args: list) -> list[Happening]:
+    def _on_count(self, args: list) -> list[RelayEvent]:
         return []  # NIP-45 answers; we never ask
 
 

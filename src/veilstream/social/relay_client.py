@@ -2,6 +2,12 @@
 
 All protocol decisions live in `protocol.RelaySession`; this module only connects, sends,
 receives, and turns timeouts and dropped connections into results with reasons.
+
+Failures: the expected ones (a relay down, slow or hanging up, the network failing:
+timeouts, OSError, which includes the ConnectionError `_send` raises once a connection is
+gone, and websockets' ConnectionClosed) are logged and become results with reasons.
+Anything else is a bug and propagates: every task here belongs to a task group whose
+owner waits for it, so no failure goes unseen.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,21 +30,24 @@ from veilstream.social.protocol import (
     Notice,
     ProtocolViolation,
     PublishAcknowledged,
+    RelayEvent,
     RelaySession,
     SubscriptionClosed,
 )
+from veilstream.social.settings import SocialSettings
 
 log = logging.getLogger(__name__)
-
-OPEN_TIMEOUT_S = 5.0
-REPLY_TIMEOUT_S = 10.0
-CLOSE_TIMEOUT_S = 2.0
-
 
 def check_relay_url(url: str) -> str:
     if not url.startswith(("ws://", "wss://")) or len(url) < 8:
         raise SocialError(f"{url!r} is not a relay URL (ws://host:port or wss://host)")
     return url
+
+
+def _overridden(settings: SocialSettings, **overrides: float | int | None) -> SocialSettings:
+    """`settings` with the keyword arguments a caller gave (None: not given) applied."""
+    given = {name: value for name, value in overrides.items() if value is not None}
+    return settings.but(**given) if given else settings
 
 
 @dataclass(frozen=True)
@@ -61,49 +71,92 @@ class _ConnectionLost:
 
 
 class RelayConnection:
-    """One open WebSocket to one relay."""
+    """One open WebSocket to one relay; use as an async context manager.
 
-    def __init__(self, url: str, *, open_timeout: float = OPEN_TIMEOUT_S, event_budget: int | None = None) -> None:
+    Entering connects (unless `connect` already did) and starts the reader in the
+    connection's own task group; leaving hangs up, cancels the reader and waits for it, so
+    no task outlives the connection. A reader that fails for anything but the expected ends
+    of a connection is a bug: the task group cancels the code inside `async with` and the
+    bug comes out of it. `open_timeout` and `event_budget` override `settings`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        settings: SocialSettings = SocialSettings(),
+        open_timeout: float | None = None,
+        event_budget: int | None = None,
+    ) -> None:
         self.url = check_relay_url(url)
-        self.open_timeout = open_timeout
-        self.session = RelaySession() if event_budget is None else RelaySession(event_budget=event_budget)
+        self.settings = _overridden(settings, relay_open_timeout_s=open_timeout, relay_event_budget=event_budget)
+        self.session = RelaySession(
+            event_budget=self.settings.relay_event_budget, max_violations=self.settings.relay_max_violations
+        )
         self._socket: ClientConnection | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._exit_stack: AsyncExitStack | None = None
         self._reader: asyncio.Task | None = None
         self._acks: dict[str, asyncio.Future[PublishAcknowledged]] = {}
         self._subscriptions: dict[str, asyncio.Queue] = {}
         self.closed_reason: str | None = None
 
-    async def open(self) -> RelayConnection:
+    async def connect(self) -> None:
+        """The WebSocket handshake alone (a pool does these at once, then enters each)."""
         try:
             self._socket = await connect(
                 self.url,
-                open_timeout=self.open_timeout,
+                open_timeout=self.settings.relay_open_timeout_s,
                 max_size=self.session.max_frame_bytes,
                 compression=None,
-                close_timeout=CLOSE_TIMEOUT_S,
+                close_timeout=self.settings.relay_close_timeout_s,
             )
-        except (OSError, InvalidHandshake, InvalidURI, asyncio.TimeoutError, TimeoutError) as exc:
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             raise SocialError(f"cannot reach relay {self.url}: {exc or type(exc).__name__}") from exc
-        self._reader = asyncio.create_task(self._read_loop(), name=f"relay-reader {self.url}")
-        return self
-
-    async def close(self) -> None:
-        """Hang up and wait for the reader. The reader takes the expected ends of a
-        connection itself; anything else it raises is a bug, and surfaces here."""
-        if self._socket is not None:
-            try:
-                await self._socket.close()
-            except (OSError, ConnectionClosed) as exc:  # the relay went first
-                log.info("relay %s: closing: %s", self.url, exc)
-        if self._reader is not None:
-            reader, self._reader = self._reader, None
-            await reader
 
     async def __aenter__(self) -> RelayConnection:
-        return await self.open()
+        if self._socket is None:
+            await self.connect()
+        stack = AsyncExitStack()
+        self._tasks = await stack.enter_async_context(asyncio.TaskGroup())
+        # Unwound last to first: hang up, cancel the reader (it has usually ended with the
+        # connection), then the task group waits for it and raises what a bug raised.
+        stack.callback(self._stop_reader)
+        stack.push_async_callback(self.hang_up)
+        self._exit_stack = stack
+        self._reader = self._tasks.create_task(self._read_loop(), name=f"relay-reader {self.url}")
+        return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        stack, self._exit_stack = self._exit_stack, None
+        if stack is None:  # connected, never entered: only a socket to close
+            await self.hang_up()
+        elif isinstance(exc, asyncio.CancelledError):
+            # Shown to the task group, which tells its own cancellation (the reader failed,
+            # so it cancelled the body) from an outer one.
+            await stack.__aexit__(exc_type, exc, tb)
+        else:
+            # Any other error of the body is the caller's: it passes on as it is, not
+            # wrapped in the task group's ExceptionGroup.
+            await stack.aclose()
+
+    async def close(self) -> None:
+        """Hang up, then cancel the reader and wait for it (in the task that entered)."""
+        await self.__aexit__(None, None, None)
+
+    def _stop_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+
+    async def hang_up(self) -> None:
+        """Close the WebSocket; the reader then ends. A relay that went first is no fault."""
+        if self._socket is None:
+            return
+        try:
+            await self._socket.close()
+        except (OSError, ConnectionClosed) as exc:
+            log.info("relay %s: hanging up: %s", self.url, exc)
 
     async def _send(self, frame: str) -> None:
         if self._socket is None or self.closed_reason is not None:
@@ -111,32 +164,28 @@ class RelayConnection:
         await self._socket.send(frame)
 
     async def _read_loop(self) -> None:
-        assert self._socket is not None
+        assert self._socket is not None and self._tasks is not None
         reason = "closed"
-        hang_up: asyncio.Task | None = None
+        hanging_up = False
         try:
             async for frame in self._socket:
-                if hang_up is not None:
+                if hanging_up:
                     continue  # keep reading so the relay's close frame gets through the queue
-                for happening in self.session.receive(frame):
-                    self._dispatch(happening)
+                for relay_event in self.session.receive(frame):
+                    self._dispatch(relay_event)
                 for frame_out in self.session.outgoing:
                     await self._socket.send(frame_out)
                 self.session.outgoing.clear()
                 if self.session.should_disconnect:
                     reason = f"too many protocol violations ({self.session.violations})"
                     log.warning("relay %s: disconnecting: %s", self.url, reason)
-                    hang_up = asyncio.create_task(self._socket.close())
+                    hanging_up = True
+                    self._tasks.create_task(self.hang_up(), name=f"relay-hang-up {self.url}")
         except ConnectionClosed as exc:
             reason = f"connection closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
         except OSError as exc:
             reason = f"connection error: {exc}"
         finally:
-            if hang_up is not None:
-                try:
-                    await hang_up
-                except (OSError, ConnectionClosed) as exc:
-                    log.info("relay %s: hanging up: %s", self.url, exc)
             self.closed_reason = reason
             lost = _ConnectionLost(reason)
             for future in self._acks.values():
@@ -145,31 +194,34 @@ class RelayConnection:
             for queue in self._subscriptions.values():
                 queue.put_nowait(lost)
 
-    def _dispatch(self, happening: object) -> None:
-        if isinstance(happening, PublishAcknowledged):
-            future = self._acks.get(happening.event_id)
+    def _dispatch(self, relay_event: RelayEvent) -> None:
+        if isinstance(relay_event, PublishAcknowledged):
+            future = self._acks.get(relay_event.event_id)
             if future is not None and not future.done():
-                future.set_result(happening)
-        elif isinstance(happening, (EventReceived, EndOfStoredEvents, SubscriptionClosed)):
-            queue = self._subscriptions.get(happening.subscription_id)
+                future.set_result(relay_event)
+        elif isinstance(relay_event, (EventReceived, EndOfStoredEvents, SubscriptionClosed)):
+            queue = self._subscriptions.get(relay_event.subscription_id)
             if queue is not None:
-                queue.put_nowait(happening)
-            if isinstance(happening, SubscriptionClosed):
-                log.info("relay %s closed subscription %s: %s", self.url, happening.subscription_id, happening.message)
-        elif isinstance(happening, ProtocolViolation):
-            log.warning("relay %s: protocol violation: %s", self.url, happening.reason)
-        elif isinstance(happening, Notice):
-            log.info("relay %s says: %s", self.url, happening.message)
+                queue.put_nowait(relay_event)
+            if isinstance(relay_event, SubscriptionClosed):
+                log.info("relay %s closed subscription %s: %s", self.url, relay_event.subscription_id, relay_event.message)
+        elif isinstance(relay_event, ProtocolViolation):
+            log.warning("relay %s: protocol violation: %s", self.url, relay_event.reason)
+        elif isinstance(relay_event, Notice):
+            log.info("relay %s says: %s", self.url, relay_event.message)
 
-    async def publish(self, event: Event, timeout: float = REPLY_TIMEOUT_S) -> PublishOutcome:
+    async def publish(self, event: Event, timeout: float | None = None) -> PublishOutcome:
+        """Send `event` and wait for the relay's OK; a relay that fails is an outcome, not an error."""
+        timeout = self.settings.relay_reply_timeout_s if timeout is None else timeout
         future: asyncio.Future[PublishAcknowledged] = asyncio.get_running_loop().create_future()
         self._acks[event.id] = future
         try:
             await self._send(self.session.publish(event))
-            ack = await asyncio.wait_for(future, timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+            async with asyncio.timeout(timeout):
+                ack = await future
+        except TimeoutError:
             return PublishOutcome(self.url, False, f"no OK within {timeout:g} s")
-        except (ConnectionError, ConnectionClosed) as exc:
+        except (OSError, ConnectionClosed) as exc:
             return PublishOutcome(self.url, False, f"relay {exc}")
         finally:
             self._acks.pop(event.id, None)
@@ -196,66 +248,94 @@ class RelayConnection:
             if closing and self.closed_reason is None:
                 try:
                     await self._send(closing)
-                except (ConnectionError, ConnectionClosed):
-                    pass
+                except (OSError, ConnectionClosed):
+                    pass  # gone meanwhile: nothing left to close
 
     async def fetch(
-        self, filters: list[dict[str, Any]], timeout: float = REPLY_TIMEOUT_S, event_budget: int | None = None
+        self, filters: list[dict[str, Any]], timeout: float | None = None, event_budget: int | None = None
     ) -> FetchResult:
-        """Stored events matching `filters`, until EOSE, a close, or the timeout."""
+        """Stored events matching `filters`, until EOSE, a close, or the timeout; a relay
+        that fails leaves its reason in the result's `problem`."""
+        timeout = self.settings.relay_reply_timeout_s if timeout is None else timeout
         result = FetchResult(self.url)
-
-        async def collect() -> None:
-            async for item in self.subscribe(filters, event_budget):
-                if isinstance(item, EventReceived):
-                    result.events.append(item.event)
-                elif isinstance(item, EndOfStoredEvents):
-                    result.complete = True
-                    return
-                elif isinstance(item, SubscriptionClosed):
-                    result.problem = item.message
-                    return
-
         try:
-            await asyncio.wait_for(collect(), timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+            async with asyncio.timeout(timeout):
+                subscription = self.subscribe(filters, event_budget)
+                try:
+                    async for item in subscription:
+                        if isinstance(item, EventReceived):
+                            result.events.append(item.event)
+                        elif isinstance(item, EndOfStoredEvents):
+                            result.complete = True
+                            break
+                        elif isinstance(item, SubscriptionClosed):
+                            result.problem = item.message
+                            break
+                finally:
+                    await subscription.aclose()  # sends CLOSE now, not whenever it is collected
+        except TimeoutError:
             result.problem = f"no EOSE within {timeout:g} s"
-        except (ConnectionError, ConnectionClosed) as exc:
+        except (OSError, ConnectionClosed) as exc:
             result.problem = f"relay {exc}"
         return result
 
 
 class RelayPool:
-    """Connections to a list of relays; publishes to all, fetches from all, survives any failing."""
+    """Connections to a list of relays; publishes to all, fetches from all, survives any failing.
+
+    Each relay's failure (down, slow, dropping, lying) becomes that relay's outcome, with a
+    reason, and is logged; a bug in talking to any relay propagates. The keyword arguments
+    override `settings`.
+    """
 
     def __init__(
         self,
         urls: Iterable[str],
         *,
-        open_timeout: float = OPEN_TIMEOUT_S,
-        reply_timeout: float = REPLY_TIMEOUT_S,
+        settings: SocialSettings = SocialSettings(),
+        open_timeout: float | None = None,
+        reply_timeout: float | None = None,
         event_budget: int | None = None,
     ) -> None:
         self.urls = list(dict.fromkeys(check_relay_url(u) for u in urls))
         if not self.urls:
             raise SocialError("no relays: give --relay URL or configure a relay list")
-        self.open_timeout = open_timeout
-        self.reply_timeout = reply_timeout
-        self.event_budget = event_budget
+        self.settings = _overridden(
+            settings,
+            relay_open_timeout_s=open_timeout,
+            relay_reply_timeout_s=reply_timeout,
+            relay_event_budget=event_budget,
+        )
         self.connections: dict[str, RelayConnection] = {}
         self.unreachable: dict[str, str] = {}
+        self._exit_stack: AsyncExitStack | None = None
 
     async def __aenter__(self) -> RelayPool:
-        async def open_one(url: str) -> None:
+        candidates = [RelayConnection(url, settings=self.settings) for url in self.urls]
+
+        async def connect_one(connection: RelayConnection) -> None:
             try:
-                self.connections[url] = await RelayConnection(
-                    url, open_timeout=self.open_timeout, event_budget=self.event_budget
-                ).open()
-            except SocialError as exc:
-                self.unreachable[url] = str(exc)
+                await connection.connect()
+            except SocialError as exc:  # connect turns the expected failures into this
+                self.unreachable[connection.url] = str(exc)
                 log.warning("%s", exc)
 
-        await asyncio.gather(*(open_one(url) for url in self.urls))
+        self._exit_stack = AsyncExitStack()
+        try:
+            async with asyncio.TaskGroup() as group:
+                for connection in candidates:
+                    group.create_task(connect_one(connection))
+            # Entered here, in the pool's task: each reader's task group has this task as
+            # its parent, and closing the pool (in this task too) winds them all down.
+            for connection in candidates:
+                if connection.url not in self.unreachable:
+                    self.connections[connection.url] = await self._exit_stack.enter_async_context(connection)
+        except BaseException:
+            for connection in candidates:
+                if connection.url not in self.connections:
+                    await connection.hang_up()  # connected, never entered: only a socket to close
+            await self.close()
+            raise
         if not self.connections:
             await self.close()
             raise SocialError("no relay reachable: " + "; ".join(self.unreachable.values()))
@@ -265,17 +345,28 @@ class RelayPool:
         await self.close()
 
     async def close(self) -> None:
+        """Hang up on every relay at once (each may take the close timeout), then wind down
+        each connection's reader."""
         connections, self.connections = list(self.connections.values()), {}
-        async with asyncio.TaskGroup() as group:  # each takes its expected failures; a bug in one is raised
+        async with asyncio.TaskGroup() as group:  # hang_up takes the expected failures; a bug is raised
             for connection in connections:
-                group.create_task(connection.close())
+                group.create_task(connection.hang_up())
+        stack, self._exit_stack = self._exit_stack, None
+        if stack is not None:
+            await stack.aclose()
 
     async def publish(self, event: Event) -> list[PublishOutcome]:
-        outcomes = await asyncio.gather(
-            *(c.publish(event, self.reply_timeout) for c in self.connections.values())
-        )
+        """One outcome per relay, the unreachable ones included."""
+        outcomes: dict[str, PublishOutcome] = {}
+
+        async def publish_one(connection: RelayConnection) -> None:
+            outcomes[connection.url] = await connection.publish(event, self.settings.relay_reply_timeout_s)
+
+        async with asyncio.TaskGroup() as group:
+            for connection in self.connections.values():
+                group.create_task(publish_one(connection))
         failed = [PublishOutcome(url, False, reason) for url, reason in self.unreachable.items()]
-        return list(outcomes) + failed
+        return [outcomes[url] for url in self.connections] + failed
 
     async def publish_or_raise(self, event: Event) -> list[PublishOutcome]:
         outcomes = await self.publish(event)
@@ -287,17 +378,24 @@ class RelayPool:
 
     async def fetch(self, filters: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[FetchResult]]:
         """Events from every relay, each id once (relays overlap), and each relay's result."""
-        results = await asyncio.gather(
-            *(c.fetch(filters, self.reply_timeout, self.event_budget) for c in self.connections.values())
-        )
-        seen: set[str] = set()
-        events = []
-        for result in results:
+        results: dict[str, FetchResult] = {}
+
+        async def fetch_one(connection: RelayConnection) -> None:
+            result = await connection.fetch(filters, self.settings.relay_reply_timeout_s, self.settings.relay_event_budget)
             if result.problem:
                 log.warning("relay %s: %s", result.relay, result.problem)
+            results[connection.url] = result
+
+        async with asyncio.TaskGroup() as group:
+            for connection in self.connections.values():
+                group.create_task(fetch_one(connection))
+        ordered = [results[url] for url in self.connections]
+        seen: set[str] = set()
+        events = []
+        for result in ordered:
             for event in result.events:
                 event_id = event.get("id")
                 if isinstance(event_id, str) and event_id not in seen:
                     seen.add(event_id)
                     events.append(event)
-        return events, list(results)
+        return events, ordered

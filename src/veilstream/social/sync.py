@@ -10,11 +10,10 @@ from veilstream.social.errors import SocialError
 from veilstream.social.events import Event
 from veilstream.social.index import FeedIndex, IngestReport
 from veilstream.social.relay_client import PublishOutcome, RelayPool
+from veilstream.social.settings import SocialSettings
 
 log = logging.getLogger(__name__)
 
-CARD_FILTER_LIMIT = 500
-IDS_PER_FILTER = 200  # relays cap filter sizes; ask about cards in chunks
 ENGAGEMENT_KINDS = [kinds.REACTION, kinds.REPOST, kinds.GENERIC_REPOST, kinds.COMMENT, kinds.VIEW]
 
 
@@ -26,7 +25,9 @@ async def publish(pool: RelayPool, index: FeedIndex, event: Event) -> list[Publi
     return await pool.publish_or_raise(event)
 
 
-def card_filter(since: int | None = None, authors: Iterable[str] | None = None, limit: int = CARD_FILTER_LIMIT) -> dict:
+def card_filter(
+    since: int | None = None, authors: Iterable[str] | None = None, limit: int = SocialSettings.sync_card_limit
+) -> dict:
     query: dict = {"kinds": [kinds.CARD], "#L": [kinds.LABEL_NAMESPACE], "limit": limit}
     if since:
         query["since"] = since
@@ -35,10 +36,12 @@ def card_filter(since: int | None = None, authors: Iterable[str] | None = None, 
     return query
 
 
-def engagement_filters(card_ids: list[str], since: int | None = None) -> list[dict]:
+def engagement_filters(
+    card_ids: list[str], since: int | None = None, ids_per_filter: int = SocialSettings.sync_ids_per_filter
+) -> list[dict]:
     filters = []
-    for start in range(0, len(card_ids), IDS_PER_FILTER):
-        chunk = card_ids[start:start + IDS_PER_FILTER]
+    for start in range(0, len(card_ids), ids_per_filter):
+        chunk = card_ids[start:start + ids_per_filter]
         by_e = {"kinds": ENGAGEMENT_KINDS, "#e": chunk}
         by_root = {"kinds": [kinds.COMMENT], "#E": chunk}  # NIP-22 replies name the card only as root
         if since:
@@ -54,8 +57,11 @@ async def sync(
     me: str | None = None,
     since: int | None = None,
     authors: Iterable[str] | None = None,
+    settings: SocialSettings | None = None,
 ) -> IngestReport:
-    """Fetch cards, their engagement, their authors' profiles, and our own lists; index all."""
+    """Fetch cards, their engagement, their authors' profiles, and our own lists; index all.
+    The sizes of what is asked come from `settings` (default: the pool's)."""
+    settings = pool.settings if settings is None else settings
     report = IngestReport()
 
     async def take(filters: list[dict]) -> None:
@@ -66,13 +72,14 @@ async def sync(
     personal = []
     if me:
         personal.append({"kinds": [kinds.FOLLOW_LIST, kinds.RELAY_LIST, kinds.PROFILE], "authors": [me]})
-    await take([card_filter(since, authors), *personal])
-    card_ids = index.card_ids()[:2_000]
+    await take([card_filter(since, authors, settings.sync_card_limit), *personal])
+    card_ids = index.card_ids()[:settings.sync_engagement_cards]
     if card_ids:
-        filters = engagement_filters(card_ids, since)
-        for start in range(0, len(filters), 10):
-            await take(filters[start:start + 10])
-    authors_seen = sorted({row.pubkey for row in index.feed(limit=500)})
+        filters = engagement_filters(card_ids, since, settings.sync_ids_per_filter)
+        per_request = settings.sync_filters_per_request
+        for start in range(0, len(filters), per_request):
+            await take(filters[start:start + per_request])
+    authors_seen = sorted({row.pubkey for row in index.feed(limit=settings.sync_profile_cards)})
     if authors_seen:
         await take([{"kinds": [kinds.PROFILE], "authors": authors_seen}])
     log.info("sync: %s", dict(report.by_reason))
