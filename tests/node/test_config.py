@@ -9,8 +9,10 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import given, strategies as st
 
+from veilstream.chain import ChainClientSettings
 from veilstream.market.settings import MarketSettings
 from veilstream.node.config import DEFAULT, ConfigError, Source, load, load_node_config, render_toml
+from veilstream.social import SocialSettings
 from veilstream.swarm.settings import SwarmSettings
 
 
@@ -88,6 +90,7 @@ def test_flags_are_parsed_by_the_field_type(tmp_path):
 def test_every_layer_pack_loads_with_its_defaults_and_round_trips_through_toml(tmp_path):
     config = load_node_config(tmp_path)
     assert config["swarm"] == SwarmSettings() and config["market"] == MarketSettings()
+    assert config["chain"] == ChainClientSettings() and config["social"] == SocialSettings()
     (tmp_path / "config.toml").write_text(render_toml(config))
     again = load_node_config(tmp_path)
     assert again.packs == config.packs
@@ -114,6 +117,9 @@ def test_veil_config_show_prints_each_value_with_its_source_and_a_bad_file_is_on
     assert "3" in lines["market.credit_window_slices"] and "config.toml" in lines["market.credit_window_slices"]
     assert "6881" in lines["swarm.listen_port"] and "--set swarm.listen_port" in lines["swarm.listen_port"]
     assert "default" in lines["swarm.listen_host"]
+    (home / "config.toml").write_text("[chain]\nrpc_timeout_s = 0\n")  # the pack's own rule
+    refused = run_veil(["config", "show"], home=home)
+    assert refused.returncode == 2 and "[chain]: rpc_timeout_s must be a positive number of seconds" in refused.stderr
     (home / "config.toml").write_text("[market]\ncredit_window_slices = 'three'\n")
     bad = run_veil(["config", "show"], home=home)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -32,10 +32,12 @@ MAX_PORT = 65_535
 
 def layer_sections() -> dict[str, type]:
     """Every layer's settings pack, by its table name in config.toml."""
+    from veilstream.chain import ChainClientSettings
     from veilstream.market.settings import MarketSettings
+    from veilstream.social import SocialSettings
     from veilstream.swarm.settings import SwarmSettings
 
-    return {"swarm": SwarmSettings, "market": MarketSettings}
+    return {"swarm": SwarmSettings, "market": MarketSettings, "chain": ChainClientSettings, "social": SocialSettings}
 
 
 def load_node_config(home: Path, flags: dict[str, tuple[str, str]] | None = None) -> Config:

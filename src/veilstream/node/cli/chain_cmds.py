@@ -22,8 +22,8 @@ from veilstream.chain.devnet import DEFAULT_PORT
 from veilstream.market.cashier import Cashier, HeldBack, claim_if_worth_it
 from veilstream.market.settings import MarketSettings
 from veilstream.node.cli.common import console, err_console, open_vault, this_command, unlock_identity, veil_home
+from veilstream.node.units import WEI_PER_ETHER, format_ether, format_gas
 
-WEI_PER_ETHER = 10**18
 UNITS = {"wei": 1, "gwei": 10**9, "eth": WEI_PER_ETHER, "ether": WEI_PER_ETHER}
 DEFAULT_FAUCET = "10"
 WALLET_LOCK_WAIT_S = 60.0  # another process of this vault is sending: each send holds the lock for one RPC round
@@ -74,19 +74,6 @@ def parse_duration(text: str) -> int:
 
 def _cheques(count: int) -> str:
     return f"{count} cheque" + ("" if count == 1 else "s")
-
-
-def format_ether(wei: int) -> str:
-    text = f"{Decimal(wei) / WEI_PER_ETHER:f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return f"{text} ETH"
-
-
-def format_gas(wei: int) -> str:
-    """An estimate of gas, to two significant digits: ~0.00015 ETH."""
-    drop = max(0, len(str(wei)) - 2)
-    return "~" + format_ether(round(wei, -drop) if drop else wei)
 
 
 def _utc(unix_s: float) -> str:

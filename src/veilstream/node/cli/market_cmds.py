@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-import errno
 import shutil
 import signal
 import sys
@@ -24,34 +23,27 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from veilstream.chain import ContentRecord
 from veilstream.chain.errors import ChainUnavailable
 from veilstream.chain.ledger import Direction
-from veilstream.content import ContentKeys, Torrent, parse_content_id
+from veilstream.content import Torrent, parse_content_id
 from veilstream.errors import VeilError
 from veilstream.market import messages
 from veilstream.chain.client import GrantState
-from veilstream.market.access import (AccessError, GrantResponder, OneTimeKey, collect_grant, grants_bought,
-                                     held_grants)
-from veilstream.market.audit import AuditLog, AuditLogError
-from veilstream.market.cashier import Cashier, audit_anchor_kind
+from veilstream.market.access import AccessError, OneTimeKey, collect_grant, grants_bought, held_grants
 from veilstream.market.credit import seeder_part_wei
-from veilstream.market.key_agent import KeyAgent
 from veilstream.market.lanes import LaneOpener
-from veilstream.market.onchain import ChainWatch, ShareChange, WithdrawalRequested, cashed_floor, registered_record
-from veilstream.market.service import MarketService
+from veilstream.market.onchain import registered_record
 from veilstream.market.settings import MarketSettings
 from veilstream.market.stream import BudgetSpent, PaidStream, viewer_swarm_settings
 from veilstream.node.cli.chain_cmds import (ChainDeployment, ChainRpc, _client, _ledger, format_ether, format_gas,
                                           held_back_lines, parse_amount)
+from veilstream.node.selling import Seller
 from veilstream.node.cards import open_index, publish_view, resolve_card
 from veilstream.node.cli.common import console, err_console, hold_content, veil_home
 from veilstream.node.cli.swarm_cmds import _settings, magnet_hints, parse_host_port
-from veilstream.swarm import ExtensionRegistry, PieceStore, run, SwarmNode, UT_METADATA
-from veilstream.vault import ResumableOutput, StorageError, disk_is_full
+from veilstream.swarm import ExtensionRegistry, run, SwarmNode, UT_METADATA
+from veilstream.vault import ResumableOutput, StorageError
 
-GRANT_POLL_INTERVAL_S = 2.0  # how often a key agent looks for new on-chain purchases
-WATCH_INTERVAL_S = 2.0  # how often a payee looks for withdrawals and share changes on chain
 BUY_WAIT_S = 120.0  # how long `veil buy` waits for the key agent's answer
 
 
@@ -87,155 +79,52 @@ def serve(
         _serve(cids, vault, vault.identity(), client, keys, listen_at, tracker, serve_plain)
 
 
-@dataclass
-class _Offer:
-    """One content this node serves: what it is, where its ciphertext is, its record on
-    chain and (with --keys) the key agent that sells its keys."""
-
-    torrent: Torrent
-    store: PieceStore
-    record: ContentRecord | None
-    agent: KeyAgent | None
-    service: MarketService | None = None
-
-
-def _offer(cid: str, vault, identity, client, keys: bool, settings: MarketSettings, project: tuple) -> _Offer:
-    torrent = vault.torrent(cid)
-    store = PieceStore.for_seeding(torrent, vault.ciphertext_path(cid))
-    terms = torrent.manifest.terms
-    record = registered_record(client, torrent, required=False)
-    agent = None
-    if keys:
-        ring = vault.keyring(cid)
-        root = next((n for n in ring.nodes if n.first_leaf == 0 and n.end_leaf >= torrent.piece_count), None)
-        if root is None or ring.metadata_key is None:
-            raise MarketCommandError(f"this vault holds only part of the keys of {cid[:16]}…: only the creator's "
-                                     "node can sell them")
-        if record is None:
-            client.register(torrent.info_bytes, price_per_slice=terms.price_per_slice_wei,
-                            seeder_share_bps=terms.seeder_share_bps, slice_count=torrent.piece_count)
-            record = registered_record(client, torrent)
-        elif record.price_per_slice != terms.price_per_slice_wei:
-            raise MarketCommandError(f"{cid[:16]}… is registered on chain with other terms than its manifest's")
-        if record.key_agent != identity.wallet_address:
-            # One set of books per content: a second agent would sell the same cheques' worth again.
-            raise MarketCommandError(f"the registry names {record.key_agent} as the key agent of {cid[:16]}…, not "
-                                     "this node: only that agent sells its keys (`set_key_agent` moves it)")
-        anchored, _ = client.latest_anchor(identity.wallet_address, audit_anchor_kind(torrent.info_hash))
-        audit = AuditLog(Path(vault.home) / "audit" / f"{cid}.log", anchored_head=anchored)
-        floor, price = cashed_floor(client, torrent.info_hash), terms.price_per_slice_wei
-        agent = KeyAgent(client.cheque_domain, audit, settings, signing_key=identity.wallet_key, unpayable=project,
-                         released_floor=lambda viewer, _cid: floor.get(viewer, 0) // price if price else 0)
-        agent.offer(torrent, ContentKeys(root, ring.metadata_key))
-    elif terms.price_per_slice_wei:
-        record = registered_record(client, torrent)  # refuses an unregistered or squatted content
-    return _Offer(torrent, store, record, agent)
-
-
 def _serve(cids: list[str], vault, identity, client, keys: bool, listen_at, tracker: list[str],
            serve_plain: bool = False) -> None:
-    ledger = _ledger(vault)
     settings = MarketSettings()
-    project = tuple(client.deployment.addresses.values())
-    offers = {}
+    stop = asyncio.Event()
+    seller = Seller(vault, identity, client, _ledger(vault), settings, serve_plain=serve_plain, trackers=tuple(tracker),
+                    on_fatal=stop.set)
     for cid in cids:
-        offer = _offer(cid, vault, identity, client, keys, settings, project)
-        offers[offer.torrent.info_hash] = offer
-    agents = [offer for offer in offers.values() if offer.agent is not None]
+        seller.offer(cid, keys=keys)
 
     async def main() -> None:
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        def keep_cheque(signed) -> None:
-            try:
-                cashier.on_cheque(signed)
-            except VeilError as exc:  # the ledger cannot keep it (a full disk): stop rather than serve unpaid
-                fatal.append(exc)
-                stop.set()
-
-        def on_loop_error(loop_, context) -> None:  # a write that failed in a callback (the audit log's, say)
-            error = context.get("exception")
-            full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
-            if full or (isinstance(error, AuditLogError) and disk_is_full(Path(vault.home))):
-                fatal.append(MarketCommandError(f"no space left on the disk of the vault at {vault.home}"))
-                stop.set()
-            elif isinstance(error, VeilError):  # the audit log cannot be kept, say: no key may go out
-                fatal.append(error)
-                stop.set()
-            else:
-                loop_.default_exception_handler(context)
-
-        loop.set_exception_handler(on_loop_error)
-
+        loop.set_exception_handler(seller.on_loop_error)
         async with SwarmNode(listen_at, registry=_registry()) as node:
             host, port = node.listen_address
-            for offer in offers.values():
-                _start_offer(node, offer, identity, client, ledger, cashier, keep_cheque, settings, project,
-                             serve_plain, tracker)
+            seller.start(node, loop)
+            for offer in seller.offers.values():
                 console.print(f"serving {offer.torrent.content_id} on {host}:{port}"
                               f"{' and selling keys' if offer.agent else ''}")
                 console.print(f"magnet {offer.torrent.magnet}&x.pe={host}:{port}", soft_wrap=True)
-            if not all(offer.service.serve_plain_peers for offer in offers.values()):
+            if not seller.plain_peers_served:
                 err_console.print("plain BitTorrent peers get nothing from this node (--serve-plain seeds them free)")
             sys.stdout.flush()
-            responders = [GrantResponder(client, offer.agent) for offer in agents]
-            watch = ChainWatch(client, set(offers))
-
-            def act_on(changes, records) -> None:  # on the loop: what the watch saw
-                for change in changes:
-                    if isinstance(change, WithdrawalRequested):
-                        cashier.on_withdrawal_requested(change.viewer)
-                for content_id, record in records.items():
-                    if record is not None:
-                        _terms_now(offers[content_id], record, cashier)
-
-            def watch_chain() -> None:  # on the chain thread
-                changes = watch.poll()
-                if changes:
-                    shares = {change.content_id for change in changes if isinstance(change, ShareChange)}
-                    records = {content_id: client.content(content_id) for content_id in shares & set(offers)}
-                    loop.call_soon_threadsafe(act_on, changes, records)
-
-            def answer_grants() -> None:  # on the chain thread
-                for responder in responders:
-                    responder.poll()
-
-            polled_at = watched_at = 0.0
             with Live(console=err_console, refresh_per_second=4, transient=True) as live:
                 while not stop.is_set():
-                    now = loop.time()
-                    if responders and now - polled_at >= GRANT_POLL_INTERVAL_S and cashier.idle:
-                        polled_at = now
-                        cashier.run_later(answer_grants)  # on-chain purchases get their keys
-                    if now - watched_at >= WATCH_INTERVAL_S:
-                        watched_at = now
-                        cashier.run_later(watch_chain)
-                    cashier.tick()
-                    live.update(_serve_status(offers.values(), responders))
+                    seller.poll(loop.time())
+                    live.update(seller.status_line())
                     try:
                         async with asyncio.timeout(0.25):
                             await stop.wait()
                     except TimeoutError:
                         pass
 
-    cashier = Cashier(client, ledger, settings)  # also cashes what an earlier run left uncashed
-    fatal: list[VeilError] = []
     run(main())
-    for offer in agents:
-        if offer.agent.audit.count:
-            cashier.anchor_audit_head(offer.agent.audit.head, offer.torrent.info_hash)
+    cashier = seller.cashier
     try:
-        claimed = cashier.close()
+        claimed = seller.finish()
     except ChainUnavailable as down:  # cheques are kept: nothing is lost while the chain is away
         count = cashier.uncashed_cheques
         raise MarketCommandError(f"stopped; {down}: {format_ether(cashier.uncashed_wei)} in {count} "
                                  f"cheque{'' if count == 1 else 's'} stay in the ledger, and `veil wallet cash` cashes "
                                  "them once it answers (before the viewers' lanes end, a day after they played)"
                                  ) from None
-    if fatal:
-        raise MarketCommandError(f"stopped serving: {fatal[0]}; what was kept before it was cashed "
+    if seller.fatal:
+        raise MarketCommandError(f"stopped serving: {seller.fatal[0]}; what was kept before it was cashed "
                                  f"({format_ether(claimed)} claimed)")
     console.print(f"stopped; cashed and claimed {format_ether(claimed)} "
                   f"({cashier.batches_cashed} cash batches, {cashier.anchors_posted} audit anchors; "
@@ -248,47 +137,6 @@ def _serve(cids: list[str], vault, identity, client, keys: bool, listen_at, trac
         raise MarketCommandError(f"{format_ether(failed)} in cheques could not be cashed "
                                  f"({cashier.failures[-1] if cashier.failures else 'the chain refused'}); they are "
                                  "kept in the vault: `veil wallet cash` tries again")
-
-
-def _start_offer(node: SwarmNode, offer: _Offer, identity, client, ledger, cashier: Cashier, keep_cheque,
-                 settings: MarketSettings, project: tuple, serve_plain: bool, tracker: list[str]) -> None:
-    """Seed one content on the node, behind its market service, wired to the one cashier."""
-    content = node.seed(offer.store)
-    service = offer.service = MarketService(
-        content, payee=identity.wallet_address, domain=client.cheque_domain, settings=settings,
-        key_agent=offer.agent, grant_lookup=client.grant, cover_lookup=client.guarantee, unpayable=project,
-        serve_plain_peers=True if serve_plain else None,
-        paid_before=_paid_before(ledger, client, identity.wallet_address))
-    service.on_cheque_accepted = keep_cheque
-    service.on_cover = cashier.note_cover
-    if offer.record is not None:
-        _terms_now(offer, offer.record, cashier)
-    if offer.agent is not None:
-        agent, info_hash = offer.agent, offer.torrent.info_hash
-        agent.on_release = lambda head: cashier.on_audit_head(head, agent.audit.count, info_hash)
-    for url in tracker:
-        node.announce_to(content, url)
-
-
-def _terms_now(offer: _Offer, record, cashier: Cashier) -> None:
-    """The registry's share in force and any cut ahead: a cut is cashed before it applies."""
-    offer.service.terms_changed(record.seeder_share_bps, record.scheduled_seeder_share_bps, record.share_effective_at)
-    cut = record.scheduled_seeder_share_bps
-    if cut is not None and cut < offer.torrent.manifest.terms.seeder_share_bps:
-        cashier.cash_content_by(offer.torrent.info_hash, record.share_effective_at)
-
-
-def _serve_status(offers, responders) -> str:
-    services = [offer.service for offer in offers]
-    served = sum(s.stats.bytes_served for s in services)
-    line = (f"{sum(s.content.peers for s in services)} peers · {served / 2**20:.1f} MiB served · "
-            f"{sum(s.stats.cheques_accepted for s in services)} cheques · "
-            f"earned {format_ether(sum(s.earned_wei for s in services))}")
-    if any(offer.agent for offer in offers):
-        line += f" · {sum(s.stats.keys_released for s in services)} keys released"
-    if responders:
-        line += f" · {sum(len(r.issued) for r in responders)} grants answered"
-    return line
 
 
 def play(
@@ -696,13 +544,6 @@ def _signed_before(ledger, client, viewer: str):
     issued = {(c.cheque.content_id, c.cheque.seeder): c.cheque.cumulative_amount
               for c in ledger.latest(client.cheque_domain, Direction.ISSUED) if c.cheque.viewer == viewer}
     return lambda content_id, seeder: max(issued.get((content_id, seeder), 0), client.cashed(viewer, content_id, seeder))
-
-
-def _paid_before(ledger, client, payee: str):
-    """(viewer, content id) → what that viewer paid this payee in earlier sessions."""
-    received = {(c.cheque.viewer, c.cheque.content_id): c.cheque.cumulative_amount
-                for c in ledger.latest(client.cheque_domain, Direction.RECEIVED) if c.cheque.seeder == payee}
-    return lambda viewer, content_id: max(received.get((viewer, content_id), 0), client.cashed(viewer, content_id, payee))
 
 
 def _known_torrent(vault, cid: str) -> Torrent | None:
