@@ -16,6 +16,7 @@ from eth_account import Account
 
 from veilstream.chain.anvil import ANVIL_DEV_KEY, Anvil
 from veilstream.chain.client import ChainClient, connect_rpc
+from veilstream.chain.client_settings import ChainClientSettings
 from veilstream.chain.deployment import ChainSettings, Deployment
 from veilstream.chain.errors import ChainError
 
@@ -113,11 +114,12 @@ def open_chain(
     *,
     rpc_url: str | None = None,
     deployment_path: Path | None = None,
+    client_settings: ChainClientSettings = ChainClientSettings(),
 ) -> ChainClient:
     """The chain a node uses: an RPC endpoint if one is named (with the deployment file
     that says where the contracts are), else the embedded chain under `chain_dir`."""
     if rpc_url is None and deployment_path is None:
-        return ChainClient.embedded(Path(chain_dir) / "embedded", account)
+        return ChainClient.embedded(Path(chain_dir) / "embedded", account, client_settings=client_settings)
     deployment = Deployment.load(Path(deployment_path)) if deployment_path else None
     if deployment is None:
         candidate = Path(chain_dir) / "devnet" / DEPLOYMENT_FILE
@@ -128,4 +130,4 @@ def open_chain(
     url = rpc_url or (deployment.rpc_url if deployment else None)
     if url is None:
         raise ChainError("the deployment file names no RPC endpoint: pass --chain-rpc URL")
-    return ChainClient.connect(url, deployment, account)
+    return ChainClient.connect(url, deployment, account, client_settings=client_settings)

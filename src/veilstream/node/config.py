@@ -34,10 +34,12 @@ def layer_sections() -> dict[str, type]:
     """Every layer's settings pack, by its table name in config.toml."""
     from veilstream.chain import ChainClientSettings
     from veilstream.market.settings import MarketSettings
+    from veilstream.node.settings import NodeSettings
     from veilstream.social import SocialSettings
     from veilstream.swarm.settings import SwarmSettings
 
-    return {"swarm": SwarmSettings, "market": MarketSettings, "chain": ChainClientSettings, "social": SocialSettings}
+    return {"swarm": SwarmSettings, "market": MarketSettings, "chain": ChainClientSettings, "social": SocialSettings,
+            "node": NodeSettings}
 
 
 def load_node_config(home: Path, flags: dict[str, tuple[str, str]] | None = None) -> Config:

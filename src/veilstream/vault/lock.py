@@ -91,5 +91,5 @@ def _subject(name: str) -> str:
     """'content-3f2a…64 hex' → 'content 3f2a1b2c3d4e5f60…'; 'wallet-0xab…' → 'wallet 0xab…'."""
     kind, _, rest = name.partition("-")
     if not rest:
-        return name
+        return {"node": "this vault's node"}.get(name, name)
     return f"{kind} {rest[:16]}…" if len(rest) > 20 else f"{kind} {rest}"

@@ -26,10 +26,11 @@ app = typer.Typer(
 
 def _register_all() -> None:
     from veilstream.node.cli import (
-        chain_cmds, config_cmds, content_cmds, demo_cmd, identity_cmds, market_cmds, social_cmds, swarm_cmds,
+        chain_cmds, config_cmds, content_cmds, demo_cmd, identity_cmds, market_cmds, node_cmds, social_cmds, swarm_cmds,
     )
 
-    for module in (identity_cmds, content_cmds, chain_cmds, swarm_cmds, market_cmds, social_cmds, config_cmds, demo_cmd):
+    for module in (identity_cmds, content_cmds, chain_cmds, swarm_cmds, market_cmds, social_cmds, node_cmds,
+                   config_cmds, demo_cmd):
         module.register(app)
 
 

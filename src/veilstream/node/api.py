@@ -1,0 +1,65 @@
+"""The node's HTTP API (FastAPI), versioned under /api/v1, for its own user only.
+
+A web page in the same browser must not act for the user (spend the wallet, read the
+library), so every request must come to the node's own host name (DNS rebinding is
+refused), from no foreign `Origin`, and — except `GET /api/v1/health` — carry the node's
+API token (`Authorization: Bearer`, the token in `$VEIL_HOME/node/api-token`, mode 0600,
+new at every start). Answers are JSON; errors are `{"error": "..."}` with a status.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+API_PREFIX = "/api/v1"
+OPEN_PATHS = frozenset({f"{API_PREFIX}/health"})
+
+
+def allowed_hosts(host: str, port: int) -> frozenset[str]:
+    """`Host` header values that name this node: its address and, on loopback, localhost."""
+    names = {host}
+    if host in ("127.0.0.1", "::1", "localhost"):
+        names |= {"127.0.0.1", "localhost", "[::1]"}
+    return frozenset(f"{name}:{port}" for name in names)
+
+
+def create_app(status: Callable[[], dict[str, Any]], token: str, hosts: Callable[[], frozenset[str]]) -> FastAPI:
+    """The API over a running node: `status()` is its state now, `hosts()` the Host values
+    it answers to (known once it listens)."""
+    app = FastAPI(title="Veilstream node", openapi_url=f"{API_PREFIX}/openapi.json", docs_url=None, redoc_url=None)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        host = request.headers.get("host", "")
+        if host not in hosts():
+            return _refuse(403, f"this node answers to {sorted(hosts())[0]} only, not Host {host!r}")
+        origin = request.headers.get("origin")
+        if origin is not None and origin.split("//", 1)[-1] not in hosts():
+            return _refuse(403, f"requests from {origin!r} are refused: only the node's own pages may call it")
+        if request.url.path not in OPEN_PATHS and not _has_token(request, token):
+            return _refuse(401, "a valid API token is needed: Authorization: Bearer <$VEIL_HOME/node/api-token>")
+        return await call_next(request)
+
+    @app.get(f"{API_PREFIX}/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(f"{API_PREFIX}/status")
+    async def node_status() -> dict[str, Any]:
+        return status()
+
+    return app
+
+
+def _has_token(request: Request, token: str) -> bool:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _refuse(status_code: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status_code)

@@ -1,0 +1,172 @@
+"""`veil up`, `veil status`, `veil logs`: the long-running node and a look at it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from veilstream.chain.errors import ChainUnavailable
+from veilstream.errors import VeilError
+from veilstream.node.cli.common import console, err_console, open_vault, read_passphrase, veil_home
+from veilstream.node.cli.config_cmds import parse_set_flags
+from veilstream.node.config import load_node_config
+from veilstream.node.daemon import LOG_FILE, NODE_LOCK, Node, read_info, read_token
+from veilstream.node.units import format_ether
+from veilstream.swarm import run
+from veilstream.vault import VaultBusy
+
+STATUS_TIMEOUT_S = 5.0
+FOLLOW_POLL_S = 0.25
+
+
+class NodeCommandError(VeilError):
+    pass
+
+
+def up(
+    api_port: int = typer.Option(None, "--api-port", help="Serve the API on this port (node.api_port; 0: any free one)."),
+    listen: str = typer.Option(None, "--listen", help="Where to accept peers, HOST:PORT (swarm.listen_host/port)."),
+    assignments: list[str] = typer.Option([], "--set", metavar="TABLE.KEY=VALUE",
+                                          help="Override any setting of config.toml (repeatable; `veil config show`)."),
+) -> None:
+    """Run the node: seed everything the vault holds for cheques, sell your own contents' keys,
+    answer grants, cash what is owed, and serve the API, until Ctrl-C or SIGTERM.
+
+    Example: veil up --api-port 8467"""
+    flags = parse_set_flags(assignments)
+    if api_port is not None:
+        flags["node.api_port"] = (str(api_port), "--api-port")
+    if listen is not None:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host:
+            raise NodeCommandError(f"--listen {listen!r}: write it as HOST:PORT, e.g. 127.0.0.1:6881")
+        flags["swarm.listen_host"] = (host.strip("[]"), "--listen")
+        flags["swarm.listen_port"] = (port, "--listen")
+    home = veil_home()
+    config = load_node_config(home, flags)  # a bad setting is refused before the passphrase
+    open_vault()  # no vault: one line saying `veil init`
+    with Node.open(home, config, read_passphrase()) as node:
+        stop = asyncio.Event()
+
+        def on_ready(ready) -> None:
+            console.print(f"node up: {ready.contents} content{'' if ready.contents == 1 else 's'}, "
+                          f"peers at {ready.swarm_address[0]}:{ready.swarm_address[1]}")
+            console.print(f"API {ready.api_url}/api/v1 (token in {home / 'node' / 'api-token'})", soft_wrap=True)
+            console.print("Ctrl-C stops it (what is owed is cashed first)")
+            sys.stdout.flush()
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+            await node.serve(stop, on_ready)
+
+        run(main())
+        try:
+            claimed = node.finish()
+        except ChainUnavailable as down:
+            cashier = node.seller.cashier
+            raise NodeCommandError(f"stopped; {down}: {format_ether(cashier.uncashed_wei)} in cheques stay in the "
+                                   "ledger, and the next `veil up` (or `veil wallet cash`) cashes them") from None
+        if node.fatal:
+            raise NodeCommandError(f"the node stopped: {node.fatal[0]}")
+        console.print(f"stopped; cashed and claimed {format_ether(claimed)}")
+
+
+def _running_node(home: Path) -> tuple[str, str]:
+    """(API URL, token) of the node running for this vault, or a one-line error."""
+    vault = open_vault()
+    try:
+        with vault.hold(NODE_LOCK, "veil status"):
+            raise NodeCommandError("no node is running for this vault (`veil up` starts one)")
+    except VaultBusy:
+        pass
+    info, token = read_info(home), read_token(home)
+    if info is None or token is None:
+        raise NodeCommandError("the node of this vault is starting (or cannot write its files): try again shortly")
+    return info["api_url"], token
+
+
+def api_get(home: Path, path: str) -> dict:
+    url, token = _running_node(home)
+    request = urllib.request.Request(f"{url}/api/v1/{path}", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=STATUS_TIMEOUT_S) as response:  # noqa: S310 (our own node)
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise NodeCommandError(f"the node refused: {exc.code} {exc.reason}") from None
+    except (OSError, ValueError) as exc:
+        raise NodeCommandError(f"the node at {url} does not answer: {exc}") from None
+
+
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print the node's status as one JSON object."),
+) -> None:
+    """What the running node is doing: peers, contents seeded, earnings, chain connectivity."""
+    state = api_get(veil_home(), "status")
+    if as_json:
+        print(json.dumps(state))
+        return
+    chain = state["chain"]
+    up_for = time.time() - state["started_at"]
+    console.print(f"node pid {state['pid']}, up {up_for / 60:.0f} min · wallet {state['wallet']} · "
+                  f"peers at {state['swarm']['listen']} · API {state['api_url']}")
+    console.print(f"chain {chain['endpoint']}: {'answers' if chain['answers'] else 'does NOT answer'} · "
+                  f"uncashed {format_ether(chain['uncashed_wei'])} in {chain['uncashed_cheques']} cheques · "
+                  f"cashed {format_ether(chain['paid_wei'])}")
+    table = Table("content id", "role", "peers", "served", "cheques", "earned", "keys released")
+    for c in state["contents"]:
+        table.add_row(c["content_id"][:16] + "…", c["role"], str(c["peers"]), f"{c['bytes_served'] / 2**20:.1f} MiB",
+                      str(c["cheques_accepted"]), format_ether(c["earned_wei"]),
+                      str(c["keys_released"]) if c["sells_keys"] else "")
+    console.print(table)
+
+
+def logs(
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing what the node logs (Ctrl-C ends)."),
+) -> None:
+    """The node's log ($VEIL_HOME/logs/node.log)."""
+    path = veil_home() / LOG_FILE
+    if not path.exists():
+        raise NodeCommandError(f"no node log yet at {path} (`veil up` writes it)")
+    with path.open("r", encoding="utf-8", errors="replace") as handle:
+        sys.stdout.write(handle.read())
+        sys.stdout.flush()
+        if not follow:
+            return
+        inode = path.stat().st_ino
+        try:
+            while True:
+                chunk = handle.read()
+                if chunk:
+                    sys.stdout.write(chunk)
+                    sys.stdout.flush()
+                    continue
+                try:
+                    if path.stat().st_ino != inode:  # rotated: go on in the new file
+                        handle.close()
+                        handle = path.open("r", encoding="utf-8", errors="replace")
+                        inode = path.stat().st_ino
+                        continue
+                except FileNotFoundError:
+                    pass
+                time.sleep(FOLLOW_POLL_S)
+        except KeyboardInterrupt:
+            err_console.print("")
+        finally:
+            handle.close()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("up")(up)
+    app.command("status")(status)
+    app.command("logs")(logs)

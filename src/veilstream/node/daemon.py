@@ -1,0 +1,302 @@
+"""`veil up`: one long-running node per vault that plays every role for its user.
+
+The `Node` is the composition root: it holds the vault's node lock (one node per vault),
+unlocks the identity, opens the chain, seeds every content the vault holds behind a market
+service (selling the keys of the user's own contents), answers grants, watches the chain,
+cashes through one Cashier, and serves the HTTP API — all under one AsyncExitStack and
+TaskGroup. A signal stops it: no more peers, what is owed cashed, the ledger flushed.
+
+    with Node.open(home, config, passphrase) as node:   # sync: lock, unlock, chain, offers
+        run(node.serve(stop, on_ready))                 # async: swarm, API, upkeep
+        report = node.finish()                          # sync: anchor, cash, claim
+
+Files under the vault: `node/api-token` (0600, new at every start), `node/node.json`
+(where the API is, while the node runs), `logs/node.log` (rotated; scrubbed of secrets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import logging.handlers
+import os
+import secrets
+import socket
+import time
+from contextlib import AsyncExitStack, ExitStack, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from veilstream.atomic import replace_file
+from veilstream.chain import ChequeLedger, open_chain
+from veilstream.errors import VeilError
+from veilstream.market import messages
+from veilstream.node.api import allowed_hosts, create_app
+from veilstream.node.config import Config
+from veilstream.node.selling import Seller
+from veilstream.swarm import UT_METADATA, ExtensionRegistry, SwarmNode
+from veilstream.vault import Vault
+
+log = logging.getLogger("veilstream.node")
+
+NODE_LOCK = "node"
+TOKEN_FILE = Path("node") / "api-token"
+INFO_FILE = Path("node") / "node.json"
+LOG_FILE = Path("logs") / "node.log"
+WALLET_LOCK_WAIT_S = 60.0  # another process of this vault is sending: each send holds the lock for one RPC round
+
+
+class NodeError(VeilError):
+    pass
+
+
+@dataclass(frozen=True)
+class Ready:
+    """What a started node tells its user."""
+
+    api_url: str
+    swarm_address: tuple[str, int]
+    contents: int
+
+
+class _SecretScrubber(logging.Filter):
+    """No key, passphrase, mnemonic or token reaches the log, whatever a message quotes."""
+
+    def __init__(self, secrets_: list[str]) -> None:
+        super().__init__()
+        self._secrets = [s for s in secrets_ if len(s) >= 8]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        scrubbed = message
+        for secret in self._secrets:
+            scrubbed = scrubbed.replace(secret, "[secret]")
+        if scrubbed != message or record.exc_info:
+            if record.exc_info:  # a traceback's text may quote a secret too: render it here, scrubbed
+                text = logging.Formatter().formatException(record.exc_info)
+                for secret in self._secrets:
+                    text = text.replace(secret, "[secret]")
+                scrubbed = f"{scrubbed}\n{text}"
+                record.exc_info = None
+                record.exc_text = None
+            record.msg, record.args = scrubbed, None
+        return True
+
+
+class _ApiServer(uvicorn.Server):
+    def capture_signals(self):  # the node handles signals itself and stops the server
+        return nullcontext()
+
+
+class Node:
+    def __init__(self, home: Path, config: Config) -> None:
+        self.home = Path(home)
+        self.config = config
+        self.settings = config["node"]
+        self.started_at = time.time()
+        self._stack = ExitStack()
+        self.seller: Seller | None = None
+        self.swarm: SwarmNode | None = None
+        self.api_url: str | None = None
+        self._api_hosts: frozenset[str] = frozenset()
+        self._token = secrets.token_urlsafe(32)
+        self._stop: asyncio.Event | None = None
+
+    # -- opening (sync) ---------------------------------------------------------------------
+    @classmethod
+    def open(cls, home: Path, config: Config, passphrase: str) -> Node:
+        node = cls(home, config)
+        try:
+            node._open(passphrase)
+        except BaseException:
+            node.close()
+            raise
+        return node
+
+    def _open(self, passphrase: str) -> None:
+        vault = Vault.open(self.home)
+        self._stack.enter_context(vault.hold(NODE_LOCK, "veil up"))  # a second node of this vault is refused
+        unlocked = vault.unlock(passphrase)
+        identity = unlocked.identity()
+        self._start_log([passphrase, identity.mnemonic, identity.wallet_key.hex(), self._token])
+        settings = self.settings
+        client = open_chain(self.home / "chain", identity.wallet, rpc_url=settings.chain_rpc_url or None,
+                            deployment_path=Path(settings.chain_deployment) if settings.chain_deployment else None,
+                            client_settings=self.config["chain"])
+        self._stack.callback(client.close)
+        client.sender_lock = lambda address: unlocked.hold(f"wallet-{address.lower()}", "veil up",
+                                                           wait_s=WALLET_LOCK_WAIT_S)
+        self.client = client
+        ledger = ChequeLedger(self.home / "chain" / "cheques.sqlite")
+        self._stack.callback(ledger.close)
+        self.seller = Seller(unlocked, identity, client, ledger, self.config["market"],
+                             trackers=settings.trackers, on_fatal=self._fatal)
+        self.roles: dict[str, str] = {}
+        for held in unlocked.contents():
+            self._stack.enter_context(unlocked.hold_content(held.content_id, "veil up"))
+            self.seller.offer(held.content_id, keys=held.role == "creator")
+            self.roles[held.content_id] = held.role
+        replace_file(self.home / TOKEN_FILE, (self._token + "\n").encode(), mode=0o600)
+        self.wallet_address = identity.wallet_address
+        log.info("node opened: %d contents, wallet %s", len(self.roles), identity.wallet_address)
+
+    def _start_log(self, secrets_: list[str]) -> None:
+        path = self.home / LOG_FILE
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handler = logging.handlers.RotatingFileHandler(path, maxBytes=self.settings.log_max_bytes,
+                                                       backupCount=self.settings.log_files_kept, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(_SecretScrubber(secrets_))
+        loggers = [logging.getLogger("veilstream"), logging.getLogger("uvicorn.error")]
+        for logger in loggers:
+            logger.addHandler(handler)
+            if logger.level == logging.NOTSET or logger.level > logging.INFO:
+                logger.setLevel(logging.INFO)
+
+        def stop_log() -> None:
+            for logger in loggers:
+                logger.removeHandler(handler)
+            handler.close()
+
+        self._stack.callback(stop_log)
+
+    def _fatal(self) -> None:  # the seller cannot go on (a full disk, say): stop the node
+        if self._stop is not None:
+            self._stop.set()
+
+    # -- running (async) --------------------------------------------------------------------
+    async def serve(self, stop: asyncio.Event, on_ready=lambda ready: None) -> None:
+        """Run every role until `stop` is set (or a fatal error sets it)."""
+        self._stop = stop
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self.seller.on_loop_error)
+        registry = ExtensionRegistry((UT_METADATA, messages.MARKET_EXTENSION))
+        async with AsyncExitStack() as stack:
+            self.swarm = await stack.enter_async_context(SwarmNode(self.config["swarm"], registry=registry))
+            self.seller.start(self.swarm, loop)
+            api_socket = self._bind_api()
+            stack.callback(api_socket.close)
+            host, port = api_socket.getsockname()[:2]
+            self._api_hosts = allowed_hosts(self.settings.api_host, port)
+            shown_host = f"[{host}]" if ":" in host else host
+            self.api_url = f"http://{shown_host}:{port}"
+            app = create_app(self.status, self._token, lambda: self._api_hosts)
+            server = _ApiServer(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+            group = await stack.enter_async_context(asyncio.TaskGroup())
+            api = group.create_task(server.serve(sockets=[api_socket]), name="node-api")
+            while not server.started:
+                if api.done():
+                    break
+                await asyncio.sleep(0.01)
+            if api.done():  # the server gave up at start: its error leaves with the group
+                return
+            self._write_info()
+            stack.callback(self._remove_info)
+            on_ready(Ready(self.api_url, self.swarm.listen_address, len(self.roles)))
+            log.info("node up: API %s, peers at %s:%d", self.api_url, *self.swarm.listen_address)
+            interval = self.settings.poll_interval_s
+            while not stop.is_set():
+                self.seller.poll(loop.time())
+                try:
+                    async with asyncio.timeout(interval):
+                        await stop.wait()
+                except TimeoutError:
+                    pass
+            log.info("node stopping")
+            server.should_exit = True
+
+    def _bind_api(self) -> socket.socket:
+        host, port = self.settings.api_host, self.settings.api_port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise NodeError(f"the API cannot listen on {host}:{port}: {exc.strerror} (set node.api_port in "
+                            "config.toml or pass --api-port; 0 takes any free port)") from None
+        sock.listen(128)
+        sock.setblocking(False)
+        return sock
+
+    def _write_info(self) -> None:
+        info = {"pid": os.getpid(), "api_url": self.api_url, "started_at": self.started_at}
+        replace_file(self.home / INFO_FILE, json.dumps(info).encode(), mode=0o600)
+
+    def _remove_info(self) -> None:
+        try:
+            (self.home / INFO_FILE).unlink()
+        except FileNotFoundError:
+            pass
+
+    # -- what it is doing -----------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        seller, swarm = self.seller, self.swarm
+        cashier = seller.cashier
+        contents = []
+        for offer in seller.offers.values():
+            service = offer.service
+            cid = offer.torrent.content_id
+            contents.append({
+                "content_id": cid,
+                "role": self.roles.get(cid, "seeder"),
+                "sells_keys": offer.agent is not None,
+                "peers": service.content.peers if service else 0,
+                "bytes_served": service.stats.bytes_served if service else 0,
+                "cheques_accepted": service.stats.cheques_accepted if service else 0,
+                "earned_wei": service.earned_wei if service else 0,
+                "keys_released": service.stats.keys_released if service else 0,
+            })
+        listen = swarm.listen_address if swarm is not None else None
+        return {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "wallet": self.wallet_address,
+            "api_url": self.api_url,
+            "swarm": {"listen": f"{listen[0]}:{listen[1]}" if listen else None,
+                      "peers": sum(c["peers"] for c in contents)},
+            "chain": {"endpoint": self.settings.chain_rpc_url or "embedded",
+                      "answers": cashier.chain_down_since is None,
+                      "uncashed_wei": cashier.uncashed_wei, "uncashed_cheques": cashier.uncashed_cheques,
+                      "paid_wei": cashier.paid_wei, "batches_cashed": cashier.batches_cashed},
+            "contents": contents,
+            "earned_wei": sum(c["earned_wei"] for c in contents),
+        }
+
+    # -- stopping (sync) --------------------------------------------------------------------
+    def finish(self) -> int:
+        """Anchor the audit heads, cash what is owed, claim; returns what was claimed."""
+        return self.seller.finish()
+
+    @property
+    def fatal(self) -> list[VeilError]:
+        return self.seller.fatal if self.seller is not None else []
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def read_info(home: Path) -> dict[str, Any] | None:
+    """Where the running node's API is (None if no node wrote it)."""
+    try:
+        return json.loads((Path(home) / INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_token(home: Path) -> str | None:
+    try:
+        return (Path(home) / TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None

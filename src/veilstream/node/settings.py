@@ -1,0 +1,38 @@
+"""The node's own settings pack (the `[node]` table of config.toml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from veilstream.errors import VeilError
+
+MIB = 1024 * 1024
+
+
+class NodeSettingsError(VeilError):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    # The API acts for this machine's user only: it listens on loopback unless told otherwise.
+    api_host: str = "127.0.0.1"
+    # Fixed, so the app's address survives restarts (a bookmark, the login link); 0: any free port.
+    api_port: int = 8467
+    chain_rpc_url: str = ""  # an EVM JSON-RPC endpoint; empty: the vault's embedded chain
+    chain_deployment: str = ""  # the deployment file (where the contracts are) for chain_rpc_url
+    trackers: tuple[str, ...] = ()  # HTTP trackers every content is announced to
+    log_max_bytes: int = 10 * MIB  # node.log is rotated past this...
+    log_files_kept: int = 5  # ...keeping this many old ones: 60 MiB at most
+    # A signal stops the node within this: it stops taking peers, cashes what is owed and
+    # flushes; what the chain did not take by then stays in the ledger for the next run.
+    stop_timeout_s: float = 10.0
+    poll_interval_s: float = 0.25  # how often the node looks after grants, the chain watch and due cheques
+
+    def __post_init__(self) -> None:
+        if not self.api_host:
+            raise NodeSettingsError("api_host must name an address to listen on, such as 127.0.0.1")
+        if self.stop_timeout_s <= 0 or self.poll_interval_s <= 0:
+            raise NodeSettingsError("stop_timeout_s and poll_interval_s must be positive numbers of seconds")
+        if self.log_max_bytes < 4096 or self.log_files_kept < 1:
+            raise NodeSettingsError("log_max_bytes must be at least 4096 and log_files_kept at least 1")
