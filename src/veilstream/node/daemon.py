@@ -35,9 +35,15 @@ from veilstream.atomic import replace_file
 from veilstream.chain import ChequeLedger, open_chain
 from veilstream.errors import VeilError
 from veilstream.market import messages
+from veilstream.content import parse_content_id
+from veilstream.market.lanes import NoCover
+from veilstream.market.stream import BudgetSpent
 from veilstream.node.api import allowed_hosts, create_app
 from veilstream.node.config import Config
+from veilstream.node.hints import magnet_hints
 from veilstream.node.selling import Seller
+from veilstream.node.units import parse_amount
+from veilstream.node.watching import Viewing
 from veilstream.swarm import UT_METADATA, ExtensionRegistry, SwarmNode
 from veilstream.vault import Vault
 
@@ -52,6 +58,14 @@ WALLET_LOCK_WAIT_S = 60.0  # another process of this vault is sending: each send
 
 class NodeError(VeilError):
     pass
+
+
+class NotFound(NodeError):
+    http_status = 404
+
+
+class Conflict(NodeError):
+    http_status = 409
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,8 @@ class Node:
         self._api_hosts: frozenset[str] = frozenset()
         self._token = secrets.token_urlsafe(32)
         self._stop: asyncio.Event | None = None
+        self.viewings: dict[str, Viewing] = {}  # content id → its paid stream
+        self._viewing_locks: dict[str, ExitStack] = {}
 
     # -- opening (sync) ---------------------------------------------------------------------
     @classmethod
@@ -133,6 +149,7 @@ class Node:
         self.client = client
         ledger = ChequeLedger(self.home / "chain" / "cheques.sqlite")
         self._stack.callback(ledger.close)
+        self.vault, self.identity, self.ledger = unlocked, identity, ledger
         self.seller = Seller(unlocked, identity, client, ledger, self.config["market"],
                              trackers=settings.trackers, on_fatal=self._fatal)
         self.roles: dict[str, str] = {}
@@ -184,7 +201,7 @@ class Node:
             self._api_hosts = allowed_hosts(self.settings.api_host, port)
             shown_host = f"[{host}]" if ":" in host else host
             self.api_url = f"http://{shown_host}:{port}"
-            app = create_app(self.status, self._token, lambda: self._api_hosts)
+            app = create_app(self)
             server = _ApiServer(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
             group = await stack.enter_async_context(asyncio.TaskGroup())
             api = group.create_task(server.serve(sockets=[api_socket]), name="node-api")
@@ -208,6 +225,8 @@ class Node:
                     pass
             log.info("node stopping")
             server.should_exit = True
+            for cid in list(self.viewings):
+                self.stop_stream(cid)
 
     def _bind_api(self) -> socket.socket:
         host, port = self.settings.api_host, self.settings.api_port
@@ -233,6 +252,66 @@ class Node:
             (self.home / INFO_FILE).unlink()
         except FileNotFoundError:
             pass
+
+    # -- the API's view ----------------------------------------------------------------------
+    @property
+    def api_hosts(self) -> frozenset[str]:
+        return self._api_hosts
+
+    @property
+    def api_token(self) -> str:
+        return self._token
+
+    # -- watching ------------------------------------------------------------------------------
+    async def start_stream(self, content: str, budget: str | None) -> dict[str, Any]:
+        """Open a paid stream of `content` (id or magnet) spending at most `budget`."""
+        cid = parse_content_id(content)
+        if cid in self.viewings:
+            return self.viewings[cid].stats()
+        if cid in self.roles:
+            raise Conflict(f"this node holds {cid[:16]}… whole and seeds it: `veil open` decrypts it with the keys "
+                           "the vault holds")
+        budget_wei = parse_amount(budget) if budget else None
+        trackers, peers = magnet_hints(content)
+        locks = ExitStack()
+        locks.enter_context(self.vault.hold_content(cid, "veil up"))
+        try:
+            viewing = await Viewing.start(self.swarm, self.vault, self.identity, self.client, self.ledger, cid,
+                                          peers=peers, trackers=[*trackers, *self.settings.trackers],
+                                          budget_wei=budget_wei, stall_timeout_s=self.settings.media_stall_timeout_s)
+        except BaseException:
+            locks.close()
+            raise
+        self.viewings[cid] = viewing
+        self._viewing_locks[cid] = locks
+        log.info("streaming %s… within %d wei", cid[:16], viewing.budget_wei)
+        return viewing.stats()
+
+    def viewing(self, content_id: str) -> Viewing:
+        cid = parse_content_id(content_id)
+        viewing = self.viewings.get(cid)
+        if viewing is None:
+            raise NotFound(f"no stream of {cid[:16]}… is open: start one with a budget (POST /api/v1/streams)")
+        return viewing
+
+    def stop_stream(self, content_id: str) -> dict[str, Any]:
+        viewing = self.viewing(content_id)
+        cid = viewing.torrent.content_id
+        stats = viewing.stats()
+        try:
+            viewing.close(self.swarm)
+        finally:
+            del self.viewings[cid]
+            self._viewing_locks.pop(cid).close()
+        log.info("stream of %s… stopped after paying %d wei", cid[:16], stats["paid_wei"])
+        return stats
+
+    @staticmethod
+    def media_status(error: VeilError) -> int:
+        """The HTTP status for a stream that cannot go on: 402 when money ran out."""
+        if isinstance(error, (BudgetSpent, NoCover)) or isinstance(error.__cause__, NoCover):
+            return 402
+        return getattr(error, "http_status", 503)
 
     # -- what it is doing -----------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -266,6 +345,7 @@ class Node:
                       "paid_wei": cashier.paid_wei, "batches_cashed": cashier.batches_cashed},
             "contents": contents,
             "earned_wei": sum(c["earned_wei"] for c in contents),
+            "streams": [viewing.stats() for viewing in self.viewings.values()],
         }
 
     # -- stopping (sync) --------------------------------------------------------------------

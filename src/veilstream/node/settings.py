@@ -27,6 +27,9 @@ class NodeSettings:
     # A signal stops the node within this: it stops taking peers, cashes what is owed and
     # flushes; what the chain did not take by then stays in the ledger for the next run.
     stop_timeout_s: float = 10.0
+    # A media request that gets no verified slice for this long answers 504 rather than hang
+    # (a player retries; the BEP 3 peer timeout is two minutes, a stream window is seconds).
+    media_stall_timeout_s: float = 60.0
     poll_interval_s: float = 0.25  # how often the node looks after grants, the chain watch and due cheques
 
     def __post_init__(self) -> None:

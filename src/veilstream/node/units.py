@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
+
+from veilstream.chain import ChainError
 
 WEI_PER_ETHER = 10**18
+UNITS = {"wei": 1, "gwei": 10**9, "eth": WEI_PER_ETHER, "ether": WEI_PER_ETHER}
+
+
+def parse_amount(text: str) -> int:
+    """'0.5' (ether), '0.5eth', '20gwei', '1000wei' -> wei."""
+    raw = text.strip().lower().replace("_", "")
+    unit = "eth"
+    for name in sorted(UNITS, key=len, reverse=True):
+        if raw.endswith(name):
+            raw, unit = raw[: -len(name)].strip(), name
+            break
+    try:
+        value = Decimal(raw) * UNITS[unit]
+    except InvalidOperation:
+        raise ChainError(f"{text!r} is not an amount: write e.g. 0.5, 0.5eth, 20gwei or 1000wei") from None
+    if value < 0 or value != value.to_integral_value():
+        raise ChainError(f"{text!r} is not a whole number of wei")
+    return int(value)
 
 
 def format_ether(wei: int) -> str:

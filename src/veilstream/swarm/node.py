@@ -83,6 +83,7 @@ class Transfer:
         self._complete = asyncio.Event()
         self.addresses: set[tuple[str, int]] = set()  # connected or being connected
         self._subscribers: list[Callable[[SwarmEvent], None]] = []
+        self.tasks: set[asyncio.Task] = set()  # its announce, lookup and connect tasks (the node's group owns them)
         self.dropped: deque[PeerDropped] = deque(maxlen=RECENT_DROPS_KEPT)
         self.started_at = time.monotonic()
         self.first_piece_at: float | None = None
@@ -95,7 +96,7 @@ class Transfer:
     # -- what it is -----------------------------------------------------------------------
     @property
     def settings(self) -> SwarmSettings:
-        return self.node.settings
+        return self.swarm.settings
 
     @property
     def info_hash(self) -> bytes:
@@ -483,10 +484,11 @@ class SwarmNode:
         return self._add(swarm)
 
     def fetch(self, target: Torrent | bytes, directory: Path,
-              progress: Callable[[int], None] | None = None) -> Transfer:
+              progress: Callable[[int], None] | None = None, *, settings: SwarmSettings | None = None) -> Transfer:
         """Download a torrent, or a bare v2 info-hash (metadata fetched from peers), into
-        `directory`, resuming whatever is already there."""
-        settings = self.settings
+        `directory`, resuming whatever is already there. `settings` (default: the node's) are
+        this transfer's: a paying viewer's differ from a seeder's."""
+        settings = settings or self.settings
 
         def open_store(torrent: Torrent) -> PieceStore:
             return PieceStore.for_download(torrent, directory, read_cache_pieces=settings.read_cache_pieces, progress=progress)
@@ -500,6 +502,28 @@ class SwarmNode:
             swarm = Swarm(target, peer_id=self.peer_id, settings=settings, registry=self.registry,
                           open_store=open_store, listen_port=self.listen_port)
         return self._add(swarm)
+
+    def remove(self, transfer: Transfer) -> None:
+        """Stop `transfer`: its peers are closed, its tasks cancelled, its storage closed, and
+        the node forgets it (the same content may be added again)."""
+        if self.transfers.get(transfer.swarm.wire_hash) is not transfer:
+            return
+        del self.transfers[transfer.swarm.wire_hash]
+        for task in list(transfer.tasks):
+            task.cancel()
+        for conn in list(transfer.swarm.peers):
+            transfer.swarm.drop_peer(conn, "this node stopped the transfer")
+        self._flush(transfer)
+        if transfer.store is not None:
+            try:
+                transfer.store.close()
+            except SwarmError as exc:
+                log.warning("closing storage: %s", exc)
+
+    def _spawn_for(self, transfer: Transfer, coro) -> None:
+        task = self._spawn(coro)
+        transfer.tasks.add(task)
+        task.add_done_callback(transfer.tasks.discard)
 
     def _add(self, swarm: Swarm) -> Transfer:
         if swarm.wire_hash in self.transfers:
@@ -517,7 +541,7 @@ class SwarmNode:
         if len(transfer.addresses) >= self.settings.max_peers_per_content:
             return
         transfer.addresses.add(address)
-        self._spawn(self._connect(transfer, address))
+        self._spawn_for(transfer, self._connect(transfer, address))
 
     async def _connect(self, transfer: Transfer, address: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
@@ -600,7 +624,7 @@ class SwarmNode:
     # -- discovery --------------------------------------------------------------------------------
     def announce_to(self, transfer: Transfer, url: str) -> None:
         """Keep announcing `transfer` to an HTTP tracker and connect to the peers it names."""
-        self._spawn(self._announce_loop(transfer, url))
+        self._spawn_for(transfer, self._announce_loop(transfer, url))
 
     async def _announce_loop(self, transfer: Transfer, url: str) -> None:
         event: str | None = "started"
@@ -638,7 +662,7 @@ class SwarmNode:
         """Look the content up in the DHT (and announce it) now and then."""
         if self.dht is None:
             raise LocalProtocolError("the DHT is disabled in these settings")
-        self._spawn(self._dht_loop(transfer))
+        self._spawn_for(transfer, self._dht_loop(transfer))
 
     async def dht_lookup_finished(self) -> int:
         """Wait for the next DHT lookup to finish (found peers or not); returns how many have."""

@@ -10,7 +10,6 @@ import json
 import signal
 import time
 from contextlib import contextmanager
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated
 
@@ -22,9 +21,8 @@ from veilstream.chain.devnet import DEFAULT_PORT
 from veilstream.market.cashier import Cashier, HeldBack, claim_if_worth_it
 from veilstream.market.settings import MarketSettings
 from veilstream.node.cli.common import console, err_console, open_vault, this_command, unlock_identity, veil_home
-from veilstream.node.units import WEI_PER_ETHER, format_ether, format_gas
+from veilstream.node.units import format_ether, format_gas, parse_amount
 
-UNITS = {"wei": 1, "gwei": 10**9, "eth": WEI_PER_ETHER, "ether": WEI_PER_ETHER}
 DEFAULT_FAUCET = "10"
 WALLET_LOCK_WAIT_S = 60.0  # another process of this vault is sending: each send holds the lock for one RPC round
 
@@ -40,23 +38,6 @@ ChainDeployment = Annotated[
         help="Deployment file naming the contracts on that chain (`veil devnet` writes one).",
     ),
 ]
-
-
-def parse_amount(text: str) -> int:
-    """'0.5' (ether), '0.5eth', '20gwei', '1000wei' -> wei."""
-    raw = text.strip().lower().replace("_", "")
-    unit = "eth"
-    for name in sorted(UNITS, key=len, reverse=True):
-        if raw.endswith(name):
-            raw, unit = raw[: -len(name)].strip(), name
-            break
-    try:
-        value = Decimal(raw) * UNITS[unit]
-    except InvalidOperation:
-        raise ChainError(f"{text!r} is not an amount: write e.g. 0.5, 0.5eth, 20gwei or 1000wei") from None
-    if value < 0 or value != value.to_integral_value():
-        raise ChainError(f"{text!r} is not a whole number of wei")
-    return int(value)
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

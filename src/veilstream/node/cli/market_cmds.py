@@ -38,6 +38,8 @@ from veilstream.market.stream import BudgetSpent, PaidStream, viewer_swarm_setti
 from veilstream.node.cli.chain_cmds import (ChainDeployment, ChainRpc, _client, _ledger, format_ether, format_gas,
                                           held_back_lines, parse_amount)
 from veilstream.node.selling import Seller
+from veilstream.node.watching import (KeysKeeper, fetch_metadata, grant_secret_name, grant_secrets, held_keys,
+                                      known_torrent, paid_for, signed_before)
 from veilstream.node.cards import open_index, publish_view, resolve_card
 from veilstream.node.cli.common import console, err_console, hold_content, veil_home
 from veilstream.node.cli.swarm_cmds import _settings, magnet_hints, parse_host_port
@@ -211,19 +213,19 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
     report = _PlayReport()
 
     async def main() -> int:
-        torrent = _known_torrent(vault, cid)
+        torrent = known_torrent(vault, cid)
         if torrent is None:
             scratch = Path(vault.home) / "partial" / f"{cid}.metadata"
             err_console.print(f"asking {len(peers)} peers and {len(tracker)} trackers for {cid[:16]}…'s metadata")
             try:
                 async with SwarmNode(_settings(None, False), registry=_registry()) as probe_node:
-                    torrent = await _fetch_metadata(probe_node, cid, peers, tracker, scratch)
+                    torrent = await fetch_metadata(probe_node, cid, peers, tracker, scratch)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         report.slices = torrent.piece_count
         terms = torrent.manifest.terms
         record = registered_record(client, torrent, required=bool(terms.price_per_slice_wei))
-        grants = held_grants(client, _grant_secrets(vault, client), identity.wallet_address, torrent)
+        grants = held_grants(client, grant_secrets(vault, client), identity.wallet_address, torrent)
         granted = set()
         if grants is not None:
             granted = {i for first, end in grants.ranges for i in range(first, min(end, torrent.piece_count))}
@@ -247,10 +249,10 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
             work = Path(vault.home) / "partial" / torrent.content_id
             content = node.fetch(torrent, work)
             stream = PaidStream(content, torrent, wallet=identity.wallet, domain=client.cheque_domain, budget_wei=limit,
-                                grants=grants, signed_before=_signed_before(ledger, client, identity.wallet_address),
+                                grants=grants, signed_before=signed_before(ledger, client, identity.wallet_address),
                                 lanes=LaneOpener(client), key_agent=record.key_agent if record else None,
-                                held_keys=_held_keys(vault, cid),
-                                paid_before_wei=_paid_for(ledger, client, identity.wallet_address, torrent.info_hash))
+                                held_keys=held_keys(vault, cid),
+                                paid_before_wei=paid_for(ledger, client, identity.wallet_address, torrent.info_hash))
             # every cheque is kept before it goes out: the next session's counters go on from it
             stream.on_cheque_signed = lambda signed: ledger.record(client.cheque_domain, signed, Direction.ISSUED)
             for host, port in peers:
@@ -326,29 +328,6 @@ def _output_record(vault, cid: str, out: Path) -> Path:
     return Path(vault.home) / "partial" / f"{cid}.out-{tag}.json"
 
 
-class KeysKeeper:
-    """Bought keys go to the vault while the stream runs, not only at its end: a killed
-    play keeps what it paid for."""
-
-    EVERY_S = 2.0
-
-    def __init__(self, vault, cid: str, stream: PaidStream) -> None:
-        self._vault, self._cid, self._stream = vault, cid, stream
-        self._kept = len(stream.bought_keys().nodes)
-        self._at = time.monotonic()
-
-    def now_and_then(self) -> None:
-        if time.monotonic() - self._at >= self.EVERY_S:
-            self.now()
-
-    def now(self) -> None:
-        self._at = time.monotonic()
-        ring = self._stream.bought_keys()
-        if len(ring.nodes) != self._kept:
-            self._vault.store_keyring(self._cid, ring)
-            self._kept = len(ring.nodes)
-
-
 def earnings(rpc: ChainRpc = None, deployment: ChainDeployment = None) -> None:
     """What this node is owed in cheques, what was cashed on chain, and what waits to be claimed."""
     with _client(rpc, deployment) as (vault, client):
@@ -385,7 +364,7 @@ def buy(
         price = client.quote(torrent.info_hash, first, count)
         one_time = OneTimeKey.generate()  # the keys are sealed to it: it opens this purchase only
         grant_id = client.buy(torrent.info_hash, first, count, one_time.public, value=price)
-        vault.store_secret(_grant_secret_name(client, grant_id), one_time.secret.to_bytes(32, "big"))
+        vault.store_secret(grant_secret_name(client, grant_id), one_time.secret.to_bytes(32, "big"))
         console.print(f"bought slices [{first}, {first + count}) for {format_ether(price)}: grant {grant_id}")
         with err_console.status("waiting for the key agent to post the keys on chain"):
             deadline = time.monotonic() + wait
@@ -430,7 +409,7 @@ def grants(
 
 def _grant_rows(vault, client, ids: list[int]) -> list[tuple[str, str, str, str, str, bool]]:
     """(grant, content, slices, paid, state, still waiting) for each purchase, acted on."""
-    secrets = _grant_secrets(vault, client)
+    secrets = grant_secrets(vault, client)
     rows = []
     for grant_id in ids:
         grant = client.grant(grant_id)
@@ -438,7 +417,7 @@ def _grant_rows(vault, client, ids: list[int]) -> list[tuple[str, str, str, str,
         row = (str(grant_id), content[:16] + "…", f"[{grant.first_slice}, {grant.first_slice + grant.slice_count})",
                format_ether(grant.amount))
         secret = secrets(grant_id)
-        torrent = _known_torrent(vault, content)
+        torrent = known_torrent(vault, content)
         waiting = False
         if secret is None:
             state = "bought from another vault (its one-time key is not here)"
@@ -456,7 +435,7 @@ def _grant_rows(vault, client, ids: list[int]) -> list[tuple[str, str, str, str,
 
 
 def _torrent_to_buy(vault, cid: str) -> Torrent:
-    torrent = _known_torrent(vault, cid)
+    torrent = known_torrent(vault, cid)
     if torrent is None:
         raise MarketCommandError(f"content {cid[:16]}… is not in this vault: `veil fetch <magnet>` it first "
                                  "(the purchase's keys are checked against its torrent)")
@@ -500,32 +479,6 @@ def _utc(timestamp: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(timestamp))
 
 
-def _held_keys(vault, cid: str):
-    """The keys this vault already holds for the content (bought, or its creator's), if any."""
-    try:
-        return vault.keyring(cid)
-    except VeilError:
-        return None
-
-
-def _paid_for(ledger, client, viewer: str, content_id: bytes) -> int:
-    """What this viewer's cheques for the content add up to, over every payee (its ledger)."""
-    return sum(c.cheque.cumulative_amount for c in ledger.latest(client.cheque_domain, Direction.ISSUED)
-               if c.cheque.viewer == viewer and c.cheque.content_id == content_id)
-
-
-def _grant_secret_name(client, grant_id: int) -> str:
-    return f"grant-{client.deployment.access_sales[2:].lower()}-{grant_id}"
-
-
-def _grant_secrets(vault, client):
-    """grant id → its one-time secret, for the purchases this vault made."""
-    def secret_for(grant_id: int) -> int | None:
-        raw = vault.secret(_grant_secret_name(client, grant_id))
-        return int.from_bytes(raw, "big") if raw else None
-    return secret_for
-
-
 def _merged(vault, cid: str, ring):
     """The keys bought now beside those the vault already holds for the content."""
     from veilstream.content import KeyRing
@@ -536,35 +489,6 @@ def _merged(vault, cid: str, ring):
         return ring
     nodes = tuple(dict.fromkeys(held.nodes + ring.nodes))  # a grant collected twice is kept once
     return KeyRing(nodes, held.metadata_key or ring.metadata_key)
-
-
-def _signed_before(ledger, client, viewer: str):
-    """(content id, seeder) → what this viewer signed that seeder in earlier sessions: its
-    ledger, or what is cashed on chain if more (a ledger lost with an old machine)."""
-    issued = {(c.cheque.content_id, c.cheque.seeder): c.cheque.cumulative_amount
-              for c in ledger.latest(client.cheque_domain, Direction.ISSUED) if c.cheque.viewer == viewer}
-    return lambda content_id, seeder: max(issued.get((content_id, seeder), 0), client.cashed(viewer, content_id, seeder))
-
-
-def _known_torrent(vault, cid: str) -> Torrent | None:
-    try:
-        return vault.torrent(cid)
-    except VeilError:
-        return None
-
-
-async def _fetch_metadata(node: SwarmNode, cid: str, peers, trackers, scratch: Path) -> Torrent:
-    """The torrent of `cid` from peers (BEP 9 + piece layers); `scratch` is removed after."""
-    content = node.fetch(bytes.fromhex(cid), scratch)
-    for host, port in peers:
-        content.add_peer(host, port)
-    for url in trackers:
-        node.announce_to(content, url)
-    try:
-        async with asyncio.timeout(30):
-            return await content.metadata()
-    except TimeoutError:
-        raise MarketCommandError("no peer sent the content's metadata within 30 s") from None
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from contextlib import nullcontext
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import typer
 from rich.live import Live
@@ -29,6 +28,7 @@ from veilstream.errors import VeilError
 from veilstream.node.cli.common import console, err_console, hold_content, open_vault, veil_home
 from veilstream.swarm import FetchError, ListenError, PieceStore, SwarmNode, SwarmSettings, TrackerServer, run
 from veilstream.vault import write_atomic
+from veilstream.node.hints import magnet_hints, parse_host_port  # noqa: F401 (used by the other commands too)
 
 STATUS_REFRESH_S = 0.25  # how often the live progress line is redrawn
 FETCH_STALL_S = 120.0  # a fetch gives up after this long without a new verified piece (BitTorrent clients call a swarm stalled sooner)
@@ -38,33 +38,12 @@ class SwarmCommandError(VeilError):
     """Bad arguments to a swarm command."""
 
 
-def parse_host_port(text: str, *, what: str) -> tuple[str, int]:
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise SwarmCommandError(f"{what} must be HOST:PORT (such as 127.0.0.1:6881), not {text!r}")
-    return host.strip("[]"), int(port)
-
-
 def _settings(listen: str | None, dht: bool) -> SwarmSettings:
     settings = SwarmSettings(dht_enabled=dht)
     if listen:
         host, port = parse_host_port(listen, what="--listen")
         settings = settings.but(listen_host=host, listen_port=port)
     return settings
-
-
-def magnet_hints(text: str) -> tuple[list[str], list[tuple[str, int]]]:
-    """Trackers (`tr`) and peer hints (`x.pe`, BEP 9) carried by a magnet link."""
-    if not text.strip().lower().startswith("magnet:"):
-        return [], []
-    query = parse_qs(urlsplit(text.strip()).query)
-    peers = []
-    for hint in query.get("x.pe", []):
-        try:
-            peers.append(parse_host_port(hint, what="x.pe"))
-        except SwarmCommandError:
-            continue
-    return query.get("tr", []), peers
 
 
 # -- veil seed ----------------------------------------------------------------------------
