@@ -1,20 +1,19 @@
 import os
-import socket
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+if str(Path(__file__).parent) not in sys.path:  # shared helpers (cli_harness) import as plain modules
+    sys.path.insert(0, str(Path(__file__).parent))
+from cli_harness import free_port  # noqa: E402
 
 # Property tests run a bounded number of examples in `make test`; `make fuzz` raises it.
 settings.register_profile("default", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("fuzz", max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck))
 settings.load_profile("fuzz" if os.environ.get("VEIL_FUZZ_SECONDS") else "default")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session", autouse=True)

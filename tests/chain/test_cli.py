@@ -3,56 +3,27 @@ processes, one red line and no traceback for every mistake."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from eth_account import Account
 from eth_hash.auto import keccak
 
+from cli_harness import assert_clean_failure as clean_failure
+from cli_harness import chain_flags, free_port, new_vault, ok, require_anvil, start_devnet, stop, veil
 from veilstream.chain import ChainClient, ChequeLedger, Direction
-from veilstream.chain.anvil import find_anvil, free_port
-from veilstream.identity import Identity, generate_mnemonic
-from veilstream.vault import KdfParams, Vault
+from veilstream.identity import Identity
 
-PASS = "chain test passphrase"
-CHEAP_KDF = KdfParams(time_cost=1, memory_kib=8 * 1024, parallelism=1)
 ETHER = 10**18
-
-
-def veil(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "VEIL_HOME": str(home), "VEIL_PASSPHRASE": PASS, "COLUMNS": "200"}
-    env.pop("VEIL_CHAIN_RPC", None)
-    env.pop("VEIL_CHAIN_DEPLOYMENT", None)
-    return subprocess.run(
-        [sys.executable, "-m", "veilstream", *args], capture_output=True, text=True, env=env, timeout=120
-    )
-
-
-def ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stdout
-
-
-def clean_failure(result: subprocess.CompletedProcess, pattern: str) -> None:
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert re.search(pattern, lines[0], re.IGNORECASE), lines[0]
 
 
 @pytest.fixture
 def home(tmp_path) -> tuple[Path, Identity]:
     home = tmp_path / "home"
-    vault = Vault.create(home, PASS, generate_mnemonic(), CHEAP_KDF)
-    return home, vault.identity()
+    return home, new_vault(home).identity()
 
 
 def test_the_wallet_on_the_embedded_chain(home):
@@ -115,41 +86,14 @@ def test_mistakes_are_one_red_line(home):
     )
 
 
-def _start_devnet(home: Path, port: int, directory: Path) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "VEIL_HOME": str(home), "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "veilstream", "devnet", "--port", str(port), "--dir", str(directory)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    seen = []
-    for line in process.stdout:  # ends at EOF if the devnet dies
-        seen.append(line)
-        if "nodes use it with" in line:
-            return process, "".join(seen)
-    process.wait(timeout=30)
-    raise AssertionError("devnet did not start:\n" + "".join(seen))
-
-
-def _stop_devnet(process: subprocess.Popen, signum: int = signal.SIGINT) -> str:
-    process.send_signal(signum)
-    out, _ = process.communicate(timeout=60)
-    assert process.returncode == 0, out
-    assert "Traceback" not in out
-    return out
-
-
 def test_devnet_is_shared_by_processes_and_survives_a_restart(home, tmp_path):
-    if find_anvil() is None:
-        pytest.fail("anvil is not installed: run `make tools` (scripts/install-tools.sh)")
+    require_anvil()
     home, _identity = home
     port, directory = free_port(), tmp_path / "devnet"
     url, deployment = f"http://127.0.0.1:{port}", directory / "devnet.json"
-    chain_args = ["--chain-rpc", url, "--chain-deployment", str(deployment)]
+    chain_args = chain_flags(port, directory)
 
-    process, banner = _start_devnet(home, port, directory)
+    process, banner = start_devnet(home, port, directory)
     try:
         assert "contracts deployed" in banner and url in banner
         ok(veil(home, "wallet", "faucet", "3", *chain_args))
@@ -157,10 +101,10 @@ def test_devnet_is_shared_by_processes_and_survives_a_restart(home, tmp_path):
         assert re.search(r"chain id\s+31337", ok(veil(home, "chain", "info", *chain_args)))
         clean_failure(veil(home, "devnet", "--port", str(free_port()), "--dir", str(directory)), "already runs")
     finally:
-        _stop_devnet(process)
+        stop(process)
     assert (directory / "anvil-state.json").exists()
 
-    process, banner = _start_devnet(home, port, directory)
+    process, banner = start_devnet(home, port, directory)
     try:
         assert "already deployed, reused" in banner
         balance = ok(veil(home, "wallet", "balance", *chain_args))
@@ -168,7 +112,7 @@ def test_devnet_is_shared_by_processes_and_survives_a_restart(home, tmp_path):
         # The deployment file alone is enough: it names the endpoint.
         assert re.search(r"deposit\s+1 ETH", ok(veil(home, "wallet", "balance", "--chain-deployment", str(deployment))))
     finally:
-        _stop_devnet(process, signal.SIGTERM)  # a plain kill stops anvil too
+        stop(process, signal.SIGTERM)  # a plain kill stops anvil too
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0  # nothing listens: anvil is gone
 

@@ -5,25 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from veilstream.identity import generate_mnemonic
+from cli_harness import PASS, new_vault, veil
 from veilstream.node.cards import VIEW_DEADLINE_S, UnknownCard, publish_view, resolve_card
 from veilstream.social import kinds
 from veilstream.social.embedded_relay import EmbeddedRelay
 from veilstream.social.errors import SocialError
 from veilstream.social.relay_client import RelayPool
-from veilstream.vault import KdfParams, Vault
+from veilstream.vault import Vault
 
-PASS = "cards passphrase"
-CHEAP_KDF = KdfParams(time_cost=1, memory_kib=8 * 1024, parallelism=1)
 MAGNET = "magnet:?xt=urn:btmh:1220" + "c0" * 32 + "&dn=veil-movie&x.pe=127.0.0.1:6881"
 
 
@@ -34,7 +29,7 @@ def relay(tmp_path_factory):
 
 
 def unlocked(path: Path):
-    Vault.create(path, PASS, generate_mnemonic(), CHEAP_KDF)
+    new_vault(path)
     return Vault.open(path).unlock(PASS)
 
 
@@ -51,9 +46,7 @@ def post(relay, identity, content_id: str, title: str, magnet: str = MAGNET):
 
 
 def feed_json(home: Path, relay) -> dict:
-    result = subprocess.run([sys.executable, "-m", "veilstream", "feed", "--json", "--relay", relay.url],
-                            capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "VEIL_HOME": str(home)})
+    result = veil(home, "feed", "--json", "--relay", relay.url, passphrase=None)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 

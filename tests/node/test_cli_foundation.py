@@ -9,31 +9,13 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from cli_harness import PASS, VEIL, assert_clean_failure, content_id_of, veil_env
+from cli_harness import veil as run
 from veilstream.identity import Identity
-
-VEIL = [sys.executable, "-m", "veilstream"]
-PASS = "test passphrase"
-
-
-def run(home: Path, *args, stdin: str | None = None, env: dict | None = None, preexec=None, passphrase=PASS, prefix=()):
-    environment = {**os.environ, "VEIL_HOME": str(home), "COLUMNS": "200", **(env or {})}
-    if passphrase is not None:
-        environment["VEIL_PASSPHRASE"] = passphrase
-    return subprocess.run(list(prefix) + VEIL + list(args), input=stdin or "", capture_output=True, text=True,
-                          env=environment, preexec_fn=preexec, timeout=120)
-
-
-def assert_clean_failure(result, pattern: str):
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert re.search(pattern, lines[0], re.IGNORECASE), lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +109,7 @@ def published(home, tmp_path_factory):
     video = make_sample_video(folder / "clip.mp4", seconds=3)
     result = run(home, "publish", str(video), "--slice-size", "16KiB", "--price", "1000wei", "--seeder-share", "2500")
     assert result.returncode == 0, result.stderr
-    cid = re.search(r"content id\s+([0-9a-f]{64})", result.stdout)[1]
+    cid = content_id_of(result.stdout)
     assert f"magnet:?xt=urn:btmh:1220{cid}" in result.stdout
     return video, cid
 
@@ -145,8 +127,7 @@ def test_publish_then_open_is_byte_identical(home, published, tmp_path):
 
 def test_open_to_stdout(home, published):
     video, cid = published
-    environment = {**os.environ, "VEIL_HOME": str(home), "VEIL_PASSPHRASE": PASS}
-    result = subprocess.run(VEIL + ["open", cid, "--out", "-"], capture_output=True, env=environment, timeout=60)
+    result = subprocess.run(VEIL + ["open", cid, "--out", "-"], capture_output=True, env=veil_env(home), timeout=60)
     assert result.returncode == 0 and result.stdout == video.read_bytes()
 
 
@@ -211,7 +192,7 @@ def test_open_with_foreign_keys(home, published, tmp_path):
     other = tmp_path / "other.bin"
     other.write_bytes(os.urandom(1_500_000))  # more slices than the sample: its key tree covers them all
     result = run(copy, "publish", str(other), "--slice-size", "16KiB")
-    other_cid = re.search(r"content id\s+([0-9a-f]{64})", result.stdout)[1]
+    other_cid = content_id_of(result.stdout)
     from veilstream.vault import Vault
 
     vault = Vault.open(copy).unlock(PASS)
@@ -283,7 +264,7 @@ def test_publish_on_a_full_disk_leaves_nothing(home, tmp_path):
 def test_open_on_a_full_disk_leaves_nothing(home, tmp_path):
     data = tmp_path / "data.bin"
     data.write_bytes(os.urandom(300_000))
-    cid = re.search(r"content id\s+([0-9a-f]{64})", run(home, "publish", str(data)).stdout)[1]
+    cid = content_id_of(run(home, "publish", str(data)).stdout)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     # the limit is above what the vault's index needs (SQLite's 32 KiB shared-memory file)

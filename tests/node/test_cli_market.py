@@ -13,71 +13,18 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-import pytest
-
-from veilstream.chain.anvil import find_anvil, free_port
-from veilstream.identity import generate_mnemonic
-from veilstream.vault import KdfParams, Vault
-
-PASS = "market cli passphrase"
-CHEAP_KDF = KdfParams(time_cost=1, memory_kib=8 * 1024, parallelism=1)
-
-
-def env_for(home: Path) -> dict:
-    env = {**os.environ, "VEIL_HOME": str(home), "VEIL_PASSPHRASE": PASS, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
-    env.pop("VEIL_CHAIN_RPC", None)
-    env.pop("VEIL_CHAIN_DEPLOYMENT", None)
-    return env
-
-
-def veil(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "veilstream", *args], capture_output=True, text=True,
-                          env=env_for(home), timeout=timeout)
-
-
-def ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, result.stderr + result.stdout
-    assert "Traceback" not in result.stderr
-    return result.stdout
-
-
-def start(home: Path, *args: str, ready: str) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, "-m", "veilstream", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env=env_for(home))
-    seen = []
-    for line in process.stdout:  # ends at EOF if the process dies
-        seen.append(line)
-        if ready in line:
-            return process, "".join(seen)
-    process.wait(timeout=30)
-    raise AssertionError(f"{args[0]} did not start:\n" + "".join(seen))
-
-
-def stop(process: subprocess.Popen) -> str:
-    process.send_signal(signal.SIGINT)
-    out, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, out
-    assert "Traceback" not in out
-    return out
+from cli_harness import (PASS, VEIL, chain_flags, content_id_of, free_port, new_vault, ok, require_anvil, start,
+                         start_devnet, stop, veil, veil_env)
+from veilstream.vault import Vault
 
 
 def new_vaults(*homes: Path) -> None:
     for home in homes:
-        Vault.create(home, PASS, generate_mnemonic(), CHEAP_KDF)
-
-
-def chain_flags(port: int, directory: Path) -> list[str]:
-    return ["--chain-rpc", f"http://127.0.0.1:{port}", "--chain-deployment", str(directory / "devnet.json")]
-
-
-def start_devnet(home: Path, port: int, directory: Path) -> subprocess.Popen:
-    devnet, _ = start(home, "devnet", "--port", str(port), "--dir", str(directory), ready="nodes use it with")
-    return devnet
+        new_vault(home)
 
 
 def published_and_funded(creator: Path, viewer: Path, movie: Path, price: str, chain: list[str]) -> str:
@@ -87,17 +34,16 @@ def published_and_funded(creator: Path, viewer: Path, movie: Path, price: str, c
     published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", price, *chain))
     ok(veil(viewer, "wallet", "faucet", "1", *chain))
     ok(veil(viewer, "wallet", "deposit", "0.1", *chain))
-    return re.search(r"content id\s+([0-9a-f]{64})", published)[1]
+    return content_id_of(published)
 
 
 def test_serve_play_earn_across_processes(tmp_path):
-    if find_anvil() is None:
-        pytest.fail("anvil is not installed: run `make tools` (scripts/install-tools.sh)")
+    require_anvil()
     creator, viewer = tmp_path / "creator", tmp_path / "viewer"
     new_vaults(creator, viewer)
     port, directory = free_port(), tmp_path / "devnet"
     chain = chain_flags(port, directory)
-    devnet = start_devnet(creator, port, directory)
+    devnet, _ = start_devnet(creator, port, directory)
     server = None
     try:
         movie = tmp_path / "movie.bin"
@@ -105,7 +51,7 @@ def test_serve_play_earn_across_processes(tmp_path):
         ok(veil(creator, "wallet", "faucet", "1", *chain))
         published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", "1000000000000wei",
                             "--seeder-share", "2000", *chain))
-        cid = re.search(r"content id\s+([0-9a-f]{64})", published)[1]
+        cid = content_id_of(published)
         assert "registered" in published and "not registered" not in published  # at once: nobody can squat it
         ok(veil(viewer, "wallet", "faucet", "1", *chain))
         ok(veil(viewer, "wallet", "deposit", "0.1", *chain))
@@ -168,9 +114,9 @@ def test_serve_play_earn_across_processes(tmp_path):
         assert next(c for c in counted if c["id"] == card["id"])["counts"]["views"] == 1
 
         # Ctrl-C says where it stopped, with no traceback (no peer answers here: it waits)
-        waiting = subprocess.Popen([sys.executable, "-m", "veilstream", "play", cid, "--peer", "127.0.0.1:9",
+        waiting = subprocess.Popen([*VEIL, "play", cid, "--peer", "127.0.0.1:9",
                                     "--out", str(tmp_path / "cut.bin"), *chain], stderr=subprocess.PIPE, text=True,
-                                   env=env_for(viewer))
+                                   env=veil_env(viewer))
         banner = waiting.stderr.readline()
         assert banner.startswith("asking 1 peers and 0 trackers"), banner
         waiting.send_signal(signal.SIGINT)
@@ -271,13 +217,12 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 def test_one_serve_of_two_contents_and_one_process_per_content(tmp_path):
     """One `veil serve A B` serves both on one port; a viewer plays each. While a process of
     a vault works on a content, another of the same vault is refused in one line naming it."""
-    if find_anvil() is None:
-        pytest.fail("anvil is not installed: run `make tools` (scripts/install-tools.sh)")
+    require_anvil()
     creator, viewer = tmp_path / "creator", tmp_path / "viewer"
     new_vaults(creator, viewer)
     port, directory = free_port(), tmp_path / "devnet"
     chain = chain_flags(port, directory)
-    devnet = start_devnet(creator, port, directory)
+    devnet, _ = start_devnet(creator, port, directory)
     server = first = None
     try:
         ok(veil(creator, "wallet", "faucet", "1", *chain))
@@ -288,7 +233,7 @@ def test_one_serve_of_two_contents_and_one_process_per_content(tmp_path):
             published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", "1000000000000wei",
                                 *chain))
             movies.append(movie)
-            cids.append(re.search(r"content id\s+([0-9a-f]{64})", published)[1])
+            cids.append(content_id_of(published))
         ok(veil(viewer, "wallet", "faucet", "1", *chain))
         ok(veil(viewer, "wallet", "deposit", "0.1", *chain))
 
@@ -317,9 +262,9 @@ def test_one_serve_of_two_contents_and_one_process_per_content(tmp_path):
         silent = socket.create_server(("127.0.0.1", 0))
         with silent:
             hint = f"127.0.0.1:{silent.getsockname()[1]}"
-            first = subprocess.Popen([sys.executable, "-m", "veilstream", "play", cids[0], "--peer", hint, "--out",
+            first = subprocess.Popen([*VEIL, "play", cids[0], "--peer", hint, "--out",
                                       str(tmp_path / "first.bin"), *chain], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env_for(viewer))
+                                     stderr=subprocess.PIPE, text=True, env=veil_env(viewer))
             lock = viewer / "locks" / f"content-{cids[0]}.lock"
             wait_for_file(lock, f'"pid": {first.pid}', first)  # another process's state: no event to await
             second = veil(viewer, "play", cids[0], "--peer", hint, "--out", str(tmp_path / "second.bin"), *chain)
@@ -356,13 +301,12 @@ def test_a_serve_whose_disk_fills_up_stops_in_one_line(tmp_path, small_disk):
     """The audit log or the ledger cannot keep a key release or a cheque: the serve stops (it
     would serve unpaid, or sell keys off the books), cashes what it kept and says why in one
     line; the viewer's play ends too, without a traceback."""
-    if find_anvil() is None:
-        pytest.fail("anvil is not installed: run `make tools` (scripts/install-tools.sh)")
+    require_anvil()
     creator, viewer = small_disk.path / "creator", tmp_path / "viewer"
     new_vaults(creator, viewer)
     port, directory = free_port(), tmp_path / "devnet"
     chain = chain_flags(port, directory)
-    devnet = start_devnet(viewer, port, directory)
+    devnet, _ = start_devnet(viewer, port, directory)
     server = None
     try:
         movie = tmp_path / "movie.bin"
@@ -393,7 +337,7 @@ def test_a_chain_outage_is_one_line_and_loses_no_cheque(tmp_path):
     new_vaults(creator, viewer)
     port, directory = free_port(), tmp_path / "devnet"
     chain = chain_flags(port, directory)
-    devnet = start_devnet(creator, port, directory)
+    devnet, _ = start_devnet(creator, port, directory)
     server = None
     try:
         movie = tmp_path / "movie.bin"
@@ -418,7 +362,7 @@ def test_a_chain_outage_is_one_line_and_loses_no_cheque(tmp_path):
         assert re.search(r"error: stopped; the chain at http://127\.0\.0\.1:\d+ does not answer \(connection refused\): "
                          r"0\.0005 ETH in 1 cheque stay in the ledger", out), out
 
-        devnet = start_devnet(creator, port, directory)
+        devnet, _ = start_devnet(creator, port, directory)
         assert re.search(r"cashed 1 cheque for 0\.0005 ETH", ok(veil(creator, "wallet", "cash", "--all", *chain)))
     finally:
         if server is not None:

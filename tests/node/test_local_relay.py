@@ -7,24 +7,13 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from veilstream.identity import generate_mnemonic
-from veilstream.vault import KdfParams, Vault
-
-PASS = "local relay passphrase"
-CHEAP_KDF = KdfParams(time_cost=1, memory_kib=8 * 1024, parallelism=1)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+import cli_harness
+from cli_harness import VEIL, content_id_of, free_port, new_vault, ok, veil_env
 
 
 @pytest.fixture
@@ -33,24 +22,12 @@ def machine(tmp_path) -> dict[str, str]:
     return {"VEIL_RELAY_DATA": str(tmp_path / "shared-relay"), "VEIL_RELAY_PORT": str(free_port())}
 
 
-def env_for(home: Path, machine: dict[str, str]) -> dict[str, str]:
-    return {**os.environ, **machine, "VEIL_HOME": str(home), "VEIL_PASSPHRASE": PASS, "COLUMNS": "200",
-            "PYTHONUNBUFFERED": "1"}
-
-
 def veil(home: Path, machine: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "veilstream", *args], capture_output=True, text=True,
-                          env=env_for(home, machine), timeout=120)
-
-
-def ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, result.stderr + result.stdout
-    assert "Traceback" not in result.stderr
-    return result.stdout
+    return cli_harness.veil(home, *args, env=machine)
 
 
 def vault(path: Path) -> Path:
-    Vault.create(path, PASS, generate_mnemonic(), CHEAP_KDF)
+    new_vault(path)
     return path
 
 
@@ -59,7 +36,7 @@ def post_a_card(home: Path, machine: dict[str, str], title: str, tmp_path: Path)
     movie = tmp_path / f"{title}.bin"
     movie.write_bytes(os.urandom(150_000))
     published = ok(veil(home, machine, "publish", str(movie), "--slice-size", "64KiB"))
-    content_id = re.search(r"content id\s+([0-9a-f]{64})", published)[1]
+    content_id = content_id_of(published)
     return ok(veil(home, machine, "post", content_id, "--title", title, "--no-previews"))
 
 
@@ -79,8 +56,8 @@ def test_vaults_share_the_relay_each_command_starts(tmp_path, machine):
 def test_vaults_share_veil_relay_wherever_it_listens(tmp_path, machine):
     alice, bob = vault(tmp_path / "alice"), vault(tmp_path / "bob")
     port = free_port()  # not VEIL_RELAY_PORT: commands find it by what it advertises in the store
-    relay = subprocess.Popen([sys.executable, "-m", "veilstream", "relay", "--listen", f"127.0.0.1:{port}"],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env_for(alice, machine))
+    relay = subprocess.Popen([*VEIL, "relay", "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=veil_env(alice, extra=machine))
     try:
         first = relay.stdout.readline()  # the first line says where it listens
         assert f"relay at ws://127.0.0.1:{port}" in first, first
@@ -103,8 +80,8 @@ def test_vaults_share_veil_relay_wherever_it_listens(tmp_path, machine):
 def test_two_commands_starting_the_relay_at_once_both_succeed(tmp_path, machine):
     alice, bob = vault(tmp_path / "alice"), vault(tmp_path / "bob")
     commands = [
-        subprocess.Popen([sys.executable, "-m", "veilstream", "profile", "--name", name], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env_for(home, machine))
+        subprocess.Popen([*VEIL, "profile", "--name", name], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=veil_env(home, extra=machine))
         for home, name in ((alice, "Alice"), (bob, "Bob"))
     ]
     for command in commands:

@@ -4,37 +4,24 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from cli_harness import assert_clean_failure, content_id_of, veil
 from veilstream.social import kinds
 from veilstream.social.events import NostrKey
 
-VEIL = [sys.executable, "-m", "veilstream"]
-PASS = "social test passphrase"
 WORDS = "legal winner thank year wave sausage worth useful legal winner thank yellow"
 
 
 def run(home: Path, *args, env: dict | None = None):
-    environment = {**os.environ, "VEIL_HOME": str(home), "VEIL_PASSPHRASE": PASS, "COLUMNS": "200", **(env or {})}
-    return subprocess.run(VEIL + list(args), input=WORDS if args[:2] == ("init", "--restore") else "",
-                          capture_output=True, text=True, env=environment, timeout=120)
+    return veil(home, *args, stdin=WORDS if args[:2] == ("init", "--restore") else None, env=env)
 
 
 def ok(result):
     assert result.returncode == 0, result.stderr + result.stdout
     return result.stdout
-
-
-def assert_clean_failure(result, pattern: str):
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert re.search(pattern, lines[0], re.IGNORECASE), lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +34,7 @@ def home(tmp_path_factory):
 def test_post_feed_and_engage(home, relay, media):
     r = ["--relay", relay.url]
     published = ok(run(home, "publish", str(media["video"]), "--slice-size", "64KiB"))
-    content_id = re.search(r"content id\s+([0-9a-f]{64})", published)[1]
+    content_id = content_id_of(published)
 
     posted = ok(run(home, "post", content_id, "--title", "Colour ramp", "--description", "twelve seconds of colour",
                     "--tag", "Test", "--tag", "colour", *r))
@@ -144,7 +131,7 @@ def _publish_small(home: Path, tmp_path: Path, name: str = "noise.bin") -> str:
     movie.write_bytes(os.urandom(200_000))
     published = ok(run(home, "publish", str(movie), "--slice-size", "64KiB", "--price", "1000000000000wei",
                        "--seeder-share", "2500"))
-    return re.search(r"content id\s+([0-9a-f]{64})", published)[1]
+    return content_id_of(published)
 
 
 def test_card_shows_everything_a_viewer_needs_whole(home, relay, tmp_path):

@@ -3,7 +3,6 @@ killed with SIGKILL resumes, fetching only what is missing and re-checking what 
 disk; bad input gets one clear line, never a traceback."""
 
 import asyncio
-import os
 import re
 import signal
 import socket
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_harness import veil_env
 from veilstream.content import bencode
 from veilstream.swarm import SwarmNode, run
 from veilstream.swarm.storage import PieceStore, bytes_to_bits
@@ -22,7 +22,7 @@ VEIL = [str(Path(sys.executable).parent / "veil")]  # the installed console scri
 
 
 def env(tmp_path):
-    return {**os.environ, "VEIL_HOME": str(tmp_path / "home"), "COLUMNS": "2000", "NO_COLOR": "1"}
+    return veil_env(tmp_path / "home", passphrase=None, extra={"COLUMNS": "2000", "NO_COLOR": "1"})
 
 
 async def veil(tmp_path, *args):

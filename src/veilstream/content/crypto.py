@@ -22,7 +22,6 @@ from veilstream.content.keytree import TreeNode, tree_depth
 from veilstream.errors import VeilError
 
 TAG_SIZE = 16
-KEY_SIZE = 32
 SALT_SIZE = 16
 _NONCE = bytes(12)  # constant: each key seals one message (see module docstring)
 _MASTER_INFO = b"veilstream/content-master/v1"

@@ -100,10 +100,6 @@ class Manifest:
     version: int = MANIFEST_VERSION
 
     @property
-    def plain_slice_length(self) -> int:
-        return self.piece_length - TAG_SIZE
-
-    @property
     def plaintext_length(self) -> int:
         return self.ciphertext_length - TAG_SIZE * self.slice_count
 

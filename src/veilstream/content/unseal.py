@@ -42,9 +42,6 @@ class KeyRing:
             raise DecryptionError(f"no key for slice {index}: it was not bought")
         return key
 
-    def covers_all(self, slice_count: int) -> bool:
-        return any(n.first_leaf == 0 and n.end_leaf >= slice_count for n in self.nodes)
-
 
 def verify_all_keys(torrent: Torrent, ring: KeyRing) -> list[bytes]:
     """Every slice key, checked at once against the manifest's key-commitment root (the

@@ -4,6 +4,9 @@
                               ├─BIP-32 m/44'/1237'/0'/0/0 ─▶ Nostr key (NIP-06)
                               ├─HKDF "veilstream/x25519/v1" ─▶ X25519 key (keys sealed to us)
                               └─HKDF "veilstream/creator-seed/v1" ─▶ creator seed (content master keys)
+
+`sealing` is the one face for sealing to a key (X25519 sealed boxes; words a contract
+unseals) and for recoverable secp256k1 signatures.
 """
 
 from veilstream.identity.keys import Identity, IdentityError
@@ -13,12 +16,40 @@ from veilstream.identity.mnemonic import (
     split_into_shares,
     validate_mnemonic,
 )
+from veilstream.identity.sealing import (
+    LEGACY_CONTEXT,
+    SIGNATURE_BYTES,
+    SealingError,
+    SealingKey,
+    SignatureError,
+    WordOpener,
+    WordSealer,
+    generate_secp256k1_secret,
+    open_sealed,
+    recover_signer,
+    seal_to,
+    secp256k1_public_key,
+    sign_digest,
+)
 
 __all__ = [
     "Identity",
     "IdentityError",
+    "LEGACY_CONTEXT",
+    "SIGNATURE_BYTES",
+    "SealingError",
+    "SealingKey",
+    "SignatureError",
+    "WordOpener",
+    "WordSealer",
     "combine_shares",
     "generate_mnemonic",
+    "generate_secp256k1_secret",
+    "open_sealed",
+    "recover_signer",
+    "seal_to",
+    "secp256k1_public_key",
+    "sign_digest",
     "split_into_shares",
     "validate_mnemonic",
 ]

@@ -10,8 +10,9 @@ The delivery is built so the contract can check it (AccessSales.vy says how):
   range each opening at most `MAX_NODE_HEIGHT` levels of slices (a dispute re-derives
   them all), each with its commitment subtree root; `post_key` checks the roots rebuild
   the registered key root;
-- sealing: the agent's ephemeral secp256k1 key e, the buyer's one-time key B = b·G; the
-  secret is the address of e·B = b·E, and word i is masked with keccak256(S, grant, i).
+- sealing (`identity.WordSealer`): the agent's ephemeral secp256k1 key e, the buyer's
+  one-time key B = b·G; the secret is the address of e·B = b·E, and word i is masked with
+  keccak256(S, grant, i).
 
 The one-time secret opens this grant only; the buyer keeps it (sealed in its vault) to
 open the keys again or to prove them bad.
@@ -23,15 +24,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import coincurve
-from eth_hash.auto import keccak
-
 from veilstream.chain.client import ChainClient, DeliveryNode, Grant, GrantState, SealedDelivery
 from veilstream.chain.errors import ChainError
 from veilstream.content import KeyRing, Torrent
 from veilstream.content import merkle
 from veilstream.content.crypto import key_commitment
 from veilstream.content.keytree import SequentialLeafKeys, TreeNode, range_cover
+from veilstream.identity import WordOpener, WordSealer, generate_secp256k1_secret, secp256k1_public_key
 from veilstream.identity.keys import evm_address
 from veilstream.market.audit import PAID_BY_GRANT
 from veilstream.market.errors import MarketError
@@ -41,7 +40,6 @@ from veilstream.market.stream import HeldGrants
 log = logging.getLogger("veilstream.market")
 
 MAX_NODE_HEIGHT = 12  # AccessSales.MAX_NODE_HEIGHT
-SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 METADATA_WORD = 2**256 - 1  # the mask index of the sealed metadata key
 
 
@@ -68,25 +66,11 @@ class OneTimeKey:
 
     @classmethod
     def generate(cls) -> OneTimeKey:
-        return cls(int.from_bytes(coincurve.PrivateKey().secret, "big"))
+        return cls(generate_secp256k1_secret())
 
     @property
     def public(self) -> bytes:
-        return coincurve.PrivateKey(self.secret.to_bytes(32, "big")).public_key.format(compressed=False)[1:]
-
-
-def _shared(private: int, public: coincurve.PublicKey) -> bytes:
-    """The address (20 bytes) of private·public: the secret both sides derive."""
-    point = public.multiply(private.to_bytes(32, "big")).format(compressed=False)[1:]
-    return bytes.fromhex(evm_address(point)[2:])
-
-
-def _mask(shared: bytes, grant_id: int, word: int) -> bytes:
-    return keccak(bytes(12) + shared + grant_id.to_bytes(32, "big") + word.to_bytes(32, "big"))
-
-
-def _xor(a: bytes, b: bytes) -> bytes:
-    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(32, "big")
+        return secp256k1_public_key(self.secret)
 
 
 def delivery_layout(first: int, end: int, slice_count: int) -> list[tuple[int, int, bool]]:
@@ -108,21 +92,15 @@ def delivery_layout(first: int, end: int, slice_count: int) -> list[tuple[int, i
 def seal_delivery(keys: TreeNode, commitments: merkle.MerkleTree, metadata_key: bytes | None, grant: Grant,
                   one_time_key: bytes) -> SealedDelivery:
     """The agent's side: the grant's range sealed to the buyer's one-time key."""
-    buyer = coincurve.PublicKey(b"\x04" + one_time_key)
-    while True:  # the contract reads E's x as an ecrecover r: it must be below the group order
-        ephemeral = coincurve.PrivateKey()
-        compressed = ephemeral.public_key.format(compressed=True)
-        if int.from_bytes(compressed[1:], "big") < SECP256K1_N:
-            break
-    shared = _shared(int.from_bytes(ephemeral.secret, "big"), buyer)
+    sealer = WordSealer(one_time_key, context=grant.grant_id)
     nodes = []
     end = grant.first_slice + grant.slice_count
     for position, (height, index, inside) in enumerate(delivery_layout(grant.first_slice, end, commitments.leaf_count)):
         root = commitments.levels[height][index]
-        sealed = _xor(keys.descendant(height, index).key, _mask(shared, grant.grant_id, position)) if inside else bytes(32)
+        sealed = sealer.seal(position, keys.descendant(height, index).key) if inside else bytes(32)
         nodes.append(DeliveryNode(height, index, root, sealed, inside))
-    meta = _xor(metadata_key, _mask(shared, grant.grant_id, METADATA_WORD)) if metadata_key else bytes(32)
-    return SealedDelivery(compressed, tuple(nodes), meta)
+    meta = sealer.seal(METADATA_WORD, metadata_key) if metadata_key else bytes(32)
+    return SealedDelivery(sealer.ephemeral_key, tuple(nodes), meta)
 
 
 def commitment_root(node: TreeNode) -> bytes:
@@ -135,20 +113,17 @@ def open_delivery(secret: int, grant: Grant, delivery: SealedDelivery, torrent: 
     """The buyer's side: the grant's keys, each node checked against the commitment root
     the contract made the agent stand by (the metadata key against the torrent's
     metadata, if given). Raises `BadDelivery` naming the node to dispute."""
-    try:
-        shared = _shared(secret, coincurve.PublicKey(delivery.ephemeral_key))
-    except ValueError:
-        shared = bytes(20)  # not a point: the contract unseals with the zero address too
+    opener = WordOpener(secret, delivery.ephemeral_key, context=grant.grant_id)  # no point: opens as the contract does
     nodes = []
     for position, node in enumerate(delivery.nodes):
         if not node.inside:
             continue
-        key = TreeNode(node.height, node.index, _xor(node.sealed_key, _mask(shared, grant.grant_id, position)))
+        key = TreeNode(node.height, node.index, opener.open(position, node.sealed_key))
         if node.height > MAX_NODE_HEIGHT or commitment_root(key) != node.root:
             raise BadDelivery(grant.grant_id, position, f"node ({node.height}, {node.index}) fails its commitments")
         nodes.append(key)
     meta = delivery.sealed_metadata_key
-    metadata_key = _xor(meta, _mask(shared, grant.grant_id, METADATA_WORD)) if any(meta) else None
+    metadata_key = opener.open(METADATA_WORD, meta) if any(meta) else None
     if metadata_key is not None and torrent is not None:
         try:
             torrent.manifest.metadata(metadata_key)

@@ -67,10 +67,6 @@ class _Relationship:
         except ChainError as exc:
             raise PaymentRefused(f"cheque refused: {exc}") from None
 
-    def _covered(self, slices: int, paid: int) -> bool:
-        """Would `slices` delivered leave at most `window` of them unpaid?"""
-        return slices * self.price_wei <= paid + self.window_slices * self.price_wei
-
 
 @dataclass
 class _PayeeBook(_Relationship):

@@ -13,16 +13,16 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-import coincurve
 from eth_hash.auto import keccak
-from nacl.exceptions import CryptoError
-from nacl.public import PrivateKey, PublicKey, SealedBox
 
-from veilstream.identity.keys import evm_address
+from veilstream.identity import (LEGACY_CONTEXT, SIGNATURE_BYTES, SealingError, SealingKey, SignatureError, open_sealed,
+                                 recover_signer, seal_to, sign_digest)
 from veilstream.market.errors import MarketError, PaymentRefused
 
 OFFER_DOMAIN = b"veilstream key session v1"
-SIGNATURE_BYTES = 65
+# Deliveries are plain sealed boxes (their format predates sealing contexts): what a box is
+# for (content, range) is bound by the agent's signature over it (`delivery_digest`).
+DELIVERY_CONTEXT = LEGACY_CONTEXT
 
 
 def _offer_digest(content_id: bytes, session_key: bytes, expires_at: int) -> bytes:
@@ -43,12 +43,9 @@ class SessionOffer:
         if len(self.signature) != SIGNATURE_BYTES or len(self.session_key) != 32 or len(self.content_id) != 32:
             raise PaymentRefused("malformed key-session offer")
         try:
-            public = coincurve.PublicKey.from_signature_and_message(
-                self.signature, _offer_digest(self.content_id, self.session_key, self.expires_at), hasher=None
-            )
-        except Exception:  # noqa: BLE001 - coincurve raises plain Exception on a bad signature
+            return recover_signer(_offer_digest(self.content_id, self.session_key, self.expires_at), self.signature)
+        except SignatureError:
             raise PaymentRefused("key-session offer has an invalid signature") from None
-        return evm_address(public.format(compressed=False)[1:])
 
     def check(self, content_id: bytes, now: int) -> str:
         if self.content_id != content_id:
@@ -62,19 +59,17 @@ class ViewerKeySession:
     """The viewer's side: offer, open deliveries, then forget."""
 
     def __init__(self, wallet_key: bytes, content_id: bytes, expires_at: int) -> None:
-        self._private: PrivateKey | None = PrivateKey.generate()
-        session_key = bytes(self._private.public_key)
-        signature = coincurve.PrivateKey(wallet_key).sign_recoverable(
-            _offer_digest(content_id, session_key, expires_at), hasher=None
-        )
+        self._private: SealingKey | None = SealingKey.generate()
+        session_key = self._private.public
+        signature = sign_digest(wallet_key, _offer_digest(content_id, session_key, expires_at))
         self.offer = SessionOffer(content_id, session_key, expires_at, signature)
 
     def open(self, sealed: bytes) -> bytes:
         if self._private is None:
             raise MarketError("this key session is closed; its key is gone")
         try:
-            return SealedBox(self._private).decrypt(sealed)
-        except CryptoError:
+            return open_sealed(self._private, sealed, context=DELIVERY_CONTEXT)
+        except SealingError:
             raise PaymentRefused("a key delivery does not open with this session's key") from None
 
     def close(self) -> None:
@@ -86,7 +81,7 @@ class ViewerKeySession:
         session's deliveries and nothing else."""
         if self._private is None:
             raise MarketError("this key session is closed; its key is gone")
-        return bytes(self._private)
+        return self._private.secret
 
     @property
     def closed(self) -> bool:
@@ -94,7 +89,7 @@ class ViewerKeySession:
 
 
 def seal_to_session(offer: SessionOffer, payload: bytes) -> bytes:
-    return SealedBox(PublicKey(offer.session_key)).encrypt(payload)
+    return seal_to(offer.session_key, payload, context=DELIVERY_CONTEXT)
 
 
 DELIVERY_DOMAIN = b"veilstream key delivery v1"
@@ -107,18 +102,16 @@ def delivery_digest(content_id: bytes, first: int, end: int, sealed: bytes) -> b
 def sign_delivery(agent_key: bytes, content_id: bytes, first: int, end: int, sealed: bytes) -> bytes:
     """The key agent's signature over what it sent: with the session key disclosed, anyone
     can open the delivery, see the keys and check them against the public commitments."""
-    return coincurve.PrivateKey(agent_key).sign_recoverable(delivery_digest(content_id, first, end, sealed), hasher=None)
+    return sign_digest(agent_key, delivery_digest(content_id, first, end, sealed))
 
 
 def delivery_signer(content_id: bytes, first: int, end: int, sealed: bytes, signature: bytes) -> str:
     if len(signature) != SIGNATURE_BYTES:
         raise PaymentRefused("key delivery signature is malformed")
     try:
-        public = coincurve.PublicKey.from_signature_and_message(
-            signature, delivery_digest(content_id, first, end, sealed), hasher=None)
-    except Exception:  # noqa: BLE001 - coincurve raises plain Exception on a bad signature
+        return recover_signer(delivery_digest(content_id, first, end, sealed), signature)
+    except SignatureError:
         raise PaymentRefused("key delivery signature does not verify") from None
-    return evm_address(public.format(compressed=False)[1:])
 
 @dataclass(frozen=True)
 class KeyDelivery:

@@ -67,13 +67,11 @@ class DemoReport:
     transactions: int = 0
     first_byte_ms: float = 0.0
     throughput_mib_s: float = 0.0
-    seek_to_slice: int = 0
     identical: bool = False
     plaintext_on_seeders: bool = True
     keys_on_seeders: bool = True
     key_deliveries: int = 0
     audit_entries: int = 0
-    video_bytes: int = 0
     steps: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -134,7 +132,6 @@ async def run_network_demo(root: Path, seconds: float = 30.0, log: Callable[[str
     report = DemoReport(content_id="", slice_count=0)
     video = make_sample_video(root / "sample.mp4", seconds)
     plaintext = video.read_bytes()
-    report.video_bytes = len(plaintext)
     step("sample video", f"{len(plaintext):,} bytes, {seconds:g} s H.264 (PyAV)")
 
     chain = ChainClient.embedded(None)
@@ -222,7 +219,6 @@ async def run_network_demo(root: Path, seconds: float = 30.0, log: Callable[[str
                 if index + 1 == seek_to:
                     break
         elapsed = time.monotonic() - started
-        report.seek_to_slice = seek_to
         report.first_byte_ms = (stream.stats.first_plaintext_at - requested) * 1000
         report.throughput_mib_s = len(plaintext) / 2**20 / elapsed
         report.identical = b"".join(got[i] for i in range(n)) == plaintext

@@ -33,8 +33,6 @@ from veilstream.atomic import disk_is_full, fsync_directory
 from veilstream.vault.atomic import StorageError, describe_os_error, write_atomic
 from veilstream.vault.sealing import DataKey, KdfParams, VaultError
 
-VAULT_VERSION = 1
-
 
 @dataclass(frozen=True)
 class HeldContent:
