@@ -100,6 +100,11 @@ class Manifest:
     version: int = MANIFEST_VERSION
 
     @property
+    def plain_slice_length(self) -> int:
+        """Plaintext bytes per slice (all but the last): a player's byte range maps to slices by it."""
+        return self.piece_length - TAG_SIZE
+
+    @property
     def plaintext_length(self) -> int:
         return self.ciphertext_length - TAG_SIZE * self.slice_count
 
