@@ -3,6 +3,8 @@ in memory. Whole transfers by torrent and by magnet, and every kind of bad peer:
 costs the peer its connection (and a ban where it lied about data), never the node, and
 no unverified byte is stored."""
 
+import typing
+
 from veilstream.content.merkle import block_hashes
 from veilstream.swarm import wire
 from veilstream.swarm.connection import PeerConnection
@@ -58,6 +60,11 @@ def test_streaming_window_fetches_the_seek_target_first(content):
     connect(leecher, seeder).pump()
     verified = [e.index for e in leecher.take_events() if type(e).__name__ == "PieceVerified"]
     assert verified[:2] == [10, 11]
+
+
+def test_every_message_the_parser_yields_has_a_row_in_the_dispatch_table(content):
+    kinds = set(typing.get_args(wire.Message)) | {wire.Handshake}
+    assert set(seeder_core(content)._handlers) == kinds
 
 
 # -- a scripted peer -----------------------------------------------------------------------

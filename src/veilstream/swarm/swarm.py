@@ -126,11 +126,12 @@ class Swarm:
         self.downloaded_bytes = self.uploaded_bytes = self.wasted_bytes = 0
         self._last_rate_at: float | None = None
         self._last_resume_save = 0.0
-        # What each message does. Piece, the bulk of all traffic, is routed before this
-        # table is consulted (see `data_received`); KeepAlive and Port do nothing (the DHT
-        # port is not used for routing here).
+        # What each message does: every kind the parser yields has a row. Piece, the bulk
+        # of all traffic, is routed before the table is consulted (see `data_received`).
         self._handlers: dict[type, Callable[[Peer, object, float], None]] = {
             wire.Handshake: self._on_handshake,
+            wire.KeepAlive: self._ignore,
+            wire.Port: self._ignore,  # the DHT port is not used for routing here
             wire.Piece: self._on_block,
             wire.Request: self._on_request,
             wire.Cancel: self._on_cancel,
@@ -173,13 +174,10 @@ class Swarm:
         try:
             on_block, handlers, piece_kind, wire_ = self._on_block, self._handlers, wire.Piece, peer.wire
             for message in wire_.receive_data(data):
-                kind = type(message)
-                if kind is piece_kind:  # the bulk of all traffic: skip the table
+                if type(message) is piece_kind:  # the bulk of all traffic: skip the table
                     on_block(peer, message, now)
                 else:
-                    handler = handlers.get(kind)
-                    if handler is not None:
-                        handler(peer, message, now)
+                    handlers[type(message)](peer, message, now)
                 if wire_.phase is Phase.CLOSED:
                     return
             if self.picker is not None and not self.finished:
@@ -374,6 +372,9 @@ class Swarm:
     # ======================================================================================
     # message handling (the handlers of `self._handlers`, each (peer, message, now))
     # ======================================================================================
+    def _ignore(self, peer: Peer, message: wire.Message, now: float) -> None:
+        pass
+
     def _on_handshake(self, peer: Peer, handshake: wire.Handshake, now: float) -> None:
         if handshake.peer_id == self.peer_id:
             raise RemoteProtocolError("connected to ourselves")

@@ -5,17 +5,18 @@ and, for deadline pieces, hashed at once (still hot in the cache); bulk pieces m
 hashed elsewhere (a thread) and their block hashes handed back. Once a piece is whole,
 its blocks' Merkle root is checked against the piece layer, and the verifier answers:
 
-    Verified(index, buffer, bytes_by_sender)  store it, announce it
-    Bad(index, culprits, reason)              ban these peers (they sent bad blocks)
-    NeedBlockHashes(index, request, suspects) several peers shared a bad piece: ask an
-                                              uninvolved peer for its block hashes
-                                              (`request`), proven up to the piece hash
-    HashElsewhere(index, buffer)              hash this buffer's blocks off the loop,
-                                              then call `hashes_computed`
+    Verified(index, buffer, bytes_by_sender)    store it, announce it
+    Bad(index, culprits, reason)                ban these peers (they sent bad blocks)
+    NeedBlockHashes(index, request, suspects)   several peers shared a bad piece: ask an
+                                                uninvolved peer for its block hashes,
+                                                proven up to the piece hash
+    HashElsewhere(index, buffer)                hash the blocks off the event loop, then
+                                                call `hashes_computed`
 
 A `NeedBlockHashes` is settled by `tracing` and then `block_hashes_arrived` (which names
 the liars), or, if nobody can be asked, by `untraceable` (strikes: a peer found in
 repeated bad pieces is banned).
+
 The verifier never talks to peers or touches the disk: the swarm acts on its verdicts.
 """
 
@@ -74,7 +75,7 @@ class _Assembly:
         self.buffer = buffer
         self.inline = inline
         self.hashes: list[bytes | None] = [None] * blocks
-        self.senders: list[int | None] = [None] * blocks
+        self.senders: list[int | None] = [None] * blocks  # all set once the piece is whole
         self.missing = blocks
 
 
@@ -150,18 +151,19 @@ class PieceVerifier:
 
     # -- checking ------------------------------------------------------------------------------
     def _check(self, index: int, assembly: _Assembly) -> Verdict:
+        senders = assembly.senders
         if piece_root_from_block_hashes(assembly.hashes, self.shape) == self.torrent.piece_hash(index):
             delivered: dict[int, int] = {}
-            for number, sender in enumerate(assembly.senders):
-                if sender is not None:
-                    delivered[sender] = delivered.get(sender, 0) + self.block_length(index, number)
+            for sender in senders:  # whole blocks; only a piece's last block may be short
+                delivered[sender] = delivered.get(sender, 0) + BLOCK_SIZE
+            delivered[senders[-1]] -= BLOCK_SIZE - self.block_length(index, len(senders) - 1)
             ranked = tuple(sorted(delivered.items(), key=lambda item: item[1], reverse=True))
             return Verified(index, assembly.buffer, ranked)
-        senders = {s for s in assembly.senders if s is not None}
-        if len(senders) == 1:
-            return Bad(index, (senders.pop(),), f"sent a bad block in piece {index}")
+        suspects = frozenset(senders)
+        if len(suspects) == 1:
+            return Bad(index, tuple(suspects), f"sent a bad block in piece {index}")
         request = block_layer_request(self.shape, self.torrent.pieces_root, index) if self.shape.blocks_per_piece > 1 else None
-        return NeedBlockHashes(index, request, frozenset(senders), (assembly.hashes, assembly.senders))
+        return NeedBlockHashes(index, request, suspects, (assembly.hashes, senders))
 
     def tracing(self, verdict: NeedBlockHashes) -> None:
         """`verdict.request` went to a peer: keep the evidence to compare its answer with."""
