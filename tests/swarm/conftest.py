@@ -1,5 +1,6 @@
 """Shared fixtures: small published contents (the 1 GiB case lives in bench/swarm.py)
-and a harness that wires two sans-IO `Swarm` cores together in memory."""
+and a harness that wires two sans-IO `Swarm` cores together in memory, each with a
+`MemoryPieceStore` (no disk)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from veilstream.content import PublishOptions, Published, publish_file
 from veilstream.identity import Identity
 from veilstream.swarm.node import new_peer_id
 from veilstream.swarm.settings import SwarmSettings
-from veilstream.swarm.storage import PieceStore
+from veilstream.swarm.memory_store import MemoryPieceStore
 from veilstream.swarm.swarm import Swarm
 
 CREATOR_WORDS = "leader monkey parrot ring guide accident before fence cannon height naive bean"
@@ -80,19 +81,28 @@ def connect(a: Swarm, b: Swarm, conn_a: int = 1, conn_b: int = 1, now: float = 0
     return Link(a, b, conn_a, conn_b, now)
 
 
+_CIPHERTEXTS: dict[Path, bytes] = {}
+
+
+def ciphertext(published: Published) -> bytes:
+    """The published ciphertext (read once per session)."""
+    path = published.ciphertext_path
+    if path not in _CIPHERTEXTS:
+        _CIPHERTEXTS[path] = path.read_bytes()
+    return _CIPHERTEXTS[path]
+
+
 def seeder_core(published: Published, settings: SwarmSettings = SwarmSettings()) -> Swarm:
-    store = PieceStore.for_seeding(published.torrent, published.ciphertext_path)
+    store = MemoryPieceStore.for_seeding(published.torrent, ciphertext(published))
     return Swarm(published.torrent.info_hash, peer_id=new_peer_id(), settings=settings, torrent=published.torrent, store=store)
 
 
-def leecher_core(published: Published, directory: Path, *, magnet: bool = False,
-                 settings: SwarmSettings = SwarmSettings()) -> Swarm:
+def leecher_core(published: Published, *, magnet: bool = False, settings: SwarmSettings = SwarmSettings()) -> Swarm:
     torrent = published.torrent
     if magnet:
-        return Swarm(torrent.info_hash, peer_id=new_peer_id(), settings=settings,
-                     open_store=lambda t: PieceStore.for_download(t, directory))
+        return Swarm(torrent.info_hash, peer_id=new_peer_id(), settings=settings, open_store=MemoryPieceStore.for_download)
     return Swarm(torrent.info_hash, peer_id=new_peer_id(), settings=settings, torrent=torrent,
-                 store=PieceStore.for_download(torrent, directory))
+                 store=MemoryPieceStore.for_download(torrent))
 
 
 async def wait_for(predicate, timeout: float = WAIT_S, what: str = "condition") -> None:

@@ -10,8 +10,14 @@ import sys
 import pytest
 
 from veilstream.swarm.errors import PieceStorageError
+from veilstream.swarm.events import PeerDropped
+from veilstream.swarm.memory_store import MemoryPieceStore
+from veilstream.swarm.node import new_peer_id
 from veilstream.swarm.settings import SwarmSettings
 from veilstream.swarm.storage import PieceStore, bits_to_bytes, bytes_to_bits
+from veilstream.swarm.swarm import Swarm
+
+from .conftest import ciphertext, connect, seeder_core
 
 
 def test_bitfield_conversion_round_trips_and_rejects_spare_bits():
@@ -172,3 +178,28 @@ def test_a_player_gets_pieces_it_reads_from_memory_once_written(content, tmp_pat
     assert all(views[i] == data[i * pl : (i + 1) * pl] for i in full)  # right bytes either way
     assert (reads_from_disk == []) == player_reads
     store.close()
+
+
+# -- the protocol core over the disk store (the core's own tests use a MemoryPieceStore) --
+
+
+def test_the_core_writes_only_verified_pieces_to_disk_and_finishes_a_magnet_fetch(content, tmp_path):
+    """A seeder that lies in every piece is banned with not one of its bytes on disk; an
+    honest one then completes the fetch, which the core placed with `open_store`."""
+    torrent = content.torrent
+    leecher = Swarm(torrent.info_hash, peer_id=new_peer_id(), open_store=lambda t: PieceStore.for_download(t, tmp_path))
+    lies = bytearray(ciphertext(content))
+    for index in range(torrent.piece_count):
+        lies[index * torrent.piece_length] ^= 0xFF
+    liar = Swarm(torrent.info_hash, peer_id=new_peer_id(), torrent=torrent,
+                 store=MemoryPieceStore(torrent, lies, bytearray([1]) * torrent.piece_count))
+    connect(leecher, liar).pump()
+    dropped = [e for e in leecher.take_events() if isinstance(e, PeerDropped)]
+    assert dropped and dropped[0].banned and "bad block" in dropped[0].reason
+    assert leecher.store.have_count == 0
+    part = (tmp_path / (torrent.name + ".part")).read_bytes()
+    assert part == bytes(len(part))  # not one unverified byte on disk
+    connect(leecher, seeder_core(content), conn_a=2).pump()
+    assert leecher.finished
+    assert leecher.store.finish().read_bytes() == content.ciphertext_path.read_bytes()
+    leecher.store.close()

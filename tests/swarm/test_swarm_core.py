@@ -3,13 +3,15 @@ in memory. Whole transfers by torrent and by magnet, and every kind of bad peer:
 costs the peer its connection (and a ban where it lied about data), never the node, and
 no unverified byte is stored."""
 
+import typing
+
 from veilstream.content.merkle import block_hashes
 from veilstream.swarm import wire
 from veilstream.swarm.connection import PeerConnection
 from veilstream.swarm.extensions import ExtensionHandshake, ExtensionRegistry, MetadataMessage
 from veilstream.swarm.node import new_peer_id
 from veilstream.swarm.settings import SwarmSettings
-from veilstream.swarm.storage import PieceStore
+from veilstream.swarm.memory_store import MemoryPieceStore
 from veilstream.swarm.swarm import (
     DownloadComplete,
     ExtensionMessageReceived,
@@ -21,43 +23,48 @@ from veilstream.swarm.swarm import (
 )
 from veilstream.swarm.errors import PieceStorageError
 
-from .conftest import connect, leecher_core, seeder_core
+from .conftest import ciphertext, connect, leecher_core, seeder_core
 
 
 def events_of(core, kind):
     return [e for e in core.take_events() if isinstance(e, kind)]
 
 
-def test_full_transfer_by_torrent(content, tmp_path):
-    seeder, leecher = seeder_core(content), leecher_core(content, tmp_path)
+def test_full_transfer_by_torrent(content):
+    seeder, leecher = seeder_core(content), leecher_core(content)
     connect(leecher, seeder).pump()
     assert leecher.finished and leecher.store.complete
-    assert leecher.store.finish().read_bytes() == content.ciphertext_path.read_bytes()
+    assert leecher.store.contents() == ciphertext(content)
     assert leecher.wasted_bytes == 0 and seeder.uploaded_bytes == content.torrent.length
 
 
-def test_full_transfer_by_magnet_fetches_metadata_and_piece_layer(content, tmp_path):
-    seeder, leecher = seeder_core(content), leecher_core(content, tmp_path, magnet=True)
+def test_full_transfer_by_magnet_fetches_metadata_and_piece_layer(content):
+    seeder, leecher = seeder_core(content), leecher_core(content, magnet=True)
     connect(leecher, seeder).pump()
     events = leecher.take_events()
     assert any(isinstance(e, MetadataReceived) and e.torrent.content_id == content.torrent.content_id for e in events)
     assert any(isinstance(e, DownloadComplete) for e in events)
-    assert leecher.store.finish().read_bytes() == content.ciphertext_path.read_bytes()
+    assert leecher.store.contents() == ciphertext(content)
 
 
-def test_single_piece_content_by_magnet(one_piece_content, tmp_path):
-    seeder, leecher = seeder_core(one_piece_content), leecher_core(one_piece_content, tmp_path, magnet=True)
+def test_single_piece_content_by_magnet(one_piece_content):
+    seeder, leecher = seeder_core(one_piece_content), leecher_core(one_piece_content, magnet=True)
     connect(leecher, seeder).pump()
     assert leecher.finished
 
 
-def test_streaming_window_fetches_the_seek_target_first(content, tmp_path):
+def test_streaming_window_fetches_the_seek_target_first(content):
     settings = SwarmSettings(stream_window_bytes=2 * content.torrent.piece_length)
-    seeder, leecher = seeder_core(content), leecher_core(content, tmp_path, settings=settings)
+    seeder, leecher = seeder_core(content), leecher_core(content, settings=settings)
     leecher.seek(10 * content.torrent.piece_length + 5)
     connect(leecher, seeder).pump()
     verified = [e.index for e in leecher.take_events() if type(e).__name__ == "PieceVerified"]
     assert verified[:2] == [10, 11]
+
+
+def test_every_message_the_parser_yields_has_a_row_in_the_dispatch_table(content):
+    kinds = set(typing.get_args(wire.Message)) | {wire.Handshake}
+    assert set(seeder_core(content)._handlers) == kinds
 
 
 # -- a scripted peer -----------------------------------------------------------------------
@@ -104,13 +111,13 @@ def full_bitfield(torrent):
     return bytes([0xFF] * (n // 8) + ([(0xFF << (8 - n % 8)) & 0xFF] if n % 8 else []))
 
 
-def test_a_peer_sending_a_bad_block_is_banned_and_nothing_is_stored(content, tmp_path):
-    leecher = leecher_core(content, tmp_path)
+def test_a_peer_sending_a_bad_block_is_banned_and_nothing_is_stored(content):
+    leecher = leecher_core(content)
     liar = Scripted(leecher).send(wire.Bitfield(full_bitfield(content.torrent)), wire.Unchoke())
     requests = liar.of(wire.Request)
     assert requests
     piece0 = [r for r in requests if r.index == requests[0].index]
-    data = content.ciphertext_path.read_bytes()
+    data = ciphertext(content)
     pl = content.torrent.piece_length
     for r in piece0:
         block = bytearray(data[r.index * pl + r.begin : r.index * pl + r.begin + r.length])
@@ -123,8 +130,7 @@ def test_a_peer_sending_a_bad_block_is_banned_and_nothing_is_stored(content, tmp
     dropped = events_of(leecher, PeerDropped)
     assert dropped and dropped[0].banned and "bad block" in dropped[0].reason
     assert leecher.store.have_count == 0
-    part = (tmp_path / (content.torrent.name + ".part")).read_bytes()
-    assert part == bytes(len(part))  # not one unverified byte on disk
+    assert leecher.store.contents() == bytes(content.torrent.length)  # not one unverified byte stored
     # the ban holds: the same peer id is refused on reconnection
     again = Scripted(leecher, conn=8)
     assert again.dropped
@@ -141,9 +147,9 @@ def deliver_hashes(core, queued):
         core.piece_hashed(index, block_hashes(buffer), 0.0)
 
 
-def test_pieces_hashed_off_the_event_loop_count_exactly_as_inline_ones(content, tmp_path):
+def test_pieces_hashed_off_the_event_loop_count_exactly_as_inline_ones(content):
     settings = SwarmSettings(stream_window_bytes=content.torrent.piece_length)  # the rest is bulk
-    seeder, leecher = seeder_core(content), leecher_core(content, tmp_path, settings=settings)
+    seeder, leecher = seeder_core(content), leecher_core(content, settings=settings)
     queued = []
     leecher.hash_offload = lambda index, buffer: queued.append((index, buffer))
     link = connect(leecher, seeder)
@@ -153,19 +159,19 @@ def test_pieces_hashed_off_the_event_loop_count_exactly_as_inline_ones(content, 
         deliver_hashes(leecher, queued)
         link.pump()
     assert leecher.finished
-    assert leecher.store.finish().read_bytes() == content.ciphertext_path.read_bytes()
+    assert leecher.store.contents() == ciphertext(content)
 
 
-def test_a_bad_block_hashed_off_the_event_loop_still_bans_its_sender(content, tmp_path):
+def test_a_bad_block_hashed_off_the_event_loop_still_bans_its_sender(content):
     settings = SwarmSettings(stream_window_bytes=content.torrent.piece_length)
-    leecher = leecher_core(content, tmp_path, settings=settings)
+    leecher = leecher_core(content, settings=settings)
     queued = []
     leecher.hash_offload = lambda index, buffer: queued.append((index, buffer))
     liar = Scripted(leecher).send(wire.Bitfield(full_bitfield(content.torrent)), wire.Unchoke())
     target = 5  # outside the streaming window: hashed elsewhere
     requests = [r for r in liar.of(wire.Request) if r.index == target]
     assert requests
-    data = content.ciphertext_path.read_bytes()
+    data = ciphertext(content)
     pl = content.torrent.piece_length
     for r in requests:
         block = bytearray(data[r.index * pl + r.begin : r.index * pl + r.begin + r.length])
@@ -230,31 +236,31 @@ def test_a_handshake_for_another_content_is_dropped(content):
     assert 3 not in seeder.peers
 
 
-def test_unrequested_data_floods_are_dropped(content, tmp_path):
-    leecher = leecher_core(content, tmp_path)
+def test_unrequested_data_floods_are_dropped(content):
+    leecher = leecher_core(content)
     peer = Scripted(leecher).send(wire.Bitfield(full_bitfield(content.torrent)))  # choking us: nothing asked
     block = wire.encode(wire.Piece(0, 0, bytes(16384)))
     peer.raw(block * (16 * 1024 * 1024 // 16384 + 2))
     assert peer.dropped and leecher.store.have_count == 0
 
 
-def test_a_peer_vanishing_mid_piece_hands_its_requests_to_another(content, tmp_path):
-    leecher = leecher_core(content, tmp_path)
+def test_a_peer_vanishing_mid_piece_hands_its_requests_to_another(content):
+    leecher = leecher_core(content)
     flaky = Scripted(leecher, conn=5).send(wire.Bitfield(full_bitfield(content.torrent)), wire.Unchoke())
     first = flaky.of(wire.Request)[0]
-    data = content.ciphertext_path.read_bytes()
+    data = ciphertext(content)
     pl = content.torrent.piece_length
     flaky.send(wire.Piece(first.index, first.begin, data[first.index * pl + first.begin:][: first.length]))
     leecher.connection_lost(5, now=1.0)
     seeder = seeder_core(content)
     connect(leecher, seeder, conn_a=6).pump()
     assert leecher.finished
-    assert leecher.store.finish().read_bytes() == data
+    assert leecher.store.contents() == data
 
 
-def test_a_timed_out_request_is_asked_again(content, tmp_path):
+def test_a_timed_out_request_is_asked_again(content):
     settings = SwarmSettings(request_timeout_s=5.0)
-    leecher = leecher_core(content, tmp_path, settings=settings)
+    leecher = leecher_core(content, settings=settings)
     silent = Scripted(leecher, conn=5).send(wire.Bitfield(full_bitfield(content.torrent)), wire.Unchoke())
     asked = len(silent.of(wire.Request))
     assert asked
@@ -267,8 +273,8 @@ def test_a_timed_out_request_is_asked_again(content, tmp_path):
     assert leecher.finished
 
 
-def test_metadata_that_does_not_hash_to_the_content_id_bans_the_peer(content, tmp_path):
-    leecher = leecher_core(content, tmp_path, magnet=True)
+def test_metadata_that_does_not_hash_to_the_content_id_bans_the_peer(content):
+    leecher = leecher_core(content, magnet=True)
     liar = Scripted(leecher)
     fake_info = content.torrent.info_bytes.replace(b"piece length", b"piece lengtH")
     ext = ExtensionHandshake({"ut_metadata": 3}, len(fake_info), None, "liar", 100)
@@ -282,11 +288,11 @@ def test_metadata_that_does_not_hash_to_the_content_id_bans_the_peer(content, tm
     assert leecher.torrent is None
 
 
-def test_bad_blocks_from_several_peers_are_traced_by_block_hashes(content, tmp_path):
+def test_bad_blocks_from_several_peers_are_traced_by_block_hashes(content):
     """Two peers share a piece; one lies. The piece fails; its block hashes (from a third
     peer, proven against the piece hash) name the liar, and only the liar is banned."""
-    torrent, data, pl = content.torrent, content.ciphertext_path.read_bytes(), content.torrent.piece_length
-    leecher = leecher_core(content, tmp_path, settings=SwarmSettings(request_queue_depth_blocks=2))
+    torrent, data, pl = content.torrent, ciphertext(content), content.torrent.piece_length
+    leecher = leecher_core(content, settings=SwarmSettings(request_queue_depth_blocks=2))
     honest = Scripted(leecher, conn=1, peer_id=b"-XX0000-honest000001").send(wire.Bitfield(full_bitfield(torrent)), wire.Unchoke())
     liar = Scripted(leecher, conn=2, peer_id=b"-XX0000-liar00000002").send(wire.Bitfield(full_bitfield(torrent)), wire.Unchoke())
     helper_core = seeder_core(content)
@@ -308,11 +314,11 @@ def test_bad_blocks_from_several_peers_are_traced_by_block_hashes(content, tmp_p
     assert leecher.store.have[target] == 0
 
 
-def test_extension_messages_reach_the_application_and_unknown_ones_are_ignored(content, tmp_path):
+def test_extension_messages_reach_the_application_and_unknown_ones_are_ignored(content):
     registry = ExtensionRegistry()
     registry.register("veil_terms")
     seeder = Swarm(content.torrent.info_hash, peer_id=new_peer_id(), registry=registry, torrent=content.torrent,
-                   store=PieceStore.for_seeding(content.torrent, content.ciphertext_path))
+                   store=MemoryPieceStore.for_seeding(content.torrent, ciphertext(content)))
     peer = Scripted(seeder)
     peer.send(wire.Extended(0, ExtensionHandshake({"veil_terms": 9, "lt_donthave": 7}).encode()))
     our_id = registry.ids["veil_terms"]
@@ -334,14 +340,13 @@ def test_upload_slots_are_bounded_with_one_optimistic_unchoke(content):
     assert sum(1 for p in peers if p.wire.peer_choking is False) == 2
 
 
-def test_a_full_disk_fails_the_download_clearly(content, tmp_path):
-    class FullDisk(PieceStore):
+def test_a_full_disk_fails_the_download_clearly(content):
+    class FullDisk(MemoryPieceStore):
         def write_verified_piece(self, index, data):
             raise PieceStorageError("disk full while writing test; free some space")
 
     torrent = content.torrent
-    base = PieceStore.for_download(torrent, tmp_path)
-    store = FullDisk(torrent, base.data_path, final_path=base.final_path, resume_path=base.resume_path, have=base.have)
+    store = FullDisk(torrent, bytearray(torrent.length), bytearray(torrent.piece_count))
     leecher = Swarm(torrent.info_hash, peer_id=new_peer_id(), torrent=torrent, store=store)
     connect(leecher, seeder_core(content)).pump()
     failed = events_of(leecher, SwarmFailed)

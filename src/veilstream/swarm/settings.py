@@ -2,7 +2,8 @@
 settings_pack): units are in the names, defaults are what `veil seed`/`veil fetch` use.
 
 Limits that protect us from hostile peers are *not* here: they are protocol constants
-beside the code that enforces them (wire.py, swarm.py), each with its reason.
+beside the code that enforces them (wire.py, peer.py, verify.py, swarm.py, ...), each
+with its reason.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ write into fresh page-cache pages costs 0.3–2.6 s of kernel time per GiB, a di
 ~0.05 s, and a download must not evict everything else from the cache.
 
 This is the swarm's own storage (the vault sits above the swarm): a directory per
-content; the CLI puts it wherever the vault or `--out` says.
+content; the CLI puts it wherever the vault or `--out` says. `PieceStorage` names what
+the protocol core needs of any storage; `PieceStore` here is the disk one, and
+`memory_store.MemoryPieceStore` keeps pieces in memory.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from veilstream.atomic import replace_file
 from veilstream.content import bencode
@@ -77,8 +80,44 @@ _TO_ASCII = bytes.maketrans(b"\x00\x01", b"01")
 _FROM_ASCII = bytes.maketrans(b"01", b"\x00\x01")
 
 
+class PieceStorage(Protocol):
+    """What the swarm core uses of a torrent's storage, and nothing more. Only pieces
+    whose hash the core checked are written; reads return None for a piece not held."""
+
+    have: bytearray  # 0/1 per piece; the core's picker starts from a copy
+    have_count: int
+
+    @property
+    def complete(self) -> bool: ...
+
+    def bitfield(self) -> bytes:
+        """The BEP 3 bitfield of `have`."""
+        ...
+
+    def piece_buffer(self, size: int) -> bytearray:
+        """A writable buffer of `size` bytes to assemble a piece in (handed back to
+        `write_verified_piece` once it verifies, or dropped)."""
+        ...
+
+    def write_verified_piece(self, index: int, data: bytes | bytearray | memoryview) -> None:
+        """Store a verified piece (the store may keep `data` itself); raises `PieceStorageError`."""
+        ...
+
+    def read_piece(self, index: int) -> memoryview | None: ...
+
+    def read_block(self, index: int, begin: int, length: int) -> memoryview | None: ...
+
+    def save_resume(self, *, background: bool = False) -> None:
+        """Persist which pieces are held, if the store outlives the process."""
+        ...
+
+    def keep_recent_pieces(self, budget_bytes: int) -> None:
+        """A player reads as pieces arrive: keep about this much of the newest in memory."""
+        ...
+
+
 class PieceStore:
-    """Verified pieces of one torrent, in one file."""
+    """Verified pieces of one torrent, in one file (a `PieceStorage`)."""
 
     def __init__(self, torrent: Torrent, data_path: Path, *, final_path: Path, resume_path: Path | None,
                  have: bytearray, read_cache_pieces: int = 8) -> None:
