@@ -46,3 +46,16 @@ _.bit_rate
 
 # pytest runs these: an autouse fixture, and fuzz tests bound as module attributes.
 _.local_relay_of_this_worker
+
+# FastAPI calls the routes, middleware and exception handlers it was given (node/api.py).
+_.guard
+_.user_error
+_.health
+_.node_status
+_.list_streams
+_.show  # node/cli/config_cmds.py: `veil config show` (typer)
+
+# Library protocols: logging reads exc_text; uvicorn calls capture_signals and reads should_exit.
+_.exc_text
+_.capture_signals
+_.should_exit

@@ -179,10 +179,6 @@ class Guarantee:
     until: int
     cashed_wei: int = 0
 
-    @property
-    def lane_wei(self) -> int:
-        return self.ceiling_wei - self.cashed_wei
-
 
 @dataclass(frozen=True)
 class Lane:
@@ -728,9 +724,6 @@ class ChainClient:
     def sign_payment(self, beneficiary: str, cumulative_amount: int) -> SignedCheque:
         """A cheque with content id zero: pays `beneficiary` in full."""
         return self.sign_cheque(ZERO_CONTENT_ID, beneficiary, cumulative_amount)
-
-    def verify_cheque(self, signed: SignedCheque) -> None:
-        self.cheque_domain.verify(signed)
 
     def cash(self, cheques: Sequence[SignedCheque]) -> CashResult:
         if not cheques:

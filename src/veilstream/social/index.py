@@ -597,10 +597,6 @@ class FeedIndex:
     def card_ids(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT id FROM cards ORDER BY rowid DESC")]
 
-    def latest_created_at(self) -> int:
-        (value,) = self._db.execute("SELECT COALESCE(MAX(created_at), 0) FROM events").fetchone()
-        return value
-
     def stats(self) -> dict[str, int]:
         out = {}
         for table in ("events", "cards", "comments", "engagement", "follows", "profiles"):

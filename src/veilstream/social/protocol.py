@@ -85,7 +85,6 @@ def _frame(*items: Any) -> str:
 class _Subscription:
     budget: int
     received: int = 0
-    stored_done: bool = False
 
 
 @dataclass
@@ -106,10 +105,6 @@ class RelaySession:
     @property
     def open_subscriptions(self) -> list[str]:
         return list(self._subscriptions)
-
-    @property
-    def pending_publishes(self) -> set[str]:
-        return set(self._pending_publishes)
 
     # --- what we send ---
 
@@ -188,10 +183,8 @@ class RelaySession:
     def _on_eose(self, args: list) -> list[RelayEvent]:
         if len(args) != 1 or not isinstance(args[0], str):
             return [ProtocolViolation("EOSE is [sub_id]")]
-        subscription = self._subscriptions.get(args[0])
-        if subscription is None:
+        if args[0] not in self._subscriptions:
             return []  # EOSE racing our CLOSE is normal
-        subscription.stored_done = True
         return [EndOfStoredEvents(args[0])]
 
     def _on_closed(self, args: list) -> list[RelayEvent]:

@@ -56,9 +56,6 @@ class TreeShape:
             and 0 <= proof_layers < self.num_layers - base
         )
 
-    def uncle_count(self, length: int, proof_layers: int) -> int:
-        return max(0, proof_layers - log2(length) + 1)
-
 
 class HashServer:
     """Answers hash requests for one torrent. Nodes at or above the piece layer come from
@@ -163,10 +160,6 @@ def block_layer_request(shape: TreeShape, pieces_root: bytes, piece: int) -> Has
     """The request for piece `piece`'s block hashes, proven up to the piece hash."""
     bpp = shape.blocks_per_piece if shape.piece_count > 1 else shape.leaf_width
     return HashRequest(pieces_root, 0, piece * bpp, bpp, max(0, log2(bpp) - 1))
-
-
-def block_hash_of(data: bytes | memoryview) -> bytes:
-    return sha256(data).digest()
 
 
 def piece_root_from_block_hashes(hashes: list[bytes], shape: TreeShape) -> bytes:

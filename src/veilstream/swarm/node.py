@@ -378,7 +378,6 @@ class SwarmNode:
         self._group: asyncio.TaskGroup | None = None
         self.dht_lookups = 0  # lookups finished (with peers or none): how a watcher sees the loop go on
         self._dht_done = asyncio.Event()
-        self._ticker: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         self._hash_pool: ThreadPoolExecutor | None = None
         self._receive_buffer = memoryview(bytearray(RECEIVE_BUFFER_BYTES))
@@ -402,7 +401,7 @@ class SwarmNode:
 
                 self.dht = DhtNode(self.settings)
                 await self.dht.start(self.settings.listen_host, self.settings.dht_port)
-            self._ticker = self._spawn(self._tick_forever())
+            self._spawn(self._tick_forever())
         except BaseException as exc:
             await self.__aexit__(type(exc), exc, exc.__traceback__)  # shuts down, lets `exc` leave as itself
             if isinstance(exc, OSError):
