@@ -5,8 +5,10 @@ A chain call (a lane lookup, a grant lookup, opening lanes) blocks, so it runs o
 thread (`asyncio.to_thread`) inside a task the driver keeps and cancels when it closes:
 no orphan work. Its result goes back to the core. A failure of an expected kind (the chain
 unreachable or refusing, a timeout, a network error) is logged and goes back to the core
-as a failure; anything else is a bug, handed to `on_bug`, which makes the driver's owner
-see it (the paid stream raises it to its player; a service raises it to the swarm).
+as a failure; anything else is a bug (or a write the answer led to that failed, say the
+audit log's on a full disk), handed to `on_bug`, which makes the driver's owner see it:
+the paid stream raises it to its player, a service to the event loop's exception handler
+(where `veil serve` stops on it, as for any callback of the loop).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class Timers:
 class ChainWork:
     """Blocking chain calls as tasks this object keeps (and cancels on `close`)."""
 
-    def __init__(self, on_bug: Callable[[BaseException], None]) -> None:
+    def __init__(self, on_bug: Callable[[str, BaseException], None]) -> None:
         self._on_bug = on_bug
         self._tasks: set[asyncio.Task] = set()
 
@@ -78,9 +80,8 @@ class ChainWork:
             done(result)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a bug, in the call or in the core fed its result
-            log.error("%s: internal error", what, exc_info=exc)
-            self._on_bug(exc)
+        except Exception as exc:  # a bug, in the call or in the core fed its result (or a write it made)
+            self._on_bug(what, exc)
 
     @property
     def pending(self) -> int:

@@ -7,7 +7,7 @@ core every event with `now`, and carries out the core's actions: market messages
 the extension, peers that broke the protocol dropped, held uploads resumed, and chain
 lookups run on worker threads (a chain call must not stall the loop) as supervised work
 whose answers go back to the core — an expected failure (the chain down, a timeout) is
-logged and goes back as a failed lookup, a bug is raised to the swarm. Cheques this node
+logged and goes back as a failed lookup, a bug goes to the event loop's exception handler. Cheques this node
 is owed go to `on_cheque_accepted` (the cheque ledger, cashed in batches once they pass
 the threshold), the lanes looked up to `on_cover`.
 """
@@ -66,7 +66,6 @@ class MarketService:
         self._clock = clock
         self.on_cheque_accepted: Callable[[SignedCheque], None] | None = None  # e.g. keep it for cashing
         self.on_cover: Callable[[str, bytes, str, Guarantee], None] | None = None  # e.g. cash before the lane's time
-        self.failure: BaseException | None = None  # a bug in a lookup: raised to the swarm at its next event
         self._work = ChainWork(self._bug)
         self._waiters: list = []
         self._unsubscribe = content.subscribe(self._on_swarm_event)
@@ -146,8 +145,6 @@ class MarketService:
 
     # -- carrying out the core's actions -------------------------------------------------------
     def _on_swarm_event(self, event: SwarmEvent) -> None:
-        if self.failure is not None:
-            raise self.failure  # a listener that raises is a bug, and the swarm says so
         self._run(self.core.receive(event, self._clock()))
 
     def _may_upload(self, conn: int, piece: int, length: int) -> bool:
@@ -202,8 +199,10 @@ class MarketService:
         self._work.run("grant lookup", lambda ids: [lookup(i) for i in ids], action.grant_ids,
                        done=answer, failed=lambda _error: answer(None))
 
-    def _bug(self, error: BaseException) -> None:
-        self.failure = error
+    def _bug(self, what: str, error: BaseException) -> None:
+        """Raised where a loop callback's error goes: the loop's exception handler."""
+        asyncio.get_running_loop().call_exception_handler(
+            {"message": f"market service on {self.content_id.hex()[:16]}: {what} failed", "exception": error})
 
     def _check_waiters(self) -> None:
         for predicate, future in list(self._waiters):

@@ -281,8 +281,9 @@ class PaidStream:
             if not future.done():
                 future.set_exception(self._failure)
 
-    def _bug(self, error: BaseException) -> None:
+    def _bug(self, what: str, error: BaseException) -> None:
         """A chain call or the core failed unexpectedly: the player sees the error itself."""
+        log.error("%s: internal error", what, exc_info=error)
         self._fail(error)
 
     def _check_waiters(self) -> None:
