@@ -49,6 +49,7 @@ from veilstream.market.service import MarketService
 from veilstream.market.settings import MarketSettings
 from veilstream.market import stream as stream_module
 from veilstream.market.stream import PaidStream, viewer_swarm_settings
+from veilstream.market.viewer import ViewerCore
 from veilstream.swarm.extensions import UT_METADATA, ExtensionRegistry
 from veilstream.swarm.node import SwarmNode, run
 from veilstream.swarm.settings import SwarmSettings
@@ -216,8 +217,8 @@ class Breakdown:
     """With --breakdown: the viewer's time in each part of the paid path, per paid run
     (wall time of the calls, on the viewer's event loop)."""
 
-    PARTS = {"decrypt": (stream_module, "open_slice_into"), "pay (sign + send)": (PaidStream, "_on_piece_verified"),
-             "key deliveries": (PaidStream, "_on_keys"), "swarm data path": (Swarm, "data_received")}
+    PARTS = {"decrypt": (stream_module, "open_slice_into"), "pay (sign)": (ViewerCore, "_on_piece_verified"),
+             "key deliveries": (ViewerCore, "_on_keys"), "swarm data path": (Swarm, "data_received")}
 
     def __init__(self) -> None:
         self.spent: dict[str, float] = {name: 0.0 for name in self.PARTS}

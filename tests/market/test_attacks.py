@@ -30,6 +30,7 @@ from veilstream.market.key_session import ViewerKeySession
 from veilstream.market.lanes import LaneOpener
 from veilstream.market.onchain import ChainWatch, WithdrawalRequested, cashed_floor
 from veilstream.market.payer import Payer
+from veilstream.market.seller import SellerCore
 from veilstream.market.service import MarketService
 from veilstream.market.settings import MarketSettings
 from veilstream.market.stream import PaidStream, StreamError, viewer_swarm_settings
@@ -78,12 +79,12 @@ class Network:
     """The creator's node (seeds, sells keys) and a key-less seeder, on the real chain."""
 
     def __init__(self, published, chain, tmp_path, market=MarketSettings(), first=None,
-                 creator_service_class=MarketService):
+                 creator_core_class=SellerCore):
         self.done, self.creator, self.plaintext, self.tmp = published
         self.chain, self.tmp_path, self.market = chain, tmp_path, market
         self.first = first  # a node of the test's own, connected to before the others
         self.seeder_wallet = Account.create()
-        self.creator_service_class = creator_service_class
+        self.creator_core_class = creator_core_class
 
     async def __aenter__(self):
         torrent, chain = self.done.torrent, self.chain
@@ -91,10 +92,10 @@ class Network:
         self.nodes = [await self._stack.enter_async_context(node) for node in
                       (market_node(), market_node(), market_node(viewer_swarm_settings(SLICE, self.market)))]
         self.agent = agent_for((self.done, self.creator, None, None), chain, self.tmp_path)
-        self.creator_service = self.creator_service_class(
+        self.creator_service = MarketService(
             self.nodes[0].seed(PieceStore.for_seeding(torrent, self.done.ciphertext_path)),
             payee=self.creator.wallet_address, domain=chain.cheque_domain, settings=self.market, key_agent=self.agent,
-            cover_lookup=chain.guarantee)
+            cover_lookup=chain.guarantee, core_class=self.creator_core_class)
         self.seeder_service = MarketService(
             self.nodes[1].seed(PieceStore.for_seeding(torrent, self.tmp / "seeder" / torrent.name)),
             payee=self.seeder_wallet.address, domain=chain.cheque_domain, settings=self.market,
@@ -258,11 +259,11 @@ def test_a_replayed_session_offer_cannot_redirect_a_viewers_keys(published, chai
 # -- 8. a fake key agent stalled the viewer for ever -------------------------------------------
 
 
-class SilentService(MarketService):
+class SilentSeller(SellerCore):
     """Says it is the registered key agent, then never answers a key request."""
 
-    def _answer_key_request(self, conn, state, request):
-        pass
+    def answer_key_request(self, conn, request, now):
+        return None
 
 
 def test_a_silent_key_agent_is_passed_over_for_the_registered_one(published, chain, fund, tmp_path):
@@ -275,28 +276,28 @@ def test_a_silent_key_agent_is_passed_over_for_the_registered_one(published, cha
                                   signing_key=os.urandom(32))
             fake_agent.offer(done.torrent, done.keys)
             fake_agent.address = creator.wallet_address  # what its terms claim
-            SilentService(impostor.seed(PieceStore.for_seeding(done.torrent, done.ciphertext_path)),
+            MarketService(impostor.seed(PieceStore.for_seeding(done.torrent, done.ciphertext_path)),
                           payee=Account.create().address, domain=chain.cheque_domain, settings=market,
-                          key_agent=fake_agent, cover_lookup=chain.guarantee)
+                          key_agent=fake_agent, cover_lookup=chain.guarantee, core_class=SilentSeller)
             async with Network(published, chain, tmp_path, market, first=impostor) as net:
                 stream = net.stream(fund(Account.create(), 10**16))
                 got = await play(stream)
                 assert b"".join(got[i] for i in range(done.torrent.piece_count)) == net.plaintext
                 assert stream.stats.key_deliveries > 0 and net.agent.audit.count == stream.stats.key_deliveries
-                assert len(stream._distrusted) == 1  # the impostor, asked first, then passed over
+                assert len(stream.core.distrusted) == 1  # the impostor, asked first, then passed over
     asyncio.run(scenario())
 
 
-class RefusingService(MarketService):
+class RefusingSeller(SellerCore):
     """Sells no key, ever, though paid."""
 
-    def _answer_key_request(self, conn, state, request):
-        self._send(conn, messages.MarketRefusal(messages.RefusalCode.PAYMENT_NEEDED, "pay more"))
+    def answer_key_request(self, conn, request, now):
+        return messages.MarketRefusal(messages.RefusalCode.PAYMENT_NEEDED, "pay more")
 
 
 def test_a_stream_whose_only_key_agent_refuses_what_is_paid_fails_and_says_why(published, chain, fund, tmp_path):
     async def scenario():
-        async with Network(published, chain, tmp_path, creator_service_class=RefusingService) as net:
+        async with Network(published, chain, tmp_path, creator_core_class=RefusingSeller) as net:
             stream = net.stream(fund(Account.create(), 10**16))
             with pytest.raises(StreamError, match="no key agent left"):
                 await play(stream)
@@ -426,7 +427,7 @@ def test_books_of_viewers_gone_are_forgotten_past_a_bound(published, chain, tmp_
                 viewer = Account.create().address
                 service.account(viewer)
                 service.key_agent.account(viewer, done.torrent.info_hash)
-                service._on_peer_dropped(PeerDropped(1, ("127.0.0.1", 1), "gone", False))
+                service.core.receive(PeerDropped(1, ("127.0.0.1", 1), "gone", False), time.time())
             assert len(service.accounts) <= market.max_idle_books + 1
             assert len(service.key_agent._accounts) <= market.max_idle_books + 1
     asyncio.run(scenario())

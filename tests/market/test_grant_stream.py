@@ -21,6 +21,7 @@ from veilstream.market.key_agent import KeyAgent
 from veilstream.market.lanes import LaneOpener
 from veilstream.market.service import MarketService
 from veilstream.market.stream import HeldGrants, PaidStream, viewer_swarm_settings
+from veilstream.market.viewer import ViewerCore
 from veilstream.swarm import ExtensionRegistry, PieceStore, SwarmNode, UT_METADATA
 
 ETHER = 10**18
@@ -100,11 +101,11 @@ async def play(stream):
     return out
 
 
-def viewer(world, node, grants, budget=ETHER // 10, stream_class=PaidStream):
+def viewer(world, node, grants, budget=ETHER // 10, core_class=ViewerCore):
     chain, torrent = world["chain"], world["done"].torrent
     content = node.fetch(torrent, world["tmp"] / f"viewer-{os.urandom(4).hex()}")
-    return stream_class(content, torrent, wallet=world["buyer"], domain=chain.cheque_domain, budget_wei=budget,
-                        grants=grants, lanes=LaneOpener(chain.with_account(world["buyer"])))
+    return PaidStream(content, torrent, wallet=world["buyer"], domain=chain.cheque_domain, budget_wei=budget,
+                      grants=grants, lanes=LaneOpener(chain.with_account(world["buyer"])), core_class=core_class)
 
 
 def test_a_grant_holder_pays_seeders_only_their_share_of_granted_slices(world):
@@ -148,9 +149,11 @@ def test_a_grant_holder_pays_seeders_only_their_share_of_granted_slices(world):
     assert seeder_chain.earnings() - earned_before == direct.cheque.cumulative_amount + content_paid * SHARE_BPS // 10_000
 
 
-class NonPayingHolder(PaidStream):
-    def _on_piece_verified(self, event):
-        pass
+class NonPayingHolder(ViewerCore):
+    """A grant holder that never pays seeders their share."""
+
+    def piece_verified(self, event, now):
+        return []
 
 
 def test_a_holder_that_stops_paying_gets_at_most_the_window_of_granted_slices(world):
@@ -158,19 +161,24 @@ def test_a_holder_that_stops_paying_gets_at_most_the_window_of_granted_slices(wo
         async with network(world) as (nodes, _creator_service, seeder_service):
             grants = world["grants"]
             only_granted = HeldGrants(grants.grant_ids, grants.ranges, grants.keys)
-            stream = viewer(world, nodes[2], only_granted, stream_class=NonPayingHolder)
+            stream = viewer(world, nodes[2], only_granted, core_class=NonPayingHolder)
             stream.content.add_peer("127.0.0.1", nodes[1].listen_port)
             stream.seek(GRANTED[0])
             # the seeder holds back once the window is used: a refusal after it served (ones
-            # before that are the wait for the holder's lane to be seen on chain)
+            # before that are the wait for the holder's lane to be seen on chain). Checked at
+            # every upload the gate decides: the refusal that ends the window comes in the
+            # same write as the blocks served before it (a poll only sees both at once).
             account = seeder_service.direct_books.account(world["buyer"].address)
-            refused_when_serving_began = None
+            refused_when_serving_began = []
+
+            def refused_after_serving_began() -> bool:
+                if not refused_when_serving_began and account.served_wei > 0:
+                    refused_when_serving_began.append(seeder_service.stats.blocks_refused)
+                return bool(refused_when_serving_began) and \
+                    seeder_service.stats.blocks_refused > refused_when_serving_began[0]
+
             async with asyncio.timeout(TIMEOUT_S):
-                while (refused_when_serving_began is None
-                       or seeder_service.stats.blocks_refused == refused_when_serving_began):
-                    if refused_when_serving_began is None and account.served_wei > 0:
-                        refused_when_serving_began = seeder_service.stats.blocks_refused
-                    await asyncio.sleep(0.01)
+                await seeder_service.wait_until(refused_after_serving_began)
             return seeder_service
 
     seeder_service = asyncio.run(scenario())
@@ -209,8 +217,7 @@ def test_claims_on_other_viewers_or_contents_grants_are_refused(world):
                                 grants=stolen)
             content.add_peer("127.0.0.1", nodes[1].listen_port)
             async with asyncio.timeout(TIMEOUT_S):
-                while not any("not this viewer's" in r for r in seeder_service.stats.refusals):
-                    await asyncio.sleep(0.01)
+                await seeder_service.wait_until(lambda: any("not this viewer's" in r for r in seeder_service.stats.refusals))
             return stream, seeder_service
 
     _stream, seeder_service = asyncio.run(scenario())
@@ -237,14 +244,13 @@ def test_a_peer_cannot_make_a_seeder_look_up_grants_without_end(world):
             stream = PaidStream(content, done.torrent, wallet=stranger, domain=chain.cheque_domain, budget_wei=0)
             content.add_peer("127.0.0.1", nodes[1].listen_port)
             async with asyncio.timeout(TIMEOUT_S):
-                while not stream._sources or not any(s.terms for s in stream._sources.values()):
-                    await asyncio.sleep(0.01)
-            conn = next(iter(stream._sources))
-            for batch in range(5):  # 5 claims of 64 made-up grants each
-                stream._send(conn, messages.GrantClaim(tuple(range(1000 + 64 * batch, 1064 + 64 * batch))))
+                await stream.wait_until(lambda: any(s.terms for s in stream.sources.values()))
+            conn = next(iter(stream.sources))
+            for batch in range(5):  # 5 claims of 64 made-up grants each, sent on the wire as a hostile viewer would
+                claim = messages.GrantClaim(tuple(range(1000 + 64 * batch, 1064 + 64 * batch)))
+                assert content.send_extension(conn, messages.MARKET_EXTENSION, messages.encode(claim))
             async with asyncio.timeout(TIMEOUT_S):
-                while not any("too many" in r for r in seeder_service.stats.refusals):
-                    await asyncio.sleep(0.01)
+                await seeder_service.wait_until(lambda: any("too many" in r for r in seeder_service.stats.refusals))
 
     asyncio.run(scenario())
     assert len(lookups) == messages.MAX_GRANTS_PER_CLAIM

@@ -18,7 +18,9 @@ from veilstream.market.key_agent import KeyAgent
 from veilstream.market.lanes import LaneOpener
 from veilstream.market.service import MarketService
 from veilstream.market.settings import MarketSettings
+from veilstream.market.actions import Send
 from veilstream.market.stream import PaidStream, StreamError, viewer_swarm_settings
+from veilstream.market.viewer import ViewerCore
 from veilstream.swarm import ExtensionRegistry, PieceStore, PieceVerified, SwarmNode, SwarmSettings, UT_METADATA
 
 PRICE = 10**12
@@ -191,74 +193,22 @@ def test_seek_starts_from_the_middle(published, chain, tmp_path):
     asyncio.run(scenario())
 
 
-class HoldingStream(PaidStream):
-    """Buys no keys until its player starts (so the test knows what the first request is)."""
-
-    started = False
-
-    def _want_keys(self):
-        if self.started:
-            super()._want_keys()
-
-
-def test_key_batching_never_holds_a_waiting_player_once_payments_stop_growing(published, chain, tmp_path):
-    """Keys are asked for in batches that the next payments widen. When the swarm has
-    nothing more to deliver (here every peer lacks the later slices), payments stop
-    growing: the waiting player must still get the keys of the slices it holds, after the
-    batch wait, not wait for slices that are not coming."""
-    done, creator, plaintext, tmp = published
-    held = 24
-    partial = tmp_path / "partial"
-    (partial / "seeder").mkdir(parents=True)
-    data = bytearray(done.ciphertext_path.read_bytes())
-    data[held * SLICE :] = bytes(len(data) - held * SLICE)  # later pieces fail their hashes: not offered
-    (partial / done.torrent.name).write_bytes(data)
-    (partial / "seeder" / done.torrent.name).write_bytes(data)
-    # The held slices are in and paid before the player starts; its first request takes the
-    # lookahead's 20 keys, and the next batch (10) can only reach 24 + the window.
-    market = MarketSettings(key_lookahead_slices=20, key_batch_wait_s=0.05)
-
-    async def scenario():
-        async with Network((replace(done, ciphertext_path=partial / done.torrent.name), creator, plaintext, partial),
-                           chain, tmp_path, market=market) as net:
-            stream = net.viewer(Account.create(), stream_class=HoldingStream)
-            fired, requests = [], []
-            wait_over, send = stream._batch_wait_over, stream._send
-            stream._batch_wait_over = lambda: (fired.append(1), wait_over())
-            stream._send = lambda conn, message: (
-                requests.append((message.first, message.end)) if isinstance(message, messages.KeyRequest) else None,
-                send(conn, message))
-            for index in range(held):
-                await asyncio.wait_for(stream.content.wait_for_piece(index), TIMEOUT_S)
-            got, all_held = [], asyncio.Event()
-
-            async def consume():
-                async for index, piece in stream.slices():
-                    got.append(bytes(piece))
-                    if len(got) == held:
-                        all_held.set()
-
-            stream.started = True
-            player = asyncio.ensure_future(consume())
-            await asyncio.wait_for(all_held.wait(), TIMEOUT_S)
-            player.cancel()
-            assert b"".join(got) == plaintext[: held * (SLICE - 16)]
-            assert requests == [(0, 20), (20, 26)] and fired == [1]
-            stream.close()
-    asyncio.run(scenario())
-
-
-class NonPayingStream(PaidStream):
+class NonPayingViewer(ViewerCore):
     """A viewer that takes slices and keys but never signs a cheque."""
 
-    def _on_piece_verified(self, event):
+    def piece_verified(self, event, now):
         self.stats.slices_by_source["unpaid"] += 1
+        return []
+
+
+async def until_every_seeder_refused(services):
+    await asyncio.gather(*(s.wait_until(lambda s=s: s.stats.blocks_refused > 0) for s in services))
 
 
 def test_a_viewer_that_stops_paying_gets_at_most_the_window(published, chain, tmp_path):
     async def scenario():
         async with Network(published, chain, tmp_path) as net:
-            stream = net.viewer(Account.create(), stream_class=NonPayingStream)
+            stream = net.viewer(Account.create(), core_class=NonPayingViewer)
 
             async def consume():
                 async for _ in stream.slices():
@@ -268,8 +218,7 @@ def test_a_viewer_that_stops_paying_gets_at_most_the_window(published, chain, tm
             async with asyncio.TaskGroup() as group:
                 player = group.create_task(consume())
                 async with asyncio.timeout(TIMEOUT_S):  # until both seeders have said no
-                    while not all(s.stats.blocks_refused for s in services):
-                        await asyncio.sleep(0.01)
+                    await until_every_seeder_refused(services)
                 player.cancel()
             window = MarketSettings().credit_window_slices
             for service in (net.creator_service, net.seeder_service):
@@ -278,18 +227,23 @@ def test_a_viewer_that_stops_paying_gets_at_most_the_window(published, chain, tm
     asyncio.run(scenario())
 
 
-class ReplayingStream(NonPayingStream):
+class ReplayingViewer(NonPayingViewer):
     """Shows every peer the cheques of an earlier session, then pays nothing more."""
 
     old_cheques = ()
 
-    def _on_message(self, event):
-        super()._on_message(event)
-        source = self._sources.get(event.conn)
-        if source is not None and source.terms is not None and not getattr(source, "replayed", False):
-            source.replayed = True
-            for cheque in self.old_cheques:
-                self._send(event.conn, messages.ChequeMessage(cheque))
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.replayed_to = set()
+
+    def receive(self, event, now):
+        actions = super().receive(event, now)
+        conn = getattr(event, "conn", None)
+        source = self.sources.get(conn)
+        if source is not None and source.terms is not None and conn not in self.replayed_to:
+            self.replayed_to.add(conn)
+            actions += [Send(conn, messages.ChequeMessage(cheque)) for cheque in self.old_cheques]
+        return actions
 
 
 def test_a_returning_viewer_continues_its_cheques_and_old_payments_buy_nothing_new(published, chain, tmp_path):
@@ -319,25 +273,24 @@ def test_a_returning_viewer_continues_its_cheques_and_old_payments_buy_nothing_n
     assert len(signed) == 2 and all(amount >= PRICE for amount in signed.values())
     assert len(released_before) >= 2
 
-    async def second_session(stream_class):
+    async def second_session(core_class):
         # the same seeders and the same audit log (a new key agent reads it back)
         async with Network(published, chain, tmp_path, seeder_wallet=seeder_wallet, paid_before=paid) as net:
             content_id = net.done.torrent.info_hash
-            stream = net.viewer(wallet, stream_class=stream_class,
+            stream = net.viewer(wallet, core_class=core_class,
                                 signed_before=lambda cid, seeder: signed.get(seeder, 0) if cid == content_id else 0)
             services = (net.creator_service, net.seeder_service)
-            if stream_class is PaidStream:
+            if core_class is ViewerCore:
                 got = await play(stream)
                 assert b"".join(got[i] for i in sorted(got)) == net.plaintext
                 for payee, amount in stream.payer.owed.items():  # each counter went on from last time
                     assert amount > signed.get(payee, 0)
                 return
-            stream.old_cheques = cheques
+            stream.core.old_cheques = cheques
             async with asyncio.TaskGroup() as group:
                 player = group.create_task(play(stream))
                 async with asyncio.timeout(TIMEOUT_S):  # until both seeders have said no
-                    while not all(s.stats.blocks_refused for s in services):
-                        await asyncio.sleep(0.01)
+                    await until_every_seeder_refused(services)
                 player.cancel()
             for service in services:  # the replayed cheques were taken, and bought only the window
                 assert service.account(wallet.address).paid_wei == signed[service.payee]
@@ -345,8 +298,8 @@ def test_a_returning_viewer_continues_its_cheques_and_old_payments_buy_nothing_n
             released = net.agent.account(wallet.address, content_id).released
             assert released >= released_before and len(released - released_before) <= window
 
-    asyncio.run(second_session(ReplayingStream))
-    asyncio.run(second_session(PaidStream))
+    asyncio.run(second_session(ReplayingViewer))
+    asyncio.run(second_session(ViewerCore))
 
 
 def test_a_later_session_goes_on_from_where_the_last_stopped_and_watching_again_is_free(published, chain, tmp_path):
@@ -426,8 +379,8 @@ def test_wrong_keys_are_caught_and_kept_as_evidence(published, chain, tmp_path):
 class UnsigningKeyAgent(KeyAgent):
     """Answers with a signature that names nobody."""
 
-    def on_key_request(self, *args):
-        answer = super().on_key_request(*args)
+    def on_key_request(self, *args, **kwargs):
+        answer = super().on_key_request(*args, **kwargs)
         if isinstance(answer, messages.SealedKeys):
             return messages.SealedKeys(answer.first, answer.end, answer.sealed, bytes(65))
         return answer

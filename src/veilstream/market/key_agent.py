@@ -142,11 +142,12 @@ class KeyAgent:
         return head
 
     # -- messages ----------------------------------------------------------------
-    def on_session(self, offer: SessionOffer, channel: Hashable) -> str:
+    def on_session(self, offer: SessionOffer, channel: Hashable, *, now: float | None = None) -> str:
         """Take a viewer's session key for the connection `channel`; returns the viewer's
-        address. A connection keeps one viewer and moves only to newer offers."""
+        address. A connection keeps one viewer and moves only to newer offers. `now` (unix
+        s): a caller without IO passes its own; else the agent's clock is read."""
         self._offering(offer.content_id)
-        viewer = offer.check(offer.content_id, int(self._clock()))
+        viewer = offer.check(offer.content_id, int(self._clock() if now is None else now))
         held = self._sessions.get((channel, offer.content_id))
         if held is not None:
             if held[0] != viewer:
@@ -169,10 +170,11 @@ class KeyAgent:
     def on_cheque(self, signed: SignedCheque) -> bool:
         return self.account(signed.cheque.viewer, signed.cheque.content_id).accept(signed)
 
-    def on_key_request(self, channel: Hashable, content_id: bytes, first: int,
-                       end: int) -> messages.SealedKeys | messages.MarketRefusal:
-        """Answer a key request on `channel` with sealed keys, or a refusal saying what is missing."""
-        now = self._clock()
+    def on_key_request(self, channel: Hashable, content_id: bytes, first: int, end: int, *,
+                       now: float | None = None) -> messages.SealedKeys | messages.MarketRefusal:
+        """Answer a key request on `channel` with sealed keys, or a refusal saying what is
+        missing. `now` as for `on_session`."""
+        now = self._clock() if now is None else now
         try:
             offering = self._offering(content_id)
             count = offering.torrent.piece_count
