@@ -159,9 +159,6 @@ class Market:
     def viewer_sent(self, kind=None, conn=None):
         return sent(self.log, kind, conn)
 
-    def seller_sent(self, conn, kind=None):
-        return sent(self.seller_log[conn], kind)
-
     @property
     def failure(self):
         return self.core.failure

@@ -227,11 +227,10 @@ def test_a_paid_seeder_gives_a_plain_bittorrent_peer_nothing(published, chain, t
             async with SwarmNode() as plain:  # speaks BitTorrent, not the market
                 content = plain.fetch(done.torrent, tmp_path / "plain")
                 content.add_peer("127.0.0.1", net.nodes[1].listen_port)
-                async with asyncio.timeout(TIMEOUT_S):
-                    while not content.peers:
-                        await asyncio.sleep(0.01)
-                await asyncio.sleep(1.0)  # long enough for a free seeder to send many slices
-                assert content.have_bytes == 0 and net.seeder_service.stats.bytes_served == 0
+                stats = net.seeder_service.stats
+                async with asyncio.timeout(TIMEOUT_S):  # the seeder was asked for blocks, and said no
+                    await net.seeder_service.wait_until(lambda: stats.plain_blocks_refused > 0)
+                assert content.have_bytes == 0 and stats.bytes_served == 0
     asyncio.run(scenario())
 
 

@@ -199,3 +199,36 @@ def test_what_an_earlier_run_cashed_does_not_count_as_brought_in(chain, tmp_path
     assert cashier.uncashed_wei == SMALL and cashier.held_back.amount_wei == SMALL
     assert cashier.batches_cashed == 0  # no gas spent to cash 10¹² wei
     cashier.shutdown()
+
+
+def test_a_bug_in_chain_work_stops_the_supervising_node_at_once_and_a_chain_outage_does_not(chain, tmp_path):
+    """The cashier's thread is watched by `supervise()` in the node's task group: a bug (not a
+    ChainError) in a cash transaction ends the group with that bug as soon as it happens; the
+    chain being away is only logged, and the cheques stay to be cashed later."""
+    import asyncio
+
+    creator, seeder, viewer, content = actors(chain)
+    payee = chain.with_account(seeder)
+    cashier = Cashier(payee, ChequeLedger(tmp_path / "cheques.sqlite"), replace(GAS_IGNORED, cash_threshold_wei=PRICE))
+    viewer_chain = chain.with_account(viewer)
+    failures = iter([ChainUnavailable("the chain at http://x does not answer"), ZeroDivisionError("a bug")])
+
+    def failing_cash(cheques):
+        raise next(failures)
+
+    payee.cash = failing_cash
+
+    async def node() -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(cashier.supervise())
+            cashier.on_cheque(viewer_chain.sign_cheque(content, seeder.address, PRICE))  # outage: logged, kept
+            await asyncio.to_thread(cashier._worker.submit(lambda: None).result)
+            assert cashier.idle  # reaps what the worker finished
+            assert cashier.chain_down_since is not None and cashier.uncashed_wei == PRICE
+            cashier.on_cheque(viewer_chain.sign_cheque(content, seeder.address, 2 * PRICE))  # the bug
+            await asyncio.Event().wait()  # only the group's failure ends this
+
+    with pytest.raises(ExceptionGroup) as caught:
+        asyncio.run(asyncio.wait_for(node(), 30))
+    assert [type(e) for e in caught.value.exceptions] == [ZeroDivisionError]
+    cashier.shutdown()

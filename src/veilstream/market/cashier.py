@@ -13,12 +13,14 @@ of the seeder share is scheduled (`cash_content_by`). A batch that fails is hand
 again next time, and what a deadline made due stays due until it is cashed.
 
 Chain calls block (a transaction waits for its receipt), so they run one at a time on a
-worker thread; the event loop only hands them over. What was handed over is remembered,
+worker thread the Cashier owns and joins on close; the event loop only hands them over, and
+a node runs `supervise()` in its task group to see each one end. What was handed over is remembered,
 so a cheque is never submitted twice for the same amount.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -84,6 +86,11 @@ def audit_anchor_kind(content_id: bytes) -> int:
                                  + content_id).digest(), "big")
 
 
+def _seen(view: asyncio.Future) -> None:
+    if not view.cancelled():
+        view.exception()
+
+
 class Cashier:
     def __init__(self, client: ChainClient, ledger: ChequeLedger, settings: MarketSettings = MarketSettings(),
                  clock=time.time) -> None:
@@ -99,6 +106,7 @@ class Cashier:
         self._retry_at_wei = 0  # after a batch held back: what the uncashed cheques must reach to be tried again
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="veil-chain")
         self._pending: list[Future] = []
+        self._new_work: asyncio.Event | None = None  # set while `supervise` runs
         self.batches_cashed = 0
         self.cheques_cashed = 0  # sent in cash transactions (the contract may refuse some)
         self.paid_wei = 0
@@ -187,13 +195,38 @@ class Cashier:
 
     def anchor_audit_head(self, head: bytes, content_id: bytes | None = None) -> None:
         kind = audit_anchor_kind(content_id) if content_id is not None else AnchorKind.AUDIT_LOG
-        self._pending.append(self._worker.submit(self._anchor, head, kind))
+        self._hand_over(self._worker.submit(self._anchor, head, kind))
 
     def run_later(self, work) -> None:
         """Any other chain work of this account (answering grants, say), in order with the
         rest: one thread sends this account's transactions, so nonces never race."""
         self._reap()
-        self._pending.append(self._worker.submit(work))
+        self._hand_over(self._worker.submit(work))
+
+    async def supervise(self) -> None:
+        """Run beside the node, in its task group: each piece of chain work handed to the
+        worker thread is awaited here as it ends, so a bug in it (anything but a ChainError)
+        stops the node at once rather than at the next hand-over; an expected failure (the
+        chain away, a refusal) is logged and the cheques are handed over again later."""
+        self._new_work = asyncio.Event()
+        try:
+            while True:
+                self._reap()
+                if not self._pending:
+                    await self._new_work.wait()
+                    self._new_work.clear()
+                    continue
+                watched = [asyncio.wrap_future(f) for f in self._pending]
+                for view in watched:  # the work's own future carries its error to `_reap`
+                    view.add_done_callback(_seen)
+                await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._new_work = None
+
+    def _hand_over(self, future: Future) -> None:
+        self._pending.append(future)
+        if self._new_work is not None:
+            self._new_work.set()
 
     @property
     def idle(self) -> bool:
@@ -252,7 +285,7 @@ class Cashier:
             for signed in part:
                 self._submitted[signed.cheque.key] = signed.cheque.cumulative_amount
                 self._held_back.pop(signed.cheque.key, None)
-            self._pending.append(self._worker.submit(self._cash, part, before, ratio))
+            self._hand_over(self._worker.submit(self._cash, part, before, ratio))
 
     def _cash(self, batch: list[SignedCheque], before: dict[tuple, int], ratio: float | None) -> None:
         try:
@@ -322,13 +355,15 @@ class Cashier:
 
     def _reap(self) -> None:
         still = []
-        for future in self._pending:
+        done, self._pending = self._pending, []
+        for n, future in enumerate(done):
             if not future.done():
                 still.append(future)
             elif future.exception() is not None:
                 error = future.exception()
                 self.failures.append(str(error))
                 if not isinstance(error, ChainError):
+                    self._pending = still + done[n + 1:]  # a bug is raised once
                     raise error
                 if not isinstance(error, ChainUnavailable):
                     log.warning("chain work failed: %s", error)

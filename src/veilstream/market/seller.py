@@ -67,6 +67,7 @@ class PeerState:
 class SellerStats:
     bytes_served: int = 0
     blocks_refused: int = 0
+    plain_blocks_refused: int = 0  # blocks a plain BitTorrent peer asked for and did not get (no --serve-plain)
     cheques_accepted: int = 0
     cheques_refused: int = 0
     keys_released: int = 0
@@ -220,6 +221,8 @@ class SellerCore:
         """The upload gate: may this block go out to `conn`? A yes charges it."""
         state = self.peers.get(conn)
         if state is None or not state.speaks_market:
+            if not self.serve_plain_peers:
+                self.stats.plain_blocks_refused += 1
             return self.serve_plain_peers
         if not self.terms.price_per_slice_wei:
             return True

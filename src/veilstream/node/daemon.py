@@ -205,11 +205,13 @@ class Node:
             server = _ApiServer(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
             group = await stack.enter_async_context(asyncio.TaskGroup())
             api = group.create_task(server.serve(sockets=[api_socket]), name="node-api")
+            cashier = group.create_task(self.seller.cashier.supervise(), name="node-cashier")
             while not server.started:
                 if api.done():
                     break
                 await asyncio.sleep(0.01)
             if api.done():  # the server gave up at start: its error leaves with the group
+                cashier.cancel()
                 return
             self._write_info()
             stack.callback(self._remove_info)
@@ -225,6 +227,7 @@ class Node:
                     pass
             log.info("node stopping")
             server.should_exit = True
+            cashier.cancel()  # what is left is cashed after the loop, in `finish`
             for cid in list(self.viewings):
                 self.stop_stream(cid)
 

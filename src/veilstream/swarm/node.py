@@ -238,10 +238,6 @@ class Transfer:
         self.swarm.uploads_may_resume(conn)
         self.node._flush(self)
 
-    def peer_address(self, conn: int) -> tuple[str, int] | None:
-        peer = self.swarm.peers.get(conn)
-        return peer.address if peer else None
-
     # -- events ---------------------------------------------------------------------------
     def subscribe(self, listener: Callable[[SwarmEvent], None]) -> Callable[[], None]:
         """Call `listener` with every event of this content (see `swarm.events`), in the

@@ -105,15 +105,18 @@ def _serve(cids: list[str], vault, identity, client, keys: bool, listen_at, trac
             if not seller.plain_peers_served:
                 err_console.print("plain BitTorrent peers get nothing from this node (--serve-plain seeds them free)")
             sys.stdout.flush()
-            with Live(console=err_console, refresh_per_second=4, transient=True) as live:
-                while not stop.is_set():
-                    seller.poll(loop.time())
-                    live.update(seller.status_line())
-                    try:
-                        async with asyncio.timeout(0.25):
-                            await stop.wait()
-                    except TimeoutError:
-                        pass
+            async with asyncio.TaskGroup() as group:
+                cashier_watch = group.create_task(seller.cashier.supervise())
+                with Live(console=err_console, refresh_per_second=4, transient=True) as live:
+                    while not stop.is_set():
+                        seller.poll(loop.time())
+                        live.update(seller.status_line())
+                        try:
+                            async with asyncio.timeout(0.25):
+                                await stop.wait()
+                        except TimeoutError:
+                            pass
+                cashier_watch.cancel()  # what is left is cashed after the loop, in `finish`
 
     run(main())
     cashier = seller.cashier
