@@ -87,7 +87,17 @@ class ChainWork:
     def pending(self) -> int:
         return len(self._tasks)
 
-    def close(self) -> None:
-        for task in self._tasks:
+    def close(self) -> list[asyncio.Task]:
+        """Cancel the calls under way; returns their tasks (`aclose` waits for them)."""
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
         self._tasks.clear()
+        return tasks
+
+    async def aclose(self) -> None:
+        """Cancel the calls under way and wait until their tasks have ended (a thread already
+        inside a chain call finishes it; its answer goes nowhere)."""
+        tasks = self.close()
+        if tasks:
+            await asyncio.wait(tasks)

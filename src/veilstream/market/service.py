@@ -76,6 +76,11 @@ class MarketService:
         self._unsubscribe()
         self._work.close()
 
+    async def aclose(self) -> None:
+        """Stop listening, cancel the lookups under way and wait until they have ended."""
+        self._unsubscribe()
+        await self._work.aclose()
+
     # -- what the core holds, for the application -------------------------------------------
     payee = property(lambda self: self.core.payee)
     domain = property(lambda self: self.core.domain)

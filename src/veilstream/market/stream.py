@@ -98,6 +98,7 @@ class PaidStream:
         self._failure: BaseException | None = None
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future]] = []
         self._unsubscribe = content.subscribe(self._on_swarm_event)
+        self._closing: list[asyncio.Task] = []
 
     # -- what the player sees -------------------------------------------------------------
     async def slices(self, start: int = 0, *, reuse: bool = False) -> AsyncIterator[tuple[int, bytes | memoryview]]:
@@ -145,10 +146,17 @@ class PaidStream:
         return self.core.bought_keys()
 
     def close(self) -> None:
+        """Stop: no more events, timers or chain calls (those under way are cancelled)."""
+        self._closing = self._work.close()
         self._unsubscribe()
-        self._work.close()
         self._run(self.core.close())
         self._timers.cancel_all()
+
+    async def aclose(self) -> None:
+        """`close`, then wait until the chain calls it cancelled have ended."""
+        self.close()
+        if self._closing:
+            await asyncio.wait(self._closing)
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Until `predicate()` holds, checked after each thing the stream handles (a swarm

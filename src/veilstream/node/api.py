@@ -103,7 +103,7 @@ def create_app(node: Node) -> FastAPI:
 
     @app.delete(f"{API_PREFIX}/streams/{{content_id}}")
     async def stop_stream(content_id: str) -> dict[str, Any]:
-        return node.stop_stream(content_id)
+        return await node.stop_stream(content_id)
 
     @app.get(f"{API_PREFIX}/contents/{{content_id}}/media")
     async def media(content_id: str, request: Request):

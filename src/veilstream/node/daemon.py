@@ -229,7 +229,8 @@ class Node:
             server.should_exit = True
             cashier.cancel()  # what is left is cashed after the loop, in `finish`
             for cid in list(self.viewings):
-                self.stop_stream(cid)
+                await self.stop_stream(cid)
+            await self.seller.stop()
 
     def _bind_api(self) -> socket.socket:
         host, port = self.settings.api_host, self.settings.api_port
@@ -297,12 +298,12 @@ class Node:
             raise NotFound(f"no stream of {cid[:16]}… is open: start one with a budget (POST /api/v1/streams)")
         return viewing
 
-    def stop_stream(self, content_id: str) -> dict[str, Any]:
+    async def stop_stream(self, content_id: str) -> dict[str, Any]:
         viewing = self.viewing(content_id)
         cid = viewing.torrent.content_id
         stats = viewing.stats()
         try:
-            viewing.close(self.swarm)
+            await viewing.aclose(self.swarm)
         finally:
             del self.viewings[cid]
             self._viewing_locks.pop(cid).close()

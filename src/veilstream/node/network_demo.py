@@ -235,7 +235,7 @@ async def run_network_demo(root: Path, seconds: float = 30.0, log: Callable[[str
                        for p, owed in stream.payer.owed.items() if p in payees)
 
         await _until(settled, SETTLE_TIMEOUT_S, "cheques to reach their payees")
-        stream.close()
+        await stream.aclose()
 
         cash_results = []
         for service, wallet in zip(seeder_services, seeder_wallets):

@@ -218,6 +218,13 @@ class Seller:
         return line
 
     # -- stopping ----------------------------------------------------------------------------
+    async def stop(self) -> None:
+        """Before the swarm stops: every market service stops listening, and the chain
+        lookups they had under way end."""
+        for offer in self.offers.values():
+            if offer.service is not None:
+                await offer.service.aclose()
+
     def finish(self) -> int:
         """After the swarm stopped: anchor every audit head, cash what is owed (by the gas
         rule; what is due whatever the gas), claim; returns what was claimed. Raises

@@ -252,8 +252,9 @@ class Viewing:
                 "key_deliveries": stream.stats.key_deliveries,
                 "slices_by_source": dict(stream.stats.slices_by_source)}
 
-    def close(self, node: SwarmNode) -> None:
-        """Stop the stream: cheques and keys kept, the transfer removed from the node."""
+    async def aclose(self, node: SwarmNode) -> None:
+        """Stop the stream: cheques and keys kept, its chain calls ended, the transfer removed
+        from the node."""
         if self.closed:
             return
         self.closed = True
@@ -262,5 +263,7 @@ class Viewing:
                 self._ledger.record(self._client.cheque_domain, signed, Direction.ISSUED)
             self._keeper.now()
         finally:
-            self.stream.close()
-            node.remove(self.transfer)
+            try:
+                await self.stream.aclose()
+            finally:
+                node.remove(self.transfer)

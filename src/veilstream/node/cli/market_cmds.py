@@ -117,6 +117,7 @@ def _serve(cids: list[str], vault, identity, client, keys: bool, listen_at, trac
                         except TimeoutError:
                             pass
                 cashier_watch.cancel()  # what is left is cashed after the loop, in `finish`
+                await seller.stop()
 
     run(main())
     cashier = seller.cashier
@@ -294,7 +295,7 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
                 if output is not None:
                     output.close()
                 await node.drain()
-                stream.close()
+                await stream.aclose()
             meta = stream.metadata()
         written = output.bytes_written if output is not None else None
         table = Table(show_header=False, box=None)
