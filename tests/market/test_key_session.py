@@ -59,3 +59,17 @@ def test_expired_or_foreign_offers_are_refused():
         offer.check(CONTENT, now=2_000)
     with pytest.raises(PaymentRefused, match="another content"):
         offer.check(os.urandom(32), now=1_000)
+
+
+@pytest.mark.parametrize("session_key", [bytes(32), b"\x01" + bytes(31)])  # low-order X25519 points
+def test_an_offer_whose_session_key_nothing_can_be_sealed_to_is_refused(session_key):
+    """A viewer signing a low-order point as its session key: the offer is refused when it
+    arrives, before a key agent logs a release it could never deliver."""
+    from veilstream.identity import sign_digest
+    from veilstream.market.key_session import _offer_digest
+
+    wallet = Account.create()
+    offer = SessionOffer(CONTENT, session_key, 2_000, sign_digest(wallet.key, _offer_digest(CONTENT, session_key, 2_000)))
+    assert offer.viewer() == wallet.address  # a valid signature: only the key is wrong
+    with pytest.raises(PaymentRefused, match="session key"):
+        offer.check(CONTENT, now=1_000)

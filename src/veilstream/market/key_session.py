@@ -52,7 +52,12 @@ class SessionOffer:
             raise PaymentRefused("key-session offer is for another content")
         if now >= self.expires_at:
             raise PaymentRefused("key-session offer has expired")
-        return self.viewer()
+        viewer = self.viewer()
+        try:  # a low-order point: no delivery could be sealed to it (refused now, before any release)
+            seal_to(self.session_key, b"", context=DELIVERY_CONTEXT)
+        except SealingError:
+            raise PaymentRefused("the offer's session key is not a key anything can be sealed to") from None
+        return viewer
 
 
 class ViewerKeySession:
