@@ -116,7 +116,8 @@ def network(tmp_path_factory):
         processes.append(viewer_node)
         yield dict(plaintext=plaintext, cid=cid, magnet=f"{magnet}&x.pe={peers_at}",
                    creator=Api(creator, creator_banner), viewer=Api(viewer, viewer_banner),
-                   creator_node=creator_node, viewer_node=viewer_node)
+                   creator_node=creator_node, viewer_node=viewer_node, creator_home=creator, node_chain=node_chain,
+                   processes=processes)
     finally:
         for process in reversed(processes):
             if process.poll() is None:
@@ -165,6 +166,17 @@ def test_media_plays_by_range_within_the_budget_and_the_creator_earns(network):
     assert content["content_id"] == cid and content["cheques_accepted"] > 0 and content["keys_released"] > 0
     assert creator_state["chain"]["uncashed_wei"] + creator_state["chain"]["paid_wei"] > 0
 
-    # SIGTERM: both stop cleanly, the creator cashes what it is owed
+    # kill -9 the creator's node, start it again: every cheque it had taken is still owed to it
+    owed = creator_state["chain"]["uncashed_wei"]
+    assert owed > 0  # below the cash threshold (MarketSettings.cash_threshold_wei): nothing was cashed yet
+    network["creator_node"].kill()
+    network["creator_node"].wait(timeout=30)
+    again, banner = start(network["creator_home"], "up", "--api-port", "0", *network["node_chain"], ready="API ")
+    network["processes"].append(again)
+    status, restarted = Api(network["creator_home"], banner).json("GET", "status")
+    assert status == 200 and restarted["pid"] != creator_state["pid"]
+    assert restarted["chain"]["uncashed_wei"] == owed and restarted["contents"][0]["content_id"] == cid
+
+    # SIGTERM: both stop cleanly, the creator cashes what it is owed (or keeps it, by the gas rule)
     assert "stopped" in stop(network["viewer_node"])
-    assert "stopped; cashed and claimed" in stop(network["creator_node"])
+    assert "stopped; cashed and claimed" in stop(again)
