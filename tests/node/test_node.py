@@ -138,6 +138,57 @@ def test_a_second_node_of_the_vault_is_refused_naming_the_first(node, home):
     assert f"pid {node.process.pid}" in result.stderr and result.stderr.strip().count("\n") == 0
 
 
+def answers_handshake(address: str, content_id: str) -> bool:
+    """Does the node at `address` take a BitTorrent handshake for `content_id` (BEP 52: the
+    v2 info-hash, truncated to 20 bytes on the wire)?"""
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    hello = b"\x13BitTorrent protocol" + bytes(8) + bytes.fromhex(content_id)[:20] + b"-TE0001-" + bytes(12)
+    with socket.create_connection((host, int(port)), timeout=10) as peer:
+        peer.sendall(hello)
+        try:
+            return peer.recv(68).startswith(b"\x13BitTorrent protocol")
+        except ConnectionResetError:
+            return False
+
+
+def test_pause_stops_seeding_a_content_until_resume(node, home):
+    _, state = node.get("/api/v1/status")
+    address = state["swarm"]["listen"]
+    assert answers_handshake(address, home.content_id)
+    paused = veil(home, "pause", home.content_id)
+    assert paused.returncode == 0 and f"paused {home.content_id}" in paused.stdout, paused.stderr
+    assert not answers_handshake(address, home.content_id)  # no transfer: the connection is refused
+    _, state = node.get("/api/v1/status")
+    assert state["contents"][0]["paused"] is True and state["contents"][0]["peers"] == 0
+    assert json.loads((home / "node" / "paused.json").read_text()) == [home.content_id]
+    resumed = veil(home, "resume", home.content_id)
+    assert resumed.returncode == 0, resumed.stderr
+    assert answers_handshake(address, home.content_id)
+    assert node.get("/api/v1/status")[1]["contents"][0]["paused"] is False
+    unknown = veil(home, "pause", "ab" * 32)
+    assert unknown.returncode != 0 and "does not hold" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_a_content_paused_before_a_restart_stays_paused(tmp_path):
+    home = Home(tmp_path / "home")
+    for args in (("init",), ("wallet", "faucet", "1")):
+        assert veil(home, *args).returncode == 0
+    (tmp_path / "a.bin").write_bytes(os.urandom(40_000))
+    published = veil(home, "publish", str(tmp_path / "a.bin"), "--slice-size", "16KiB", "--price", "1000wei")
+    cid = re.search(r"content id\s+([0-9a-f]{64})", published.stdout)[1]
+    (home / "node").mkdir(exist_ok=True)
+    (home / "node" / "paused.json").write_text(json.dumps([cid]))  # what `veil pause` left before the stop
+    running = RunningNode(home)
+    try:
+        _, state = running.get("/api/v1/status")
+        assert state["contents"][0]["paused"] is True
+        assert not answers_handshake(state["swarm"]["listen"], cid)
+    finally:
+        assert running.stop()[0] == 0
+
+
 def test_sigterm_stops_within_ten_seconds_and_the_log_holds_no_secret(node, home):
     # runs last in this file: it stops the module's node
     code, took_s, out, err = node.stop()

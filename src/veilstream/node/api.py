@@ -105,6 +105,15 @@ def create_app(node: Node) -> FastAPI:
     async def stop_stream(content_id: str) -> dict[str, Any]:
         return await node.stop_stream(content_id)
 
+    @app.post(f"{API_PREFIX}/contents/{{content_id}}/pause")
+    async def pause(content_id: str) -> dict[str, Any]:
+        """Stop seeding the content (and selling its keys) from this node, until resumed."""
+        return await node.pause(content_id)
+
+    @app.post(f"{API_PREFIX}/contents/{{content_id}}/resume")
+    async def resume(content_id: str) -> dict[str, Any]:
+        return node.resume(content_id)
+
     @app.get(f"{API_PREFIX}/contents/{{content_id}}/media")
     async def media(content_id: str, request: Request):
         """The content's plaintext, as an HTTP Range resource (206, Content-Range): bytes

@@ -52,6 +52,7 @@ log = logging.getLogger("veilstream.node")
 NODE_LOCK = "node"
 TOKEN_FILE = Path("node") / "api-token"
 INFO_FILE = Path("node") / "node.json"
+PAUSED_FILE = Path("node") / "paused.json"  # content ids the user paused: they stay paused across restarts
 LOG_FILE = Path("logs") / "node.log"
 WALLET_LOCK_WAIT_S = 60.0  # another process of this vault is sending: each send holds the lock for one RPC round
 
@@ -153,9 +154,11 @@ class Node:
         self.seller = Seller(unlocked, identity, client, ledger, self.config["market"],
                              trackers=settings.trackers, on_fatal=self._fatal)
         self.roles: dict[str, str] = {}
+        paused = self._read_paused()
         for held in unlocked.contents():
             self._stack.enter_context(unlocked.hold_content(held.content_id, "veil up"))
-            self.seller.offer(held.content_id, keys=held.role == "creator")
+            offer = self.seller.offer(held.content_id, keys=held.role == "creator")
+            offer.paused = held.content_id in paused
             self.roles[held.content_id] = held.role
         replace_file(self.home / TOKEN_FILE, (self._token + "\n").encode(), mode=0o600)
         self.wallet_address = identity.wallet_address
@@ -310,6 +313,41 @@ class Node:
         log.info("stream of %s… stopped after paying %d wei", cid[:16], stats["paid_wei"])
         return stats
 
+    # -- seeding ---------------------------------------------------------------------------
+    def _offer_of(self, content_id: str):
+        cid = parse_content_id(content_id)
+        offer = self.seller.offers.get(bytes.fromhex(cid))
+        if offer is None:
+            raise NotFound(f"this node does not hold {cid[:16]}… (`veil list` shows what the vault holds)")
+        return offer
+
+    async def pause(self, content_id: str) -> dict[str, Any]:
+        """Stop seeding a content (and selling its keys), now and after restarts."""
+        offer = await self.seller.pause(self._offer_of(content_id).torrent.info_hash)
+        self._write_paused()
+        log.info("paused %s…", offer.torrent.content_id[:16])
+        return self._content_status(offer)
+
+    def resume(self, content_id: str) -> dict[str, Any]:
+        offer = self.seller.resume(self._offer_of(content_id).torrent.info_hash)
+        self._write_paused()
+        log.info("resumed %s…", offer.torrent.content_id[:16])
+        return self._content_status(offer)
+
+    def _read_paused(self) -> set[str]:
+        try:
+            ids = json.loads((self.home / PAUSED_FILE).read_text())
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError) as exc:
+            log.warning("%s is unreadable (%s): nothing is paused", self.home / PAUSED_FILE, exc)
+            return set()
+        return {i for i in ids if isinstance(i, str)} if isinstance(ids, list) else set()
+
+    def _write_paused(self) -> None:
+        ids = sorted(o.torrent.content_id for o in self.seller.offers.values() if o.paused)
+        replace_file(self.home / PAUSED_FILE, json.dumps(ids).encode(), mode=0o600)
+
     @staticmethod
     def media_status(error: VeilError) -> int:
         """The HTTP status for a stream that cannot go on: 402 when money ran out."""
@@ -321,20 +359,7 @@ class Node:
     def status(self) -> dict[str, Any]:
         seller, swarm = self.seller, self.swarm
         cashier = seller.cashier
-        contents = []
-        for offer in seller.offers.values():
-            service = offer.service
-            cid = offer.torrent.content_id
-            contents.append({
-                "content_id": cid,
-                "role": self.roles.get(cid, "seeder"),
-                "sells_keys": offer.agent is not None,
-                "peers": service.content.peers if service else 0,
-                "bytes_served": service.stats.bytes_served if service else 0,
-                "cheques_accepted": service.stats.cheques_accepted if service else 0,
-                "earned_wei": service.earned_wei if service else 0,
-                "keys_released": service.stats.keys_released if service else 0,
-            })
+        contents = [self._content_status(offer) for offer in seller.offers.values()]
         listen = swarm.listen_address if swarm is not None else None
         return {
             "pid": os.getpid(),
@@ -350,6 +375,21 @@ class Node:
             "contents": contents,
             "earned_wei": sum(c["earned_wei"] for c in contents),
             "streams": [viewing.stats() for viewing in self.viewings.values()],
+        }
+
+    def _content_status(self, offer) -> dict[str, Any]:
+        service = offer.service
+        cid = offer.torrent.content_id
+        return {
+            "content_id": cid,
+            "role": self.roles.get(cid, "seeder"),
+            "sells_keys": offer.agent is not None,
+            "paused": offer.paused,
+            "peers": service.content.peers if service else 0,
+            "bytes_served": service.stats.bytes_served if service else 0,
+            "cheques_accepted": service.stats.cheques_accepted if service else 0,
+            "earned_wei": service.earned_wei if service else 0,
+            "keys_released": service.stats.keys_released if service else 0,
         }
 
     # -- stopping (sync) --------------------------------------------------------------------

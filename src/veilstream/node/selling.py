@@ -53,6 +53,7 @@ class Offer:
     record: ContentRecord | None
     agent: KeyAgent | None
     service: MarketService | None = None
+    paused: bool = False  # neither seeded nor its keys sold from this node until resumed
 
 
 class Seller:
@@ -71,6 +72,7 @@ class Seller:
         self._responders: list[GrantResponder] = []
         self._watch: ChainWatch | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._node: SwarmNode | None = None
         self._polled_at = self._watched_at = -float("inf")
 
     # -- what is sold ---------------------------------------------------------------------
@@ -117,14 +119,15 @@ class Seller:
 
     @property
     def plain_peers_served(self) -> bool:
-        return all(offer.service.serve_plain_peers for offer in self.offers.values())
+        return all(offer.service.serve_plain_peers for offer in self.offers.values() if offer.service is not None)
 
     # -- running ----------------------------------------------------------------------------
     def start(self, node: SwarmNode, loop: asyncio.AbstractEventLoop) -> None:
         """Seed every offer on `node`, each behind its market service, wired to the cashier."""
-        self._loop = loop
+        self._loop, self._node = loop, node
         for offer in self.offers.values():
-            self._start_offer(node, offer)
+            if not offer.paused:
+                self._start_offer(node, offer)
         self._responders = [GrantResponder(self.client, offer.agent) for offer in self.agents]
         self._watch = ChainWatch(self.client, set(self.offers))
 
@@ -144,6 +147,25 @@ class Seller:
             agent.on_release = lambda head: self.cashier.on_audit_head(head, agent.audit.count, info_hash)
         for url in self.trackers:
             node.announce_to(transfer, url)
+
+    async def pause(self, content_id: bytes) -> Offer:
+        """Stop seeding one content (and selling its keys): its peers are closed."""
+        offer = self.offers[content_id]
+        if not offer.paused:
+            offer.paused = True
+            service, offer.service = offer.service, None
+            if service is not None:
+                await service.aclose()
+                self._node.remove(service.content)
+        return offer
+
+    def resume(self, content_id: bytes) -> Offer:
+        offer = self.offers[content_id]
+        if offer.paused:
+            offer.paused = False
+            offer.store = PieceStore.for_seeding(offer.torrent, self.vault.ciphertext_path(offer.torrent.content_id))
+            self._start_offer(self._node, offer)
+        return offer
 
     def _keep_cheque(self, signed) -> None:
         try:
@@ -199,8 +221,10 @@ class Seller:
 
     def _terms_now(self, offer: Offer, record) -> None:
         """The registry's share in force and any cut ahead: a cut is cashed before it applies."""
-        offer.service.terms_changed(record.seeder_share_bps, record.scheduled_seeder_share_bps,
-                                    record.share_effective_at)
+        offer.record = record  # a paused content's service takes it when it resumes
+        if offer.service is not None:
+            offer.service.terms_changed(record.seeder_share_bps, record.scheduled_seeder_share_bps,
+                                        record.share_effective_at)
         cut = record.scheduled_seeder_share_bps
         if cut is not None and cut < offer.torrent.manifest.terms.seeder_share_bps:
             self.cashier.cash_content_by(offer.torrent.info_hash, record.share_effective_at)

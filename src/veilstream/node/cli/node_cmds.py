@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from veilstream.chain.errors import ChainUnavailable
+from veilstream.content import parse_content_id
 from veilstream.errors import VeilError
 from veilstream.node.cli.common import console, err_console, open_vault, read_passphrase, veil_home
 from veilstream.node.cli.config_cmds import parse_set_flags
@@ -96,14 +97,19 @@ def _running_node(home: Path) -> tuple[str, str]:
     return info["api_url"], token
 
 
-def api_get(home: Path, path: str) -> dict:
+def api_call(home: Path, path: str, method: str = "GET") -> dict:
     url, token = _running_node(home)
-    request = urllib.request.Request(f"{url}/api/v1/{path}", headers={"Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(f"{url}/api/v1/{path}", method=method,
+                                     headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(request, timeout=STATUS_TIMEOUT_S) as response:  # noqa: S310 (our own node)
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        raise NodeCommandError(f"the node refused: {exc.code} {exc.reason}") from None
+        try:
+            reason = json.loads(exc.read())["error"]
+        except (ValueError, KeyError, TypeError):
+            reason = f"{exc.code} {exc.reason}"
+        raise NodeCommandError(f"the node refused: {reason}") from None
     except (OSError, ValueError) as exc:
         raise NodeCommandError(f"the node at {url} does not answer: {exc}") from None
 
@@ -112,7 +118,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print the node's status as one JSON object."),
 ) -> None:
     """What the running node is doing: peers, contents seeded, earnings, chain connectivity."""
-    state = api_get(veil_home(), "status")
+    state = api_call(veil_home(), "status")
     if as_json:
         print(json.dumps(state))
         return
@@ -125,10 +131,24 @@ def status(
                   f"cashed {format_ether(chain['paid_wei'])}")
     table = Table("content id", "role", "peers", "served", "cheques", "earned", "keys released")
     for c in state["contents"]:
-        table.add_row(c["content_id"][:16] + "…", c["role"], str(c["peers"]), f"{c['bytes_served'] / 2**20:.1f} MiB",
+        role = c["role"] + (" (paused)" if c["paused"] else "")
+        table.add_row(c["content_id"][:16] + "…", role, str(c["peers"]), f"{c['bytes_served'] / 2**20:.1f} MiB",
                       str(c["cheques_accepted"]), format_ether(c["earned_wei"]),
                       str(c["keys_released"]) if c["sells_keys"] else "")
     console.print(table)
+
+
+def pause(content_id: str = typer.Argument(..., help="Content id (or magnet) the node seeds.")) -> None:
+    """Stop seeding a content from the running node (and selling its keys), until `veil resume`;
+    it stays paused across restarts."""
+    state = api_call(veil_home(), f"contents/{parse_content_id(content_id)}/pause", "POST")
+    console.print(f"paused {state['content_id']}")
+
+
+def resume(content_id: str = typer.Argument(..., help="Content id (or magnet) paused with `veil pause`.")) -> None:
+    """Seed a paused content again."""
+    state = api_call(veil_home(), f"contents/{parse_content_id(content_id)}/resume", "POST")
+    console.print(f"seeding {state['content_id']} again")
 
 
 def logs(
@@ -169,4 +189,6 @@ def logs(
 def register(app: typer.Typer) -> None:
     app.command("up")(up)
     app.command("status")(status)
+    app.command("pause")(pause)
+    app.command("resume")(resume)
     app.command("logs")(logs)
