@@ -116,7 +116,7 @@ def network(tmp_path_factory):
         processes.append(viewer_node)
         yield dict(plaintext=plaintext, cid=cid, magnet=f"{magnet}&x.pe={peers_at}",
                    creator=Api(creator, creator_banner), viewer=Api(viewer, viewer_banner),
-                   creator_node=creator_node, viewer_node=viewer_node, creator_home=creator, node_chain=node_chain,
+                   creator_node=creator_node, viewer_node=viewer_node, creator_home=creator, viewer_home=viewer, node_chain=node_chain,
                    processes=processes)
     finally:
         for process in reversed(processes):
@@ -159,6 +159,8 @@ def test_media_plays_by_range_within_the_budget_and_the_creator_earns(network):
     assert status == 416
     status, state = viewer.json("GET", "status")
     assert state["streams"][0]["paid_wei"] <= opened["cost_wei"]
+    shown = veil(network["viewer_home"], "status")
+    assert f"streaming {cid[:16]}…: 12/12 slices verified" in shown
 
     # the creator's node took the cheques and released the keys
     status, creator_state = network["creator"].json("GET", "status")

@@ -136,6 +136,10 @@ def status(
                       str(c["cheques_accepted"]), format_ether(c["earned_wei"]),
                       str(c["keys_released"]) if c["sells_keys"] else "")
     console.print(table)
+    for s in state["streams"]:
+        console.print(f"streaming {s['content_id'][:16]}…: {s['slices_verified']}/{s['slices']} slices verified, "
+                      f"paid {format_ether(s['paid_wei'])} of {format_ether(s['budget_wei'])}, "
+                      f"{s['sources']} sources")
 
 
 def pause(content_id: str = typer.Argument(..., help="Content id (or magnet) the node seeds.")) -> None:
