@@ -1,25 +1,17 @@
 """config.toml and flags over every layer's settings pack: each value checked, each with its
 source, a bad one a single line naming the key, the value and what is allowed."""
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import pytest
 from hypothesis import given, strategies as st
 
+from cli_harness import veil
 from veilstream.chain import ChainClientSettings
 from veilstream.market.settings import MarketSettings
 from veilstream.node.config import DEFAULT, ConfigError, Source, load, load_node_config, render_toml
 from veilstream.social import SocialSettings
 from veilstream.swarm.settings import SwarmSettings
-
-
-def run_veil(args, *, home):
-    env = {**os.environ, "VEIL_HOME": str(home), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "veilstream", *args], capture_output=True, text=True, env=env,
-                          timeout=60)
 
 
 @dataclass(frozen=True)
@@ -111,17 +103,17 @@ def test_veil_config_show_prints_each_value_with_its_source_and_a_bad_file_is_on
     home = tmp_path / "home"
     home.mkdir()
     (home / "config.toml").write_text("[market]\ncredit_window_slices = 3\n")
-    shown = run_veil(["config", "show", "--set", "swarm.listen_port=6881"], home=home)
+    shown = veil(home, "config", "show", "--set", "swarm.listen_port=6881", passphrase=None)
     assert shown.returncode == 0, shown.stderr
     lines = {line.split("│")[1].strip(): line for line in shown.stdout.splitlines() if line.count("│") >= 3}
     assert "3" in lines["market.credit_window_slices"] and "config.toml" in lines["market.credit_window_slices"]
     assert "6881" in lines["swarm.listen_port"] and "--set swarm.listen_port" in lines["swarm.listen_port"]
     assert "default" in lines["swarm.listen_host"]
     (home / "config.toml").write_text("[chain]\nrpc_timeout_s = 0\n")  # the pack's own rule
-    refused = run_veil(["config", "show"], home=home)
+    refused = veil(home, "config", "show", passphrase=None)
     assert refused.returncode == 2 and "[chain]: rpc_timeout_s must be a positive number of seconds" in refused.stderr
     (home / "config.toml").write_text("[market]\ncredit_window_slices = 'three'\n")
-    bad = run_veil(["config", "show"], home=home)
+    bad = veil(home, "config", "show", passphrase=None)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().count("\n") == 0
     assert "market.credit_window_slices = 'three' is not allowed: it must be a whole number" in bad.stderr

@@ -9,59 +9,17 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from veilstream.chain.anvil import find_anvil, free_port
-from veilstream.identity import generate_mnemonic
-from veilstream.vault import KdfParams, Vault
+from cli_harness import chain_flags, content_id_of, free_port, new_vault, ok, require_anvil, start, start_devnet, \
+    stop, veil
 
-PASS = "node media passphrase"
-CHEAP_KDF = KdfParams(time_cost=1, memory_kib=8 * 1024, parallelism=1)
 SLICE = 64 * 1024
 PRICE_WEI = 10**12
-START_TIMEOUT_S = 120
-
-
-def env_for(home: Path) -> dict:
-    env = {**os.environ, "VEIL_HOME": str(home), "VEIL_PASSPHRASE": PASS, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
-    env.pop("VEIL_CHAIN_RPC", None)
-    env.pop("VEIL_CHAIN_DEPLOYMENT", None)
-    return env
-
-
-def veil(home: Path, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "veilstream", *args], capture_output=True, text=True,
-                            env=env_for(home), timeout=180)
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr + result.stdout
-    return result.stdout
-
-
-def start(home: Path, *args: str, ready: str) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, "-m", "veilstream", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env=env_for(home))
-    seen = []
-    deadline = time.monotonic() + START_TIMEOUT_S
-    for line in process.stdout:  # ends at EOF if the process dies
-        seen.append(line)
-        if ready in line:
-            return process, "".join(seen)
-        if time.monotonic() > deadline:
-            break
-    process.kill()
-    raise AssertionError(f"{args[0]} did not start:\n" + "".join(seen))
-
-
-def stop(process: subprocess.Popen) -> str:
-    process.send_signal(signal.SIGTERM)
-    out, _ = process.communicate(timeout=60)
-    assert process.returncode == 0 and "Traceback" not in out, out
-    return out
 
 
 class Api:
@@ -87,28 +45,27 @@ class Api:
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory):
-    if find_anvil() is None:
-        pytest.fail("anvil is not installed: run `make tools` (scripts/install-tools.sh)")
+    require_anvil()
     tmp = tmp_path_factory.mktemp("media")
     creator, viewer = tmp / "creator", tmp / "viewer"
     for home in (creator, viewer):
-        Vault.create(home, PASS, generate_mnemonic(), CHEAP_KDF)
+        new_vault(home)
     port, directory = free_port(), tmp / "devnet"
-    chain = ["--chain-rpc", f"http://127.0.0.1:{port}", "--chain-deployment", str(directory / "devnet.json")]
+    chain = chain_flags(port, directory)
     node_chain = ["--set", f"node.chain_rpc_url=http://127.0.0.1:{port}",
                   "--set", f"node.chain_deployment={directory / 'devnet.json'}"]
-    devnet, _ = start(creator, "devnet", "--port", str(port), "--dir", str(directory), ready="nodes use it with")
+    devnet, _ = start_devnet(creator, port, directory)
     processes = [devnet]
     try:
         plaintext = os.urandom(11 * (SLICE - 16) + 1234)
         movie = tmp / "movie.bin"
         movie.write_bytes(plaintext)
-        veil(creator, "wallet", "faucet", "1", *chain)
-        published = veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", f"{PRICE_WEI}wei", *chain)
+        ok(veil(creator, "wallet", "faucet", "1", *chain))
+        published = ok(veil(creator, "publish", str(movie), "--slice-size", "64KiB", "--price", f"{PRICE_WEI}wei", *chain))
         magnet = re.search(r"(magnet:\?\S+)", published)[1]
-        cid = re.search(r"content id\s+([0-9a-f]{64})", published)[1]
-        veil(viewer, "wallet", "faucet", "1", *chain)
-        veil(viewer, "wallet", "deposit", "0.1", *chain)
+        cid = content_id_of(published)
+        ok(veil(viewer, "wallet", "faucet", "1", *chain))
+        ok(veil(viewer, "wallet", "deposit", "0.1", *chain))
         creator_node, creator_banner = start(creator, "up", "--api-port", "0", *node_chain, ready="API ")
         processes.append(creator_node)
         peers_at = re.search(r"peers at (\S+:\d+)", creator_banner)[1]
@@ -159,7 +116,7 @@ def test_media_plays_by_range_within_the_budget_and_the_creator_earns(network):
     assert status == 416
     status, state = viewer.json("GET", "status")
     assert state["streams"][0]["paid_wei"] <= opened["cost_wei"]
-    shown = veil(network["viewer_home"], "status")
+    shown = ok(veil(network["viewer_home"], "status"))
     assert f"streaming {cid[:16]}…: 12/12 slices verified" in shown
 
     # the creator's node took the cheques and released the keys
@@ -180,5 +137,5 @@ def test_media_plays_by_range_within_the_budget_and_the_creator_earns(network):
     assert restarted["chain"]["uncashed_wei"] == owed and restarted["contents"][0]["content_id"] == cid
 
     # SIGTERM: both stop cleanly, the creator cashes what it is owed (or keeps it, by the gas rule)
-    assert "stopped" in stop(network["viewer_node"])
-    assert "stopped; cashed and claimed" in stop(again)
+    assert "stopped" in stop(network["viewer_node"], signal.SIGTERM)
+    assert "stopped; cashed and claimed" in stop(again, signal.SIGTERM)

@@ -125,6 +125,26 @@ class KeysKeeper:
             self._kept = len(ring.nodes)
 
 
+def open_paid_stream(node: SwarmNode, transfer: Transfer, torrent: Torrent, vault, identity, client,
+                     ledger: ChequeLedger, record, grants, budget_wei: int, *, peers=(), trackers=()) -> PaidStream:
+    """A paid stream of `transfer` that goes on from what earlier sessions signed and paid,
+    uses the keys the vault holds, keeps every cheque before it goes out, and asks `peers`
+    and `trackers` for the content."""
+    cid = torrent.content_id
+    stream = PaidStream(transfer, torrent, wallet=identity.wallet, domain=client.cheque_domain, budget_wei=budget_wei,
+                        grants=grants, signed_before=signed_before(ledger, client, identity.wallet_address),
+                        lanes=LaneOpener(client), key_agent=record.key_agent if record else None,
+                        held_keys=held_keys(vault, cid),
+                        paid_before_wei=paid_for(ledger, client, identity.wallet_address, torrent.info_hash))
+    # every cheque is kept before it goes out: the next session's counters go on from it
+    stream.on_cheque_signed = lambda signed: ledger.record(client.cheque_domain, signed, Direction.ISSUED)
+    for host, port in peers:
+        transfer.add_peer(host, port)
+    for url in trackers:
+        node.announce_to(transfer, url)
+    return stream
+
+
 def whole_cost_wei(torrent: Torrent, granted: set[int]) -> int:
     terms = torrent.manifest.terms
     return terms.price_per_slice_wei * (torrent.piece_count - len(granted)) + seeder_part_wei(terms) * len(granted)
@@ -161,17 +181,8 @@ class Viewing:
             raise ViewingError(f"the deposit covers {cover} wei; this budget needs {limit} wei: deposit more first")
         transfer = node.fetch(torrent, Path(vault.home) / "partial" / torrent.content_id,
                               settings=viewer_swarm_settings(torrent.piece_length, base=node.settings))
-        stream = PaidStream(transfer, torrent, wallet=identity.wallet, domain=client.cheque_domain, budget_wei=limit,
-                            grants=grants, signed_before=signed_before(ledger, client, identity.wallet_address),
-                            lanes=LaneOpener(client), key_agent=record.key_agent if record else None,
-                            held_keys=held_keys(vault, cid),
-                            paid_before_wei=paid_for(ledger, client, identity.wallet_address, torrent.info_hash))
-        # every cheque is kept before it goes out: the next session's counters go on from it
-        stream.on_cheque_signed = lambda signed: ledger.record(client.cheque_domain, signed, Direction.ISSUED)
-        for host, port in peers:
-            transfer.add_peer(host, port)
-        for url in trackers:
-            node.announce_to(transfer, url)
+        stream = open_paid_stream(node, transfer, torrent, vault, identity, client, ledger, record, grants, limit,
+                                  peers=peers, trackers=trackers)
         return cls(transfer, torrent, stream, ledger, client, KeysKeeper(vault, cid, stream), limit, cost,
                    stall_timeout_s)
 

@@ -31,15 +31,14 @@ from veilstream.market import messages
 from veilstream.chain.client import GrantState
 from veilstream.market.access import AccessError, OneTimeKey, collect_grant, grants_bought, held_grants
 from veilstream.market.credit import seeder_part_wei
-from veilstream.market.lanes import LaneOpener
 from veilstream.market.onchain import registered_record
 from veilstream.market.settings import MarketSettings
-from veilstream.market.stream import BudgetSpent, PaidStream, viewer_swarm_settings
+from veilstream.market.stream import BudgetSpent, viewer_swarm_settings
 from veilstream.node.cli.chain_cmds import (ChainDeployment, ChainRpc, _client, _ledger, format_ether, format_gas,
                                           held_back_lines, parse_amount)
 from veilstream.node.selling import Seller
-from veilstream.node.watching import (KeysKeeper, fetch_metadata, grant_secret_name, grant_secrets, held_keys,
-                                      known_torrent, paid_for, signed_before)
+from veilstream.node.watching import (KeysKeeper, fetch_metadata, grant_secret_name, grant_secrets, known_torrent,
+                                      open_paid_stream)
 from veilstream.node.cards import open_index, publish_view, resolve_card
 from veilstream.node.cli.common import console, err_console, hold_content, veil_home
 from veilstream.node.cli.swarm_cmds import _settings, magnet_hints, parse_host_port
@@ -252,17 +251,8 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
         async with SwarmNode(viewer_swarm_settings(torrent.piece_length), registry=_registry()) as node:
             work = Path(vault.home) / "partial" / torrent.content_id
             content = node.fetch(torrent, work)
-            stream = PaidStream(content, torrent, wallet=identity.wallet, domain=client.cheque_domain, budget_wei=limit,
-                                grants=grants, signed_before=signed_before(ledger, client, identity.wallet_address),
-                                lanes=LaneOpener(client), key_agent=record.key_agent if record else None,
-                                held_keys=held_keys(vault, cid),
-                                paid_before_wei=paid_for(ledger, client, identity.wallet_address, torrent.info_hash))
-            # every cheque is kept before it goes out: the next session's counters go on from it
-            stream.on_cheque_signed = lambda signed: ledger.record(client.cheque_domain, signed, Direction.ISSUED)
-            for host, port in peers:
-                content.add_peer(host, port)
-            for url in tracker:
-                node.announce_to(content, url)
+            stream = open_paid_stream(node, content, torrent, vault, identity, client, ledger, record, grants, limit,
+                                      peers=peers, trackers=tracker)
             progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=err_console, transient=True)
             keys_kept = KeysKeeper(vault, cid, stream)
