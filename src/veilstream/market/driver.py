@@ -55,6 +55,38 @@ class Timers:
         self._fire(name)
 
 
+class Waiters:
+    """`wait_until(predicate)` for a driver's users: each predicate is checked when the driver
+    says something changed (`check`), never by polling; `fail` ends every wait with an error."""
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[Callable[[], bool], asyncio.Future]] = []
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        if predicate():
+            return
+        future = asyncio.get_running_loop().create_future()
+        entry = (predicate, future)
+        self._waiting.append(entry)
+        try:
+            await future
+        finally:
+            self._waiting.remove(entry)
+
+    def __bool__(self) -> bool:  # anyone waiting? (the upload gate asks per block: a cheap no)
+        return bool(self._waiting)
+
+    def check(self) -> None:
+        for predicate, future in list(self._waiting):
+            if not future.done() and predicate():
+                future.set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        for _, future in self._waiting:
+            if not future.done():
+                future.set_exception(error)
+
+
 class ChainWork:
     """Blocking chain calls as tasks this object keeps (and cancels on `close`)."""
 

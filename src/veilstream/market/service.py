@@ -24,7 +24,7 @@ from veilstream.chain.client import Grant, Guarantee
 from veilstream.market import messages
 from veilstream.market.actions import ChequeAccepted, CoverFound, Drop, LookUpCover, LookUpGrants, ResumeUploads, Send
 from veilstream.market.credit import DirectBooks, SeederAccount
-from veilstream.market.driver import ChainWork
+from veilstream.market.driver import ChainWork, Waiters
 from veilstream.market.key_agent import KeyAgent
 from veilstream.market.seller import PeerState, SellerCore, SellerStats
 from veilstream.market.settings import MarketSettings
@@ -67,7 +67,7 @@ class MarketService:
         self.on_cheque_accepted: Callable[[SignedCheque], None] | None = None  # e.g. keep it for cashing
         self.on_cover: Callable[[str, bytes, str, Guarantee], None] | None = None  # e.g. cash before the lane's time
         self._work = ChainWork(self._bug)
-        self._waiters: list = []
+        self._waiters = Waiters()
         self._unsubscribe = content.subscribe(self._on_swarm_event)
         content.set_upload_gate(self._may_upload)
 
@@ -138,15 +138,7 @@ class MarketService:
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Until `predicate()` holds, checked after each thing the service handles (a swarm
         event, a chain answer) and each upload the gate decides."""
-        if predicate():
-            return
-        future = asyncio.get_running_loop().create_future()
-        entry = (predicate, future)
-        self._waiters.append(entry)
-        try:
-            await future
-        finally:
-            self._waiters.remove(entry)
+        await self._waiters.wait_until(predicate)
 
     # -- carrying out the core's actions -------------------------------------------------------
     def _on_swarm_event(self, event: SwarmEvent) -> None:
@@ -155,7 +147,7 @@ class MarketService:
     def _may_upload(self, conn: int, piece: int, length: int) -> bool:
         allowed = self.core.may_upload(conn, piece, length, self._clock())
         if self._waiters:
-            self._check_waiters()
+            self._waiters.check()
         return allowed
 
     def _run(self, actions) -> None:
@@ -180,7 +172,7 @@ class MarketService:
             else:
                 raise TypeError(f"not a seller action: {action!r}")
         if self._waiters:
-            self._check_waiters()
+            self._waiters.check()
 
     def _send(self, conn: int, message: messages.Message) -> None:
         if not self.content.send_extension(conn, messages.MARKET_EXTENSION, messages.encode(message)):
@@ -209,7 +201,3 @@ class MarketService:
         asyncio.get_running_loop().call_exception_handler(
             {"message": f"market service on {self.content_id.hex()[:16]}: {what} failed", "exception": error})
 
-    def _check_waiters(self) -> None:
-        for predicate, future in list(self._waiters):
-            if not future.done() and predicate():
-                future.set_result(None)

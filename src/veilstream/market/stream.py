@@ -27,7 +27,7 @@ from veilstream.content.merkle import BLOCK_SIZE
 from veilstream.market import messages
 from veilstream.market.actions import (CancelTimer, ChequeSigned, Drop, Fail, KeysArrived, LimitFetching, OpenLanes,
                                        Send, StartTimer)
-from veilstream.market.driver import ChainWork, Timers
+from veilstream.market.driver import ChainWork, Timers, Waiters
 from veilstream.market.lanes import LaneOpener
 from veilstream.market.payer import Payer
 from veilstream.market.settings import MarketSettings
@@ -96,7 +96,7 @@ class PaidStream:
         self._keys_changed = asyncio.Event()
         self._failed = asyncio.Event()
         self._failure: BaseException | None = None
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future]] = []
+        self._waiters = Waiters()
         self._unsubscribe = content.subscribe(self._on_swarm_event)
         self._closing: list[asyncio.Task] = []
 
@@ -163,15 +163,7 @@ class PaidStream:
         event, a timer, a chain answer); raises the stream's failure if it fails first."""
         if self._failure is not None:
             raise self._failure
-        if predicate():
-            return
-        future = asyncio.get_running_loop().create_future()
-        entry = (predicate, future)
-        self._waiters.append(entry)
-        try:
-            await future
-        finally:
-            self._waiters.remove(entry)
+        await self._waiters.wait_until(predicate)
 
     # -- what the core holds, for the application -------------------------------------------
     @property
@@ -262,7 +254,7 @@ class PaidStream:
             else:
                 raise TypeError(f"not a viewer action: {action!r}")
         if self._waiters:
-            self._check_waiters()
+            self._waiters.check()
 
     def _send(self, conn: int, message: messages.Message) -> None:
         if not self.content.send_extension(conn, messages.MARKET_EXTENSION, messages.encode(message)):
@@ -285,16 +277,10 @@ class PaidStream:
             self._failure = error
         self._failed.set()
         self._keys_changed.set()
-        for _, future in self._waiters:
-            if not future.done():
-                future.set_exception(self._failure)
+        self._waiters.fail(self._failure)
 
     def _bug(self, what: str, error: BaseException) -> None:
         """A chain call or the core failed unexpectedly: the player sees the error itself."""
         log.error("%s: internal error", what, exc_info=error)
         self._fail(error)
 
-    def _check_waiters(self) -> None:
-        for predicate, future in list(self._waiters):
-            if not future.done() and predicate():
-                future.set_result(None)
