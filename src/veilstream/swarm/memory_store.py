@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from veilstream.content.torrent import Torrent
 from veilstream.swarm.errors import PieceStorageError
-from veilstream.swarm.storage import bits_to_bytes
+from veilstream.swarm.storage import PieceBits
 
 
-class MemoryPieceStore:
+class MemoryPieceStore(PieceBits):
     def __init__(self, torrent: Torrent, data: bytearray, have: bytearray) -> None:
         if len(data) != torrent.length or len(have) != torrent.piece_count:
             raise PieceStorageError("the data and the have bits do not fit the torrent")
@@ -36,16 +36,6 @@ class MemoryPieceStore:
         return cls(torrent, bytearray(torrent.length), bytearray(torrent.piece_count))
 
     # -- PieceStorage -------------------------------------------------------------------------
-    @property
-    def complete(self) -> bool:
-        return self.have_count == self.torrent.piece_count
-
-    def bitfield(self) -> bytes:
-        return bits_to_bytes(self.have)
-
-    def piece_size(self, index: int) -> int:
-        return min(self.torrent.piece_length, self.torrent.length - index * self.torrent.piece_length)
-
     def piece_buffer(self, size: int) -> bytearray:
         return bytearray(size)
 

@@ -116,7 +116,25 @@ class PieceStorage(Protocol):
         ...
 
 
-class PieceStore:
+class PieceBits:
+    """What every store derives from its `torrent`, `have` and `have_count` alike."""
+
+    torrent: Torrent
+    have: bytearray
+    have_count: int
+
+    @property
+    def complete(self) -> bool:
+        return self.have_count == self.torrent.piece_count
+
+    def bitfield(self) -> bytes:
+        return bits_to_bytes(self.have)
+
+    def piece_size(self, index: int) -> int:
+        return min(self.torrent.piece_length, self.torrent.length - index * self.torrent.piece_length)
+
+
+class PieceStore(PieceBits):
     """Verified pieces of one torrent, in one file (a `PieceStorage`)."""
 
     def __init__(self, torrent: Torrent, data_path: Path, *, final_path: Path, resume_path: Path | None,
@@ -196,17 +214,6 @@ class PieceStore:
         candidates = _load_resume(resume, torrent)
         have = _verify_pieces(torrent, part, candidates, progress)
         return cls(torrent, part, final_path=final, resume_path=resume, have=have, read_cache_pieces=read_cache_pieces)
-
-    # -- state ------------------------------------------------------------------------------
-    @property
-    def complete(self) -> bool:
-        return self.have_count == self.torrent.piece_count
-
-    def bitfield(self) -> bytes:
-        return bits_to_bytes(self.have)
-
-    def piece_size(self, index: int) -> int:
-        return min(self.torrent.piece_length, self.torrent.length - index * self.torrent.piece_length)
 
     # -- writing ----------------------------------------------------------------------------
     def write_verified_piece(self, index: int, data: bytes | bytearray | mmap.mmap | memoryview) -> None:
