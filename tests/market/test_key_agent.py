@@ -101,6 +101,22 @@ def test_a_lying_agent_is_caught_by_the_viewer(agent, published, domain):
         verify_range_keys(torrent, wrong, list(delivery.proof))
 
 
+def test_asking_what_a_payee_was_signed_before_spends_nothing(domain):
+    """A later session reads what earlier ones signed each payee (to hold a lane that
+    covers it) before it pays any of them: that is no spending. Counted as negative
+    spending, it made a viewer holding most keys think it had paid for fewer slices than
+    it held, so it never asked for the next key and waited for ever (seen in CI)."""
+    content = os.urandom(32)
+    seeders = [Account.create().address for _ in range(2)]
+    before = {seeders[0]: 8 * PRICE, seeders[1]: 30 * PRICE}
+    payer = Payer(Account.create(), domain, content, PRICE, budget_wei=10 * PRICE,
+                  signed_before=lambda cid, seeder: before[seeder] if cid == content else 0)
+    assert [payer.signed_before_for(content, s) for s in seeders] == [8 * PRICE, 30 * PRICE]
+    assert payer.content_spent_wei == payer.spent_wei == 0
+    assert payer.pay_for_slice(seeders[0]).cheque.cumulative_amount == 9 * PRICE
+    assert payer.content_spent_wei == payer.spent_wei == PRICE
+
+
 def test_the_payer_keeps_to_its_budget(domain):
     payer = Payer(Account.create(), domain, os.urandom(32), PRICE, budget_wei=3 * PRICE)
     seeders = [Account.create().address for _ in range(2)]

@@ -51,12 +51,17 @@ class Payer:
     @property
     def content_spent_wei(self) -> int:
         """Signed this session in cheques for the content."""
-        return sum(self.owed.values()) - sum(b for (c, _), b in self._before.items() if c == self.content_id)
+        return self._signed_this_session(self.content_id, self.owed)
 
     @property
     def spent_wei(self) -> int:
         """Signed this session, both kinds: what the budget bounds."""
-        return sum(self.owed.values()) + sum(self.direct_owed.values()) - sum(self._before.values())
+        return self.content_spent_wei + self._signed_this_session(DIRECT_CONTENT_ID, self.direct_owed)
+
+    def _signed_this_session(self, content_id: bytes, owed: dict[str, int]) -> int:
+        # Only payees paid this session count: what was signed before is read for others
+        # too (a lane is held to cover it) and is no spending of this session's.
+        return sum(amount - self._before[(content_id, seeder)] for seeder, amount in owed.items())
 
     def _previous(self, content_id: bytes, seeder: str) -> int:
         key = (content_id, seeder)
