@@ -95,10 +95,11 @@ class Market:
     `sellers[conn]`; plain BitTorrent peers are connections with no seller)."""
 
     def __init__(self, published: Published, domain, *, sellers: dict[int, SellerCore], viewer=None,
-                 budget_wei: int = 10**16, settings=MarketSettings(), core_class=ViewerCore, **viewer_kwargs):
+                 budget_wei: int = 10**16, settings=MarketSettings(), core_class=ViewerCore, signed_before=None,
+                 **viewer_kwargs):
         self.published, self.domain, self.sellers = published, domain, sellers
         self.viewer = viewer or Account.create()
-        self.payer = Payer(self.viewer, domain, published.cid, PRICE, budget_wei)
+        self.payer = Payer(self.viewer, domain, published.cid, PRICE, budget_wei, signed_before)
         self.core = core_class(published.torrent, payer=self.payer, wallet_key=self.viewer.key, now=NOW,
                                settings=settings, lanes=True, **viewer_kwargs)
         self.covers: dict[tuple[str, bytes, str], Guarantee] = {}  # the chain's lanes

@@ -144,6 +144,38 @@ def test_key_batching_never_holds_a_waiting_player_once_payments_stop_growing(pu
     assert all(market.core.key_for(i) is not None for i in range(held))
 
 
+def test_a_later_session_shows_the_agent_what_earlier_ones_paid_payees_it_pays_nothing_now(published, domain):
+    """Keys are sold against what the viewer paid every payee. A viewer coming back holds
+    the keys it bought and the slices it paid for; this session it may pay only the
+    creator (the seeder's slices are on disk). The agent, restarted, saw the seeder's
+    cheques in no session of its own: shown only this session's cheques, it refused the
+    next keys as unpaid, and the stream failed (seen in CI). The viewer shows what it
+    signed each payee before, signed again for the same amount (no new spending)."""
+    keys, n, held = published.done.keys, published.torrent.piece_count, 34
+    before = {published.creator.wallet_address: 8 * PRICE}
+    seeder = seeder_core(published, domain)
+    before[seeder.payee] = 30 * PRICE
+    agent = key_agent(published, domain)
+    agent.released_floor = lambda viewer, cid: held  # the audit log holds the earlier releases
+    creator = SellerCore(published.torrent, payee=published.creator.wallet_address, domain=domain, key_agent=agent,
+                         paid_before=lambda viewer, cid: before[published.creator.wallet_address])
+    ring = KeyRing(tuple(nodes_for_range(keys.tree_root, 0, held)), keys.metadata_key)
+    market = Market(published, domain, sellers={CREATOR: creator, SEEDER: seeder}, held_keys=ring,
+                    paid_before_wei=38 * PRICE, signed_before=lambda cid, payee: before.get(payee, 0))
+    market.connect(CREATOR, SEEDER).start()
+    for index in range(held, n):
+        market.deliver(index, (CREATOR, SLICE))  # only the creator is paid this session
+    for index in range(held):
+        market.play(index)
+    market.wait_for_key(held)
+    assert market.failure is None
+    assert all(market.core.key_for(i) is not None for i in range(n))
+    assert market.payer.content_spent_wei == (n - held) * PRICE  # showing old cheques spent nothing
+    shown = {(m.cheque.cheque.seeder, m.cheque.cheque.cumulative_amount)
+             for m in market.viewer_sent(messages.ChequeMessage, conn=CREATOR)}
+    assert (seeder.payee, 30 * PRICE) in shown
+
+
 # -- key agents that are silent or lie ----------------------------------------------------------------
 
 

@@ -39,6 +39,7 @@ class Payer:
         self._latest_direct: dict[str, SignedCheque] = {}
         self.signed_before = signed_before  # (content id, seeder) → amount signed in earlier sessions
         self._before: dict[tuple[bytes, str], int] = {}
+        self._resigned: dict[str, SignedCheque] = {}  # seeder → a cheque for what earlier sessions signed it
         # Signing right after signing is ~3× cheaper: libsecp256k1's tables are still in
         # the cache, while between slices a streaming viewer pushes megabytes through it.
         # So with `sign_ahead` = k, a cold signature brings the next k cheques of the same
@@ -142,6 +143,21 @@ class Payer:
         main = shares[0][0]
         parts[main] = parts.get(main, 0) + price - sum(parts.values())
         return parts
+
+    def standing_cheque(self, seeder: str) -> SignedCheque | None:
+        """The cheque for all this viewer signed `seeder` on the content: this session's
+        latest, else one for what earlier sessions signed it, signed again (the same
+        amount is no new spending); None if it was never paid."""
+        latest = self._latest.get(seeder)
+        if latest is not None:
+            return latest
+        before = self._previous(self.content_id, seeder)
+        if not before:
+            return None
+        if seeder not in self._resigned:
+            self._resigned[seeder] = self.domain.sign(self.account, Cheque(self.account.address, self.content_id,
+                                                                           seeder, before))
+        return self._resigned[seeder]
 
     def latest(self, seeder: str, *, direct: bool = False) -> SignedCheque | None:
         return (self._latest_direct if direct else self._latest).get(seeder)

@@ -650,7 +650,12 @@ class ViewerCore:
                 shown[seeder] = amount
 
     def _all_cheques(self) -> list[SignedCheque]:
-        return [c for c in (self.payer.latest(s) for s in self.payer.owed) if c is not None]
+        """What this viewer signed every payee met, earlier sessions included: the agent
+        sells keys against all of it, and may not have seen the earlier cheques."""
+        payees = dict.fromkeys(self.payer.owed)
+        payees.update(dict.fromkeys(checksum_address(s.terms.payee) for s in self.sources.values()
+                                    if s.terms is not None))
+        return [c for c in (self.payer.standing_cheque(p) for p in payees) if c is not None]
 
     # -- peers and messages ----------------------------------------------------------------
     def _on_peer_ready(self, event: PeerReady) -> None:
