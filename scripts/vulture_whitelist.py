@@ -50,6 +50,10 @@ _.local_relay_of_this_worker
 # FastAPI calls the routes, middleware and exception handlers it was given (node/api.py).
 _.guard
 _.user_error
+_.bad_request
+_.get_limits  # node/routes/limits.py
+_.set_limits
+_.set_content_limits
 _.health
 _.node_status
 _.list_streams

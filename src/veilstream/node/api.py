@@ -13,10 +13,11 @@ import hmac
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from veilstream.errors import VeilError
-from veilstream.node.routes import contents, streams
+from veilstream.node.routes import contents, limits, streams
 
 if TYPE_CHECKING:
     from veilstream.node.daemon import Node
@@ -54,6 +55,10 @@ def create_app(node: Node) -> FastAPI:
     async def user_error(request: Request, exc: VeilError):
         return refuse(getattr(exc, "http_status", 400), str(exc))
 
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError):  # errors are {"error": ...} here too
+        return refuse(422, "; ".join(_validation_message(error) for error in exc.errors()))
+
     @app.get(f"{API_PREFIX}/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -63,9 +68,14 @@ def create_app(node: Node) -> FastAPI:
         """Peers, contents seeding and streaming, earnings, chain connectivity."""
         return node.status()
 
-    for module in (contents, streams):
+    for module in (contents, limits, streams):
         app.include_router(module.router(node), prefix=API_PREFIX)
     return app
+
+
+def _validation_message(error: dict) -> str:
+    where = ".".join(str(part) for part in error.get("loc", ())[1:]) or "the request"
+    return f"{where}: {error.get('msg', 'not valid')}"
 
 
 def _has_token(request: Request, token: str) -> bool:

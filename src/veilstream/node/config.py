@@ -10,6 +10,11 @@ One TOML table per layer, keys as the settings dataclasses name them (units in t
 A value from the file or a flag is checked against the field's type, then the whole pack
 against its own rules; a bad one is a `ConfigError` of one line naming the key, the value
 and what is allowed. Unknown tables and keys are refused (a typo must not be ignored).
+Amounts of bytes (`..._bytes`) and rate limits (`..._rate_limit`, bytes/s) may also be
+written as sizes: "500KiB", "2MiB".
+
+Between the file and the flags come the limits the user set through the running node's
+API (`node/limits.json`): they outlive a restart, and `veil config show` names them.
 """
 
 from __future__ import annotations
@@ -43,8 +48,11 @@ def layer_sections() -> dict[str, type]:
 
 
 def load_node_config(home: Path, flags: dict[str, tuple[str, str]] | None = None) -> Config:
-    """`home`/config.toml over the defaults, `flags` over both."""
-    return load(layer_sections(), home / CONFIG_FILE, flags)
+    """`home`/config.toml over the defaults, the limits set through the API over those,
+    `flags` over all."""
+    from veilstream.node.limits import saved_settings
+
+    return load(layer_sections(), home / CONFIG_FILE, flags, saved_settings(home))
 
 
 class ConfigError(VeilError):
@@ -83,8 +91,10 @@ class Config:
                 for table, pack in self.packs.items() for field in dataclasses.fields(pack)]
 
 
-def load(sections: dict[str, type], path: Path | None, flags: dict[str, tuple[str, str]] | None = None) -> Config:
-    """Build each table's pack from its defaults, then `path` (if it exists), then `flags`
+def load(sections: dict[str, type], path: Path | None, flags: dict[str, tuple[str, str]] | None = None,
+         saved: list[tuple[str, str, Any, Source]] = ()) -> Config:
+    """Build each table's pack from its defaults, then `path` (if it exists), then `saved`
+    ((table, key, value, source): values a running node kept), then `flags`
     ({"table.key": (text, "--flag")}, text parsed by the field's type)."""
     values: dict[str, dict[str, Any]] = {table: {} for table in sections}
     sources: dict[tuple[str, str], Source] = {}
@@ -93,6 +103,10 @@ def load(sections: dict[str, type], path: Path | None, flags: dict[str, tuple[st
         for table, key, value in _read_file(path, sections):
             values[table][key] = _coerce(sections[table], table, key, value, where)
             sources[(table, key)] = Source("file", where)
+    for table, key, value, source in saved:
+        _field(sections[table], table, key, str(source))
+        values[table][key] = _coerce(sections[table], table, key, value, str(source))
+        sources[(table, key)] = source
     for dotted, (text, flag) in (flags or {}).items():
         table, key = _split_key(dotted, sections, flag)
         values[table][key] = _coerce(sections[table], table, key, _parse_text(sections[table], key, text), flag)
@@ -179,7 +193,12 @@ def _parse_text(cls: type, key: str, text: str) -> Any:
     return text
 
 
-def _describe(hint) -> str:
+def is_byte_amount(key: str) -> bool:
+    """Is the setting an amount of bytes (or bytes/s), which may be written as a size?"""
+    return key.endswith(("_bytes", "_rate_limit"))
+
+
+def _describe(hint, key: str = "") -> str:
     kinds, optional = _kinds(hint)
     names = []
     for kind in kinds:
@@ -187,7 +206,7 @@ def _describe(hint) -> str:
         if kind is bool:
             names.append("true or false")
         elif kind is int:
-            names.append("a whole number")
+            names.append("a whole number" + (" of bytes or a size such as 500KiB or 2MiB" if is_byte_amount(key) else ""))
         elif kind is float:
             names.append("a number")
         elif kind is str:
@@ -210,6 +229,13 @@ def _coerce(cls: type, table: str, key: str, value: Any, where: str) -> Any:
             return value
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return _in_range(table, key, value, where)
+        if kind is int and isinstance(value, str) and is_byte_amount(key):
+            from veilstream.node.units import SizeError, parse_size  # (units imports the chain: only when needed)
+
+            try:
+                return _in_range(table, key, parse_size(value), where)
+            except SizeError:
+                pass
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return _in_range(table, key, float(value), where)
         if kind is str and isinstance(value, str):
@@ -218,7 +244,7 @@ def _coerce(cls: type, table: str, key: str, value: Any, where: str) -> Any:
             item = typing.get_args(kind)[0]
             if all(isinstance(v, item) and not isinstance(v, bool) for v in value):
                 return tuple(value) if origin is tuple else list(value)
-    raise ConfigError(f"{where}: {table}.{key} = {value!r} is not allowed: it must be {_describe(hint)}")
+    raise ConfigError(f"{where}: {table}.{key} = {value!r} is not allowed: it must be {_describe(hint, key)}")
 
 
 def _in_range(table: str, key: str, value: int | float, where: str) -> int | float:

@@ -41,6 +41,7 @@ from veilstream.market.stream import BudgetSpent
 from veilstream.node.api import allowed_hosts, create_app
 from veilstream.node.config import Config
 from veilstream.node.hints import magnet_hints
+from veilstream.node.limits import NodeLimits
 from veilstream.node.selling import Seller
 from veilstream.node.units import parse_amount
 from veilstream.node.watching import Viewing
@@ -116,6 +117,7 @@ class Node:
         self._stack = ExitStack()
         self.seller: Seller | None = None
         self.swarm: SwarmNode | None = None
+        self.limits: NodeLimits | None = None
         self.api_url: str | None = None
         self._api_hosts: frozenset[str] = frozenset()
         self._token = secrets.token_urlsafe(32)
@@ -197,6 +199,7 @@ class Node:
         registry = ExtensionRegistry((UT_METADATA, messages.MARKET_EXTENSION))
         async with AsyncExitStack() as stack:
             self.swarm = await stack.enter_async_context(SwarmNode(self.config["swarm"], registry=registry))
+            self.limits = NodeLimits(self.home, self.swarm, lambda cid: cid in self.roles or cid in self.viewings)
             self.seller.start(self.swarm, loop)
             api_socket = self._bind_api()
             stack.callback(api_socket.close)
@@ -375,6 +378,7 @@ class Node:
             "contents": contents,
             "earned_wei": sum(c["earned_wei"] for c in contents),
             "streams": [viewing.stats() for viewing in self.viewings.values()],
+            "limits": self.limits.view() if self.limits is not None else None,
         }
 
     def _content_status(self, offer) -> dict[str, Any]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 
 from veilstream.chain import ChainError
+from veilstream.errors import VeilError
 
+SIZE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "k": 1 << 10, "kb": 1000, "mib": 1 << 20, "m": 1 << 20, "mb": 1000**2,
+              "gib": 1 << 30, "g": 1 << 30, "gb": 1000**3}
 WEI_PER_ETHER = 10**18
 UNITS = {"wei": 1, "gwei": 10**9, "eth": WEI_PER_ETHER, "ether": WEI_PER_ETHER}
 
@@ -38,3 +42,24 @@ def format_gas(wei: int) -> str:
     """An estimate of gas, to two significant digits: ~0.00015 ETH."""
     drop = max(0, len(str(wei)) - 2)
     return "~" + format_ether(round(wei, -drop) if drop else wei)
+
+
+class SizeError(VeilError):
+    """Text that is not an amount of bytes."""
+
+
+def parse_size(text: str) -> int:
+    """'1MiB', '256KiB', '500kb' or a byte count -> bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", text)
+    if not match or match[2].lower() not in SIZE_UNITS:
+        raise SizeError(f"not a size: {text!r} (try 1MiB, 256KiB or a byte count)")
+    return int(match[1]) * SIZE_UNITS[match[2].lower()]
+
+
+def format_size(n: int) -> str:
+    """Bytes as a person reads them: 512 B, 256 KiB, 1.5 MiB."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            text = f"{n / size:.1f}".removesuffix(".0")
+            return f"{text} {unit}"
+    return f"{n} B"

@@ -12,6 +12,7 @@ HTTP tracker client and server (BEP 3/23) and a DHT node (BEP 5).
     magnet.py        metadata fetch: the info dict (BEP 9), then the piece layer (BEP 52)
     verify.py        piece verification: blocks in; Verified / Bad / NeedBlockHashes out
     choker.py        upload slots: whom to unchoke, choke, optimistically unchoke
+    rate.py          rate limits: token buckets, node-wide and per content
     swarm.py         the protocol core for one content across its peers (the coordinator)
     storage.py       the PieceStorage protocol; verified pieces on disk, resumable
     memory_store.py  verified pieces in memory (a PieceStorage for tests and small jobs)
@@ -21,7 +22,7 @@ HTTP tracker client and server (BEP 3/23) and a DHT node (BEP 5).
     settings.py      every tunable, one frozen dataclass
 
 Sans-IO (no clock, no sockets, no asyncio): wire.py, connection.py, extensions.py,
-hashes.py, picker.py, events.py, peer.py, magnet.py, verify.py, choker.py, swarm.py,
+hashes.py, picker.py, events.py, peer.py, magnet.py, verify.py, choker.py, rate.py, swarm.py,
 memory_store.py, and dht.py's DhtCore. Time comes in as `now`; the only IO the core
 reaches is the `PieceStorage` it is given.
 

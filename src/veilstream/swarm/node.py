@@ -30,6 +30,7 @@ from veilstream.content.torrent import Torrent
 from veilstream.swarm import tracker as tracker_client
 from veilstream.swarm.errors import FetchError, ListenError, LocalProtocolError, SwarmError, TrackerError
 from veilstream.swarm.extensions import ExtensionRegistry
+from veilstream.swarm.rate import RateLimits
 from veilstream.swarm.settings import SwarmSettings
 from veilstream.swarm.storage import PieceStore
 from veilstream.swarm.events import (
@@ -48,6 +49,10 @@ PEER_ID_PREFIX = b"-VS0100-"  # Azureus-style client id: Veilstream 0.1.0.0
 ROUTING_PREFIX_BYTES = 48  # handshake bytes needed to read the info-hash and route a connection
 MAX_UNROUTED_CONNECTIONS = 256  # inbound connections still in their handshake; more are refused
 RECEIVE_BUFFER_BYTES = 1024 * 1024  # one socket read at most; uvloop's own buffer is 256 KiB
+
+# A rate timer fires this much after the bucket should have room: a loop whose clock has
+# millisecond steps (uvloop's) may otherwise wake a hair early, find no room, and go again.
+RATE_TIMER_SLACK_S = 0.001
 
 RECENT_DROPS_KEPT = 256  # a transfer remembers this many dropped peers (for `veil status`, tests); older ones go
 
@@ -86,6 +91,8 @@ class Transfer:
         self.tasks: set[asyncio.Task] = set()  # its announce, lookup and connect tasks (the node's group owns them)
         self.dropped: deque[PeerDropped] = deque(maxlen=RECENT_DROPS_KEPT)
         self.started_at = time.monotonic()
+        self._rate_timer: asyncio.TimerHandle | None = None  # wakes the core when a rate limit has room
+        self._rate_timer_at = 0.0
         self.first_piece_at: float | None = None
         self.completed_at: float | None = None
         if swarm.torrent is not None:
@@ -126,6 +133,18 @@ class Transfer:
     @property
     def download_rate(self) -> float:
         return self.swarm.download_rate
+
+    # -- rate limits ------------------------------------------------------------------------
+    @property
+    def rate_limits(self) -> tuple[int, int]:
+        """This content's own (upload, download) limits in bytes/s, 0 for none; the node's
+        (`SwarmNode.rate_limits`) apply beside them."""
+        return self.swarm.rate_limits.rates
+
+    def set_rate_limits(self, *, upload: int | None = None, download: int | None = None) -> None:
+        """This content's own limits in bytes/s (0: none; None: unchanged), at once."""
+        self.swarm.set_rate_limits(upload=upload, download=download, now=time.monotonic())
+        self.node._flush(self)
 
     # -- waiting ----------------------------------------------------------------------------
     def _raise_if_failed(self) -> None:
@@ -287,6 +306,8 @@ class _PeerWire(asyncio.BufferedProtocol):
         self.conn = node._next_conn_id()
         self.transport: asyncio.Transport | None = None
         self.paused = False
+        self.refused = False  # closed at accept: never counted, never routed
+        self.dialling = transfer is not None  # an outgoing connection, counted by the node until made
         self._prefix = bytearray()
 
     def connection_made(self, transport) -> None:
@@ -302,12 +323,21 @@ class _PeerWire(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if self.address is None:
             self.address = (peer[0], peer[1]) if peer else ("?", 0)
+        if self.transfer is None:
+            refusal = self.node._refusal()
+            if refusal is not None:
+                log.debug("refused a connection from %s:%d: %s", *self.address[:2], refusal)
+                self.refused = True
+                self.node.refused_connections += 1
+                transport.abort()
+                return
+        else:
+            self.dialling = False
+            self.node._dialling -= 1
         self.node._wires[self.conn] = self
         if self.transfer is not None:  # outbound: we speak first
             self.transfer.swarm.connection_made(self.conn, self.address, outbound=True, now=time.monotonic())
             self.node._flush(self.transfer)
-        elif self.node._unrouted >= MAX_UNROUTED_CONNECTIONS:
-            transport.abort()
         else:
             self.node._unrouted += 1
 
@@ -341,6 +371,8 @@ class _PeerWire(asyncio.BufferedProtocol):
         self.node._flush(transfer)
 
     def connection_lost(self, exc) -> None:
+        if self.refused:
+            return
         self.node._wires.pop(self.conn, None)
         if self.transfer is None:
             if len(self._prefix) < ROUTING_PREFIX_BYTES:
@@ -370,6 +402,12 @@ class SwarmNode:
         self._wires: dict[int, _PeerWire] = {}
         self._conn_ids = 0
         self._unrouted = 0
+        self._dialling = 0  # outgoing connections started, not yet made
+        self.refused_connections = 0  # incoming ones closed at accept (the limits), since the start
+        # The node's rate limits, shared by every content (each has its own beside them);
+        # contents' own limits by wire hash, kept for transfers added later (a resumed seed).
+        self.shared_limits = RateLimits(settings.upload_rate_limit, settings.download_rate_limit, time.monotonic())
+        self._content_limits: dict[bytes, tuple[int | None, int | None]] = {}
         self._server: asyncio.base_events.Server | None = None
         self._group: asyncio.TaskGroup | None = None
         self.dht_lookups = 0  # lookups finished (with peers or none): how a watcher sees the loop go on
@@ -426,6 +464,8 @@ class SwarmNode:
         for task in list(self._background):
             task.cancel()
         for transfer in self.transfers.values():
+            if transfer._rate_timer is not None:
+                transfer._rate_timer.cancel()
             # no "stopped" announce: trackers expire silent peers, and waiting on one
             # would let an unreachable tracker delay shutdown
             if transfer.store is not None:
@@ -470,12 +510,51 @@ class SwarmNode:
     def _route(self, wire_hash: bytes) -> Transfer | None:
         return self.transfers.get(wire_hash)
 
+    # -- limits -----------------------------------------------------------------------------------
+    @property
+    def connection_count(self) -> int:
+        """Connections open or being opened, every content's and those still unrouted."""
+        return len(self._wires) + self._dialling
+
+    def _refusal(self) -> str | None:
+        """Why a new connection may not be taken now, or None."""
+        if self.connection_count >= self.settings.max_connections:
+            return f"the node has {self.connection_count} connections (max_connections {self.settings.max_connections})"
+        if self._unrouted >= MAX_UNROUTED_CONNECTIONS:
+            return f"{self._unrouted} connections are still in their handshake"
+        return None
+
+    @property
+    def rate_limits(self) -> tuple[int, int]:
+        """The node's (upload, download) limits in bytes/s, every content's bytes together; 0: none."""
+        return self.shared_limits.rates
+
+    def set_rate_limits(self, *, upload: int | None = None, download: int | None = None) -> None:
+        """The node's limits in bytes/s (0: none; None: unchanged), at once for every content."""
+        now = time.monotonic()
+        self.shared_limits.set(upload=upload, download=download, now=now)
+        for transfer in list(self.transfers.values()):
+            transfer.swarm.rate_refilled(now)
+            self._flush(transfer)
+
+    def set_content_rate_limits(self, info_hash: bytes, *, upload: int | None = None,
+                                download: int | None = None) -> None:
+        """A content's own limits (see `Transfer.set_rate_limits`), now if the node has it and
+        for every transfer of it added later."""
+        wire_hash = info_hash[:20]
+        old_upload, old_download = self._content_limits.get(wire_hash, (None, None))
+        self._content_limits[wire_hash] = (old_upload if upload is None else upload,
+                                           old_download if download is None else download)
+        transfer = self.transfers.get(wire_hash)
+        if transfer is not None:
+            transfer.set_rate_limits(upload=upload, download=download)
+
     # -- transfers ------------------------------------------------------------------------------
     def seed(self, store: PieceStore) -> Transfer:
         """Serve a complete (verified) store."""
         torrent = store.torrent
         swarm = Swarm(torrent.info_hash, peer_id=self.peer_id, settings=self.settings, registry=self.registry,
-                      torrent=torrent, store=store, listen_port=self.listen_port)
+                      torrent=torrent, store=store, listen_port=self.listen_port, shared_limits=self.shared_limits)
         return self._add(swarm)
 
     def fetch(self, target: Torrent | bytes, directory: Path,
@@ -490,12 +569,13 @@ class SwarmNode:
 
         if isinstance(target, Torrent):
             swarm = Swarm(target.info_hash, peer_id=self.peer_id, settings=settings, registry=self.registry,
-                          torrent=target, store=open_store(target), listen_port=self.listen_port)
+                          torrent=target, store=open_store(target), listen_port=self.listen_port,
+                          shared_limits=self.shared_limits)
         else:
             if len(target) != 32:
                 raise FetchError("a content id is a 32-byte v2 info-hash")
             swarm = Swarm(target, peer_id=self.peer_id, settings=settings, registry=self.registry,
-                          open_store=open_store, listen_port=self.listen_port)
+                          open_store=open_store, listen_port=self.listen_port, shared_limits=self.shared_limits)
         return self._add(swarm)
 
     def remove(self, transfer: Transfer) -> None:
@@ -504,6 +584,9 @@ class SwarmNode:
         if self.transfers.get(transfer.swarm.wire_hash) is not transfer:
             return
         del self.transfers[transfer.swarm.wire_hash]
+        if transfer._rate_timer is not None:
+            transfer._rate_timer.cancel()
+            transfer._rate_timer = None
         for task in list(transfer.tasks):
             task.cancel()
         for conn in list(transfer.swarm.peers):
@@ -524,6 +607,9 @@ class SwarmNode:
         if swarm.wire_hash in self.transfers:
             raise LocalProtocolError("this node already has that content")
         transfer = Transfer(self, swarm)
+        own = self._content_limits.get(swarm.wire_hash)
+        if own is not None:
+            swarm.set_rate_limits(upload=own[0], download=own[1], now=time.monotonic())
         if self._hash_pool is not None:
             swarm.hash_offload = lambda index, buffer: self._offload_hash(transfer, index, buffer)
         self.transfers[swarm.wire_hash] = transfer
@@ -535,17 +621,27 @@ class SwarmNode:
             return
         if len(transfer.addresses) >= self.settings.max_peers_per_content:
             return
+        if self.connection_count >= self.settings.max_connections:
+            log.debug("not connecting to %s:%d: the node has %d connections (max_connections %d)",
+                      host, port, self.connection_count, self.settings.max_connections)
+            return
         transfer.addresses.add(address)
+        self._dialling += 1  # counted from now: connections started together must not overshoot the limit
         self._spawn_for(transfer, self._connect(transfer, address))
 
     async def _connect(self, transfer: Transfer, address: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
+        wire_ = _PeerWire(self, transfer, address)
         try:
             async with asyncio.timeout(self.settings.connect_timeout_s):
-                await loop.create_connection(lambda: _PeerWire(self, transfer, address), *address)
+                await loop.create_connection(lambda: wire_, *address)
         except (OSError, TimeoutError) as exc:
             transfer.addresses.discard(address)
             log.info("cannot connect to %s:%d: %s", address[0], address[1], exc)
+        finally:
+            if wire_.dialling:  # never made (failed, timed out, cancelled)
+                wire_.dialling = False
+                self._dialling -= 1
 
     def _offload_hash(self, transfer: Transfer, index: int, buffer: bytearray) -> None:
         """Hash a complete piece's blocks on a worker thread (hashlib releases the GIL,
@@ -597,12 +693,33 @@ class SwarmNode:
                         log.info("closing %s: %s", wire_.address, reason)
                         wire_.transport.close()
                 if not swarm.has_events:
-                    return
+                    break
+            wake = swarm.rate_wake_at
+            if wake is not None and (transfer._rate_timer is None or wake < transfer._rate_timer_at):
+                self._wake_for_rate(transfer, wake)
         finally:
             transfer._flushing = False
 
+    def _wake_for_rate(self, transfer: Transfer, wake: float) -> None:
+        """One timer per transfer, at the earliest time a limit has room for what waits on it."""
+        if self._closed or self.transfers.get(transfer.swarm.wire_hash) is not transfer:
+            return
+        if transfer._rate_timer is not None:
+            transfer._rate_timer.cancel()
+        delay = max(0.0, wake - time.monotonic()) + RATE_TIMER_SLACK_S
+        transfer._rate_timer = asyncio.get_running_loop().call_later(delay, self._rate_refilled, transfer)
+        transfer._rate_timer_at = wake
+
+    def _rate_refilled(self, transfer: Transfer) -> None:
+        transfer._rate_timer = None
+        if self._closed or self.transfers.get(transfer.swarm.wire_hash) is not transfer:
+            return
+        transfer.swarm.rate_refilled(time.monotonic())
+        self._flush(transfer)
+
     def _write_dirty(self, swarm: Swarm) -> None:
         high = self.settings.write_buffer_high_bytes
+        now = time.monotonic()
         for conn in list(swarm.dirty):
             wire_ = self._wires.get(conn)
             if wire_ is None or wire_.transport is None or wire_.transport.is_closing():
@@ -610,7 +727,7 @@ class SwarmNode:
                 continue
             if wire_.paused:
                 continue
-            chunks = swarm.output_for(conn, high - wire_.transport.get_write_buffer_size())
+            chunks = swarm.output_for(conn, high - wire_.transport.get_write_buffer_size(), now)
             if chunks:
                 # one writev per flush, blocks not copied (uvloop's writelines buffers
                 # every chunk, then makes one uv_try_write of them all)

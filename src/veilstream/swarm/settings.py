@@ -10,8 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from veilstream.swarm.errors import SwarmError
+
 KIB = 1024
 MIB = 1024 * KIB
+
+
+class SwarmSettingsError(SwarmError):
+    """A swarm setting that cannot be used."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -20,6 +28,14 @@ class SwarmSettings:
     listen_host: str = "127.0.0.1"  # loopback unless told otherwise: a node is private by default
     listen_port: int = 0  # 0: the OS picks a free port
     max_peers_per_content: int = 60  # libtorrent's connections_limit is 200 per session
+    # Connections of the whole node, every content's and those still in their handshake:
+    # an incoming one past it is closed at once, an outgoing one not started (libtorrent's
+    # connections_limit, 200).
+    max_connections: int = 200
+
+    # -- rate limits (bytes/s, the whole node: every content shares them; 0: no limit) ----
+    upload_rate_limit: int = 0  # blocks we send (libtorrent's upload_rate_limit)
+    download_rate_limit: int = 0  # blocks we ask for: requests are paced, as libtorrent does
     connect_timeout_s: float = 5.0
     handshake_timeout_s: float = 10.0
 
@@ -74,6 +90,17 @@ class SwarmSettings:
     dht_port: int = 0
     dht_query_timeout_s: float = 2.0
     dht_lookup_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("upload_rate_limit", "download_rate_limit"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise SwarmSettingsError(f"{name} = {value!r} is not allowed: it must be a whole number of "
+                                         "bytes/s, 0 for no limit")
+        for name in ("max_connections", "max_peers_per_content"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SwarmSettingsError(f"{name} = {value!r} is not allowed: it must be a whole number, 1 or more")
 
     def but(self, **changes) -> SwarmSettings:
         """A copy with `changes` applied (CLI flags override the defaults this way)."""

@@ -70,6 +70,7 @@ from veilstream.swarm.magnet import (
 )
 from veilstream.swarm.peer import Peer
 from veilstream.swarm.picker import PiecePicker
+from veilstream.swarm.rate import NO_LIMIT_ALLOWANCE, RateLimits, Throttle
 from veilstream.swarm.settings import SwarmSettings
 from veilstream.swarm.storage import PieceStorage, bytes_to_bits
 from veilstream.swarm.verify import Bad, HashElsewhere, NeedBlockHashes, PieceVerifier, Verdict, Verified
@@ -88,7 +89,7 @@ class Swarm:
     def __init__(self, info_hash: bytes, *, peer_id: bytes, settings: SwarmSettings = SwarmSettings(),
                  registry: ExtensionRegistry | None = None, torrent: Torrent | None = None,
                  store: PieceStorage | None = None, open_store=None, listen_port: int | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, shared_limits: RateLimits | None = None) -> None:
         if len(info_hash) != 32:
             raise LocalProtocolError("a v2 info-hash is 32 bytes")
         self.info_hash = info_hash
@@ -120,6 +121,18 @@ class Swarm:
         # block goes out as gate(conn, piece, length); False holds the peer's queue until
         # `uploads_may_resume(conn)`. A yes is a charge: the block is sent.
         self.upload_gate: Callable[[int, int, int], bool] | None = None
+        # Rate limits: this content's own, and those it shares with every content of the
+        # node (`shared_limits`; a core on its own takes the settings' as its own share).
+        # A block goes, or a request is asked, only while both have room.
+        self.rate_limits = RateLimits()
+        self.shared_limits = shared_limits if shared_limits is not None else RateLimits(
+            settings.upload_rate_limit, settings.download_rate_limit)
+        self._upload = Throttle(self.rate_limits.upload, self.shared_limits.upload)
+        self._download = Throttle(self.rate_limits.download, self.shared_limits.download)
+        self._rate_held: set[int] = set()  # peers whose queued blocks wait for the upload limit
+        # When a limit will have room again for what waits on it: the transport calls
+        # `rate_refilled(now)` then (one timer, no polling). None: nothing waits.
+        self.rate_wake_at: float | None = None
         self.failed: SwarmError | None = None
         self.finished = False
         self._reader_seen = False
@@ -198,9 +211,9 @@ class Swarm:
             self._events.append(PeerDropped(conn, peer.address, "connection closed", False))
         self._refill_all(now)
 
-    def output_for(self, conn: int, budget_bytes: int) -> list[bytes]:
+    def output_for(self, conn: int, budget_bytes: int, now: float | None = None) -> list[bytes]:
         """Bytes to write to `conn` now: control messages, then queued blocks up to
-        `budget_bytes` (the room in the transport's write buffer)."""
+        `budget_bytes` (the room in the transport's write buffer) and the rate limits."""
         self.dirty.discard(conn)
         peer = self.peers.get(conn)
         if peer is None or peer.wire.phase is Phase.CLOSED:
@@ -208,9 +221,18 @@ class Swarm:
         if peer.uploads and self.store is not None and not peer.wire.am_choking:
             uploads, store, send_block, gate = peer.uploads, self.store, peer.wire.send_block, self.upload_gate
             held = False
+            upload = self._upload
+            if now is None:
+                now = self._now_hint
+            limited = upload.limited
+            allowance = upload.allowance(now) if limited else NO_LIMIT_ALLOWANCE
+            sent, waits_on_rate = 0, False
             try:
                 while uploads and budget_bytes > 0:
                     index, begin, length = uploads[0]
+                    if length > allowance:  # before the gate: a yes from it is a charge, and the block must go
+                        held = waits_on_rate = True
+                        break
                     if gate is not None and not gate(peer.conn, index, length):
                         held = True
                         break
@@ -220,10 +242,17 @@ class Swarm:
                         continue
                     send_block(index, begin, block)
                     budget_bytes -= length
-                    peer.uploaded += length
-                    self.uploaded_bytes += length
+                    allowance -= length
+                    sent += length
             except PieceStorageError as exc:
                 self._fail(exc)
+            if sent:
+                peer.uploaded += sent
+                self.uploaded_bytes += sent
+                if limited:
+                    upload.spend(sent, now)
+            if waits_on_rate:  # wake once a batch may go, not for every block
+                self._hold_for_rate(conn, upload.ready_at(len(uploads) * BLOCK_SIZE, now))
             if uploads and not held:
                 self.dirty.add(conn)  # more once the buffer drains
         out = peer.wire.take_output()
@@ -270,6 +299,8 @@ class Swarm:
             self._ask_piece_layer(now)
         if self.choker.rechoke_due(now):
             self._rechoke(now)
+        if self.rate_wake_at is not None and now >= self.rate_wake_at:
+            self.rate_refilled(now)
         self._refill_all(now)
         if self.store is not None and now - self._last_resume_save >= settings.resume_save_interval_s:
             self._last_resume_save = now
@@ -324,6 +355,28 @@ class Swarm:
         peer = self.peers.get(conn)
         if peer is not None:
             self._drop(peer, reason, ban=ban)
+
+    def set_rate_limits(self, *, upload: int | None = None, download: int | None = None, now: float) -> None:
+        """This content's own limits in bytes/s (0: none; None: unchanged), from `now` on;
+        whatever waits on them is tried again at once."""
+        self.rate_limits.set(upload=upload, download=download, now=now)
+        self.rate_refilled(now)
+
+    def rate_refilled(self, now: float) -> None:
+        """`rate_wake_at` has come (or a limit changed): what waited on a limit is tried again."""
+        self._now_hint = now
+        self.rate_wake_at = None
+        held, self._rate_held = self._rate_held, set()
+        for conn in held:
+            if conn in self.peers:
+                self.dirty.add(conn)
+        self._refill_all(now)
+
+    def _hold_for_rate(self, conn: int | None, wake_at: float) -> None:
+        if conn is not None:
+            self._rate_held.add(conn)
+        if self.rate_wake_at is None or wake_at < self.rate_wake_at:
+            self.rate_wake_at = wake_at
 
     def uploads_may_resume(self, conn: int) -> None:
         """The upload gate may now say yes to `conn` (say, a cheque came in)."""
@@ -508,6 +561,16 @@ class Swarm:
         want = depth - len(peer.requests)
         if want <= 0 or (peer.requests and want * REQUEST_REFILL_FRACTION < depth):
             return
+        download = self._download
+        limited = download.limited
+        short = 0  # blocks the download limit holds back for now
+        if limited:  # the limit paces requests (as libtorrent does): a block's tokens go when it is asked
+            allowed = download.allowance(now) // BLOCK_SIZE
+            if allowed < want:
+                short, want = want - allowed, allowed
+                if want <= 0:
+                    self._hold_for_rate(None, download.ready_at(short * BLOCK_SIZE, now))
+                    return
         picks = picker.pick(peer.conn, peer.has, want, fast=self._is_fast(peer), now=now)
         if not picks:
             if not peer.requests and not picker.wants_from(peer.has):
@@ -515,10 +578,17 @@ class Swarm:
                 self.dirty.add(peer.conn)
             return
         requests, block_length, triples = peer.requests, picker.block_length, []
+        asked = 0
         for piece, block in picks:
             begin = block * BLOCK_SIZE
             requests[(piece, begin)] = now
-            triples.append((piece, begin, block_length(piece, block)))
+            length = block_length(piece, block)
+            asked += length
+            triples.append((piece, begin, length))
+        if limited:
+            download.spend(asked, now)
+            if short and len(picks) == want:
+                self._hold_for_rate(None, download.ready_at(short * BLOCK_SIZE, now))
         peer.wire.send_requests(triples)
         peer.last_sent = now
         self.dirty.add(peer.conn)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -27,20 +26,11 @@ from veilstream.errors import VeilError
 from veilstream.node.cli.chain_cmds import ChainDeployment, ChainRpc, _wallet_lock, parse_amount
 from veilstream.node.cli.common import console, hold_content, open_vault, unlock_identity
 from veilstream.node.cli.progress import byte_progress
+from veilstream.node.units import parse_size
 from veilstream.vault import StorageError, atomic_writer, user_file_mode
-
-_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "k": 1 << 10, "kb": 1000, "mib": 1 << 20, "m": 1 << 20, "mb": 1000**2}
-
 
 class ContentCommandError(VeilError):
     pass
-
-
-def parse_size(text: str) -> int:
-    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", text)
-    if not match or match[2].lower() not in _UNITS:
-        raise PublishError(f"not a size: {text!r} (try 1MiB, 256KiB or a byte count)")
-    return int(match[1]) * _UNITS[match[2].lower()]
 
 
 def parse_share(text: str) -> int:

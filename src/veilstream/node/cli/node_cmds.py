@@ -21,6 +21,7 @@ from veilstream.node.cli.common import console, err_console, open_vault, read_pa
 from veilstream.node.cli.config_cmds import parse_set_flags
 from veilstream.node.config import load_node_config
 from veilstream.node.daemon import LOG_FILE, NODE_LOCK, Node, read_info, read_token
+from veilstream.node.limits import describe_rate
 from veilstream.node.units import format_ether
 from veilstream.swarm import run
 from veilstream.vault import VaultBusy
@@ -136,6 +137,13 @@ def status(
                       str(c["cheques_accepted"]), format_ether(c["earned_wei"]),
                       str(c["keys_released"]) if c["sells_keys"] else "")
     console.print(table)
+    limits = state.get("limits")
+    if limits and (limits["upload"] or limits["download"] or limits["contents"]):
+        console.print(f"limits: upload {describe_rate(limits['upload'])} · download {describe_rate(limits['download'])}"
+                      f" · {limits['connections']} of {limits['max_connections']} connections")
+        for cid, own in limits["contents"].items():
+            console.print(f"  {cid[:16]}…: upload {describe_rate(own['upload'])} · "
+                          f"download {describe_rate(own['download'])}")
     for s in state["streams"]:
         console.print(f"streaming {s['content_id'][:16]}…: {s['slices_verified']}/{s['slices']} slices verified, "
                       f"paid {format_ether(s['paid_wei'])} of {format_ether(s['budget_wei'])}, "
