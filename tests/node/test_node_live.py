@@ -21,7 +21,8 @@ from veilstream.node.live import RESYNC, ChangeWatch, Event, EventHub
 from veilstream.node.routes.metrics import METRICS, RunningTotal
 
 FIRST_ID = 1_000_000
-EVENT_WAIT_S = 20.0  # the node's poll loop publishes within poll_interval_s; a loaded machine is slower
+EVENT_WAIT_S = 20.0
+KEEPALIVE_S = 0.5  # the module's node: its idle streams send comments often (15 s by default)  # the node's poll loop publishes within poll_interval_s; a loaded machine is slower
 
 
 # -- the hub, without a node ------------------------------------------------------------
@@ -211,25 +212,34 @@ class SseClient:
             headers["Last-Event-ID"] = str(last_event_id)
         self.connection.request("GET", f"/api/v1/events{query}", headers=headers)
         self.response = self.connection.getresponse()
-        self.comments: list[str] = []
 
-    def next_event(self) -> dict | None:
-        """The next event ({"id", "event", "data"}), or None when the stream ended."""
+    def next_record(self) -> dict | None:
+        """The next record up to a blank line (an event, a `retry:`, a comment), or None when
+        the stream ended."""
         fields: dict = {}
-        while True:
-            line = self.response.fp.readline()
-            if not line:
-                return None
+        while line := self.response.fp.readline():
             line = line.decode().rstrip("\n")
             if not line:
-                if "event" in fields:
-                    return fields
-                continue  # a `retry:` or a comment ends here
+                return fields
             if line.startswith(":"):
-                self.comments.append(line)
+                fields["comment"] = line
                 continue
             name, _, value = line.partition(": ")
             fields[name] = json.loads(value) if name == "data" else int(value) if name == "id" else value
+        return None
+
+    def next_event(self) -> dict | None:
+        """The next event ({"id", "event", "data"}), or None when the stream ended."""
+        while (record := self.next_record()) is not None:
+            if "event" in record:
+                return record
+        return None
+
+    def next_comment(self) -> str:
+        while (record := self.next_record()) is not None:
+            if "comment" in record:
+                return record["comment"]
+        raise AssertionError("the stream ended")
 
     def event_where(self, wanted, deadline_s: float = EVENT_WAIT_S) -> dict:
         deadline = time.monotonic() + deadline_s
@@ -277,7 +287,7 @@ def home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def node(home):
-    running = RunningNode(home)
+    running = RunningNode(home, "--set", f"node.events_keepalive_s={KEEPALIVE_S}")
     yield running
     if running.process.poll() is None:
         running.stop()
@@ -323,6 +333,14 @@ def test_an_id_the_node_no_longer_keeps_gets_a_resync_and_the_stream_ends(node):
             assert listener.next_event() is None
         finally:
             listener.close()
+
+
+def test_an_idle_stream_gets_keep_alive_comments(node):
+    listener = SseClient(node)
+    try:
+        assert listener.next_comment() == ": keep-alive"
+    finally:
+        listener.close()
 
 
 def test_a_bad_last_event_id_is_a_clear_400(node):
