@@ -8,14 +8,18 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
+import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from cli_harness import content_id_of, ok, veil
+from cli_harness import chain_flags, content_id_of, free_port, new_vault, ok, require_anvil, start, start_devnet, veil
 from test_node import STOP_LIMIT_S, Home, RunningNode
 from veilstream.node.live import RESYNC, ChangeWatch, Event, EventHub
 from veilstream.node.routes.metrics import METRICS, RunningTotal
@@ -188,6 +192,9 @@ def test_the_watch_follows_a_stream_from_open_to_stopped():
         ("stream", {**progressed, "open": True}), ("payment", {"direction": "signed", "content_id": "bb",
                                                                "paid_wei": 2000})]
     assert watch.changes(a_status()) == [("stream", {"content_id": "bb", "open": False})]
+    quick = a_stream(slices_verified=4, paid_wei=4000)  # paid whole between two looks
+    assert watch.changes(a_status(streams=[quick])) == [
+        ("stream", {**quick, "open": True}), ("payment", {"direction": "signed", "content_id": "bb", "paid_wei": 4000})]
 
 
 @given(st.lists(st.dictionaries(st.sampled_from("abc"), st.integers(0, 1000), max_size=3), max_size=20))
@@ -204,7 +211,7 @@ class SseClient:
     """A reader of the node's event stream over a plain HTTP connection, as a script or an
     EventSource sees it."""
 
-    def __init__(self, node: RunningNode, *, last_event_id: int | None = None, query: str = "",
+    def __init__(self, node, *, last_event_id: int | None = None, query: str = "",
                  timeout_s: float = EVENT_WAIT_S) -> None:
         self.connection = http.client.HTTPConnection("127.0.0.1", node.port, timeout=timeout_s)
         headers = {"Authorization": f"Bearer {node.token}", "Accept": "text/event-stream"}
@@ -217,7 +224,7 @@ class SseClient:
         """The next record up to a blank line (an event, a `retry:`, a comment), or None when
         the stream ended."""
         fields: dict = {}
-        while line := self.response.fp.readline():
+        while line := self.response.readline():  # the body is chunked: read through the response
             line = line.decode().rstrip("\n")
             if not line:
                 return fields
@@ -243,33 +250,46 @@ class SseClient:
 
     def event_where(self, wanted, deadline_s: float = EVENT_WAIT_S) -> dict:
         deadline = time.monotonic() + deadline_s
-        while time.monotonic() < deadline:
-            event = self.next_event()
-            assert event is not None, "the stream ended"
-            if wanted(event):
-                return event
+        while time.monotonic() < deadline:  # keep-alive comments come between events: the deadline holds
+            record = self.next_record()
+            assert record is not None, "the stream ended"
+            if "event" in record and wanted(record):
+                return record
         raise AssertionError(f"no such event within {deadline_s} s")
 
     def close(self) -> None:
         self.connection.close()
 
 
-def post(node: RunningNode, path: str) -> tuple[int, dict]:
-    connection = http.client.HTTPConnection("127.0.0.1", node.port, timeout=30)
+class Endpoint:
+    """A node's API as these helpers need it (a `RunningNode` is one too)."""
+
+    def __init__(self, home: Path, banner: str) -> None:
+        self.port = int(re.search(r"API http://127.0.0.1:(\d+)/api/v1", banner)[1])
+        self.token = (home / "node" / "api-token").read_text().strip()
+
+
+def call(node, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", node.port, timeout=120)
     try:
-        connection.request("POST", path, headers={"Authorization": f"Bearer {node.token}"})
+        connection.request(method, path, body=json.dumps(body) if body is not None else None,
+                           headers={"Authorization": f"Bearer {node.token}", "Content-Type": "application/json"})
         response = connection.getresponse()
         return response.status, json.loads(response.read())
     finally:
         connection.close()
 
 
-def raw_get(node: RunningNode, path: str, headers: dict) -> tuple[int, str, str]:
-    connection = http.client.HTTPConnection("127.0.0.1", node.port, timeout=30)
+def post(node, path: str) -> tuple[int, dict]:
+    return call(node, "POST", path)
+
+
+def raw_get(node, path: str, headers: dict) -> tuple[int, str, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", node.port, timeout=120)
     try:
         connection.request("GET", path, headers=headers)
         response = connection.getresponse()
-        return response.status, response.getheader("content-type", ""), response.read().decode()
+        return response.status, response.getheader("content-type", ""), response.read()
     finally:
         connection.close()
 
@@ -352,7 +372,7 @@ def test_a_bad_last_event_id_is_a_clear_400(node):
 def test_metrics_are_prometheus_text_with_the_node_figures(node):
     status, content_type, text = raw_get(node, "/api/v1/metrics", {"Authorization": f"Bearer {node.token}"})
     assert status == 200 and content_type.startswith("text/plain")
-    families = {f.name: f for f in text_string_to_metric_families(text)}
+    families = {f.name: f for f in text_string_to_metric_families(text.decode())}
     assert set(families) == {name for name, _, _ in METRICS}  # ours alone: no process or platform collector
     value = {name: f.samples[0].value for name, f in families.items() if f.samples and not f.samples[0].labels}
     assert value["veil_chain_up"] == 1 and value["veil_contents_seeded"] == 1 and value["veil_streams_open"] == 0
@@ -385,3 +405,94 @@ def test_sigterm_with_a_client_listening_exits_cleanly_within_ten_seconds(node):
         assert "graceful shutdown exceeded" not in log  # it ended by itself, not at the drain timeout
     finally:
         listener.close()
+
+
+# -- two real nodes on a devnet: a paid stream, live -----------------------------------------
+SLICE = 16 * 1024
+PRICE_WEI = 10**12
+
+
+def metric_values(node) -> dict[str, float]:
+    status, _, text = raw_get(node, "/api/v1/metrics", {"Authorization": f"Bearer {node.token}"})
+    assert status == 200
+    return {s.name: s.value for f in text_string_to_metric_families(text.decode()) for s in f.samples if not s.labels}
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    require_anvil()
+    tmp = tmp_path_factory.mktemp("live-two")
+    creator, viewer = tmp / "creator", tmp / "viewer"
+    for home in (creator, viewer):
+        new_vault(home)
+    port, directory = free_port(), tmp / "devnet"
+    chain = chain_flags(port, directory)
+    node_chain = ["--set", f"node.chain_rpc_url=http://127.0.0.1:{port}",
+                  "--set", f"node.chain_deployment={directory / 'devnet.json'}",
+                  "--set", f"node.events_keepalive_s={KEEPALIVE_S}"]
+    devnet, _ = start_devnet(creator, port, directory)
+    processes = [devnet]
+    try:
+        plaintext = os.urandom(6 * (SLICE - 16) + 100)
+        (tmp / "clip.bin").write_bytes(plaintext)
+        ok(veil(creator, "wallet", "faucet", "1", *chain))
+        published = ok(veil(creator, "publish", str(tmp / "clip.bin"), "--slice-size", "16KiB",
+                            "--price", f"{PRICE_WEI}wei", *chain))
+        ok(veil(viewer, "wallet", "faucet", "1", *chain))
+        ok(veil(viewer, "wallet", "deposit", "0.1", *chain))
+        creator_node, creator_banner = start(creator, "up", "--api-port", "0", *node_chain, ready="API ")
+        processes.append(creator_node)
+        viewer_node, viewer_banner = start(viewer, "up", "--api-port", "0", *node_chain, ready="API ")
+        processes.append(viewer_node)
+        peers_at = re.search(r"peers at (\S+:\d+)", creator_banner)[1]
+        magnet = re.search(r"(magnet:\?\S+)", published)[1]
+        yield dict(plaintext=plaintext, cid=content_id_of(published),
+                   magnet=f"{magnet}&x.pe={peers_at}",
+                   creator=Endpoint(creator, creator_banner), viewer=Endpoint(viewer, viewer_banner))
+    finally:
+        for process in reversed(processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.communicate(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+def test_a_paid_stream_shows_its_progress_payments_and_figures_live(two_nodes):
+    creator, viewer, cid = two_nodes["creator"], two_nodes["viewer"], two_nodes["cid"]
+    creator_events, viewer_events = SseClient(creator), SseClient(viewer)
+    try:
+        status, opened = call(viewer, "POST", "/api/v1/streams", {"content": two_nodes["magnet"]})
+        assert status == 201, opened
+        status, _, data = raw_get(viewer, f"/api/v1/contents/{cid}/media", {"Authorization": f"Bearer {viewer.token}"})
+        assert status == 200 and data == two_nodes["plaintext"]
+        slices = opened["slices"]
+        done = viewer_events.event_where(lambda e: e["event"] == "stream" and e["data"]["open"]
+                                         and e["data"]["slices_verified"] == slices)
+        assert done["data"]["content_id"] == cid and done["data"]["key_deliveries"] > 0
+        viewer_events.event_where(lambda e: e["event"] == "payment" and e["data"]["direction"] == "signed"
+                                  and e["data"]["content_id"] == cid and e["data"]["paid_wei"] > 0)
+        taken = creator_events.event_where(lambda e: e["event"] == "payment" and e["data"]["direction"] == "accepted"
+                                           and e["data"]["cheques_accepted"] > 0)
+        assert taken["data"]["content_id"] == cid and taken["data"]["earned_wei"] > 0
+
+        watched = metric_values(viewer)
+        assert watched["veil_streams_open"] == 1 and watched["veil_slices_paid_total"] > 0
+        assert watched["veil_cheques_signed_total"] > 0 and watched["veil_key_deliveries_total"] > 0
+        assert watched["veil_downloaded_bytes_total"] >= len(two_nodes["plaintext"])
+        served = metric_values(creator)
+        assert served["veil_cheques_accepted_total"] > 0 and served["veil_keys_released_total"] > 0
+        assert served["veil_uploaded_bytes_total"] >= len(two_nodes["plaintext"]) and served["veil_earned_wei"] > 0
+        assert served["veil_uncashed_wei"] + served["veil_cashed_wei_total"] > 0
+
+        assert call(viewer, "DELETE", f"/api/v1/streams/{cid}")[0] == 200
+        viewer_events.event_where(lambda e: e["event"] == "stream" and e["data"] == {"content_id": cid, "open": False})
+        after = metric_values(viewer)
+        assert after["veil_streams_open"] == 0
+        for counter in ("veil_slices_paid_total", "veil_cheques_signed_total", "veil_key_deliveries_total",
+                        "veil_downloaded_bytes_total"):
+            assert after[counter] >= watched[counter], counter  # a stopped stream's figures stay counted
+    finally:
+        creator_events.close()
+        viewer_events.close()

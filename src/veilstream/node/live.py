@@ -220,7 +220,7 @@ class ChangeWatch:
             old = before.get(cid)
             if old != stats:
                 yield "stream", {**stats, "open": True}
-            if old is not None and old["paid_wei"] != stats["paid_wei"]:
+            if (old["paid_wei"] if old is not None else 0) != stats["paid_wei"]:  # a new stream may have paid already
                 yield "payment", {"direction": "signed", "content_id": cid, "paid_wei": stats["paid_wei"]}
 
 
