@@ -378,8 +378,10 @@ def test_metrics_are_prometheus_text_with_the_node_figures(node):
     assert value["veil_chain_up"] == 1 and value["veil_contents_seeded"] == 1 and value["veil_streams_open"] == 0
     assert families["veil_uploaded_bytes"].type == "counter"
     assert families["veil_uploaded_bytes"].samples[0].name == "veil_uploaded_bytes_total"
-    assert all(s.labels["content"] and len(s.labels["content"]) == 16
-               for s in families["veil_content_uploaded_bytes"].samples)
+    per_content = families["veil_content_uploaded_bytes"].samples
+    assert per_content and all(len(s.labels["content"]) == 16 for s in per_content)  # the seeded content's
+    paths = node.get("/api/v1/openapi.json")[1]["paths"]
+    assert {"/api/v1/events", "/api/v1/snapshot", "/api/v1/metrics"} <= set(paths)
 
 
 @pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/snapshot", "/api/v1/metrics"])
