@@ -212,7 +212,7 @@ class Node:
             self.api_url = f"http://{shown_host}:{port}"
             app = create_app(self)
             server = _ApiServer(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
-                                                   timeout_graceful_shutdown=API_DRAIN_S))
+                                               timeout_graceful_shutdown=API_DRAIN_S))
             group = await stack.enter_async_context(asyncio.TaskGroup())
             api = group.create_task(server.serve(sockets=[api_socket]), name="node-api")
             cashier = group.create_task(self.seller.cashier.supervise(), name="node-cashier")
