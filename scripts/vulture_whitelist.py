@@ -63,3 +63,6 @@ _.show  # node/cli/config_cmds.py: `veil config show` (typer)
 _.exc_text
 _.capture_signals
 _.should_exit
+# prometheus_client's registry calls a custom collector's describe and collect (node/routes/metrics.py).
+_.describe
+_.collect

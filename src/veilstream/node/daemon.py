@@ -42,6 +42,7 @@ from veilstream.node.api import allowed_hosts, create_app
 from veilstream.node.config import Config
 from veilstream.node.hints import magnet_hints
 from veilstream.node.limits import NodeLimits
+from veilstream.node.live import Live
 from veilstream.node.selling import Seller
 from veilstream.node.units import parse_amount
 from veilstream.node.watching import Viewing
@@ -55,6 +56,9 @@ TOKEN_FILE = Path("node") / "api-token"
 INFO_FILE = Path("node") / "node.json"
 PAUSED_FILE = Path("node") / "paused.json"  # content ids the user paused: they stay paused across restarts
 LOG_FILE = Path("logs") / "node.log"
+# After a stop, open responses get this long to end: a live-events client that stopped
+# reading would otherwise hold the shutdown forever.
+API_DRAIN_S = 3.0
 WALLET_LOCK_WAIT_S = 60.0  # another process of this vault is sending: each send holds the lock for one RPC round
 
 
@@ -124,6 +128,8 @@ class Node:
         self._stop: asyncio.Event | None = None
         self.viewings: dict[str, Viewing] = {}  # content id → its paid stream
         self._viewing_locks: dict[str, ExitStack] = {}
+        # ids from the start time (µs): an id a client kept from an earlier run is always older
+        self.live = Live(self.settings.events_kept, first_id=time.time_ns() // 1000)
 
     # -- opening (sync) ---------------------------------------------------------------------
     @classmethod
@@ -208,7 +214,8 @@ class Node:
             shown_host = f"[{host}]" if ":" in host else host
             self.api_url = f"http://{shown_host}:{port}"
             app = create_app(self)
-            server = _ApiServer(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+            server = _ApiServer(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+                                               timeout_graceful_shutdown=API_DRAIN_S))
             group = await stack.enter_async_context(asyncio.TaskGroup())
             api = group.create_task(server.serve(sockets=[api_socket]), name="node-api")
             cashier = group.create_task(self.seller.cashier.supervise(), name="node-cashier")
@@ -226,12 +233,14 @@ class Node:
             interval = self.settings.poll_interval_s
             while not stop.is_set():
                 self.seller.poll(loop.time())
+                self.live.look(self.status())
                 try:
                     async with asyncio.timeout(interval):
                         await stop.wait()
                 except TimeoutError:
                     pass
             log.info("node stopping")
+            self.live.hub.close()  # open event streams end, so the API server can stop
             server.should_exit = True
             cashier.cancel()  # what is left is cashed after the loop, in `finish`
             for cid in list(self.viewings):

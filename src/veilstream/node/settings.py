@@ -31,11 +31,18 @@ class NodeSettings:
     # (a player retries; the BEP 3 peer timeout is two minutes, a stream window is seconds).
     media_stall_timeout_s: float = 60.0
     poll_interval_s: float = 0.25  # how often the node looks after grants, the chain watch and due cheques
+    # Live events (/api/v1/events) kept for clients that reconnect; one further behind resyncs
+    # from the snapshot (qBittorrent keeps a client's last state the same way, per `rid`).
+    events_kept: int = 1000
+    # An idle event stream sends a comment this often, so proxies and browsers keep it open.
+    events_keepalive_s: float = 15.0
 
     def __post_init__(self) -> None:
         if not self.api_host:
             raise NodeSettingsError("api_host must name an address to listen on, such as 127.0.0.1")
         if self.stop_timeout_s <= 0 or self.poll_interval_s <= 0:
             raise NodeSettingsError("stop_timeout_s and poll_interval_s must be positive numbers of seconds")
+        if self.events_kept < 1 or self.events_keepalive_s <= 0:
+            raise NodeSettingsError("events_kept must be at least 1 and events_keepalive_s a positive number of seconds")
         if self.log_max_bytes < 4096 or self.log_files_kept < 1:
             raise NodeSettingsError("log_max_bytes must be at least 4096 and log_files_kept at least 1")

@@ -162,6 +162,16 @@ class Viewing:
         self.stall_timeout_s = stall_timeout_s
         self._reads = 0  # a new read makes the one before it stop at its next slice
         self.closed = False
+        # for the node's metrics: cheques this stream signed, reads that gave up stalled
+        self.cheques_signed = self.stalls = 0
+        keep = stream.on_cheque_signed
+
+        def count_signed(signed) -> None:
+            if keep is not None:
+                keep(signed)
+            self.cheques_signed += 1
+
+        stream.on_cheque_signed = count_signed
 
     @classmethod
     async def start(cls, node: SwarmNode, vault, identity, client, ledger: ChequeLedger, cid: str, *,
@@ -233,6 +243,7 @@ class Viewing:
                                       "one with a larger budget")
                 left = deadline - asyncio.get_running_loop().time()
                 if left <= 0:
+                    self.stalls += 1
                     raise Stalled(f"no verified slice {index} within {self.stall_timeout_s:g} s "
                                   f"({self.transfer.peers} sources connected)")
                 done, _ = await asyncio.wait({waiting}, timeout=min(left, BUDGET_CHECK_S))
