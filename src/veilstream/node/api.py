@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from veilstream.errors import VeilError
-from veilstream.node.routes import contents, streams
+from veilstream.node.routes import contents, streams, wallet
 
 if TYPE_CHECKING:
     from veilstream.node.daemon import Node
@@ -63,7 +63,7 @@ def create_app(node: Node) -> FastAPI:
         """Peers, contents seeding and streaming, earnings, chain connectivity."""
         return node.status()
 
-    for module in (contents, streams):
+    for module in (contents, streams, wallet):
         app.include_router(module.router(node), prefix=API_PREFIX)
     return app
 
