@@ -30,7 +30,6 @@ SLICES = 6
 PRICE_WEI = 10**15  # 0.001 ETH a slice: a stream's cheques are worth their gas, and far below the threshold
 CASH_THRESHOLD_WEI = 10**18  # the creator's node cashes by no threshold here: only when asked or when due
 WAIT_S = 60.0
-HOUR_S = 3600
 
 
 class NodeApi:
@@ -68,6 +67,7 @@ class ChainLink:
         self.target = ("127.0.0.1", target_port)
         self.port = free_port()
         self.stalled = False
+        self.held = 0  # connections taken while stalled
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
@@ -92,7 +92,7 @@ class ChainLink:
         self._drop()
 
     def stall(self) -> None:
-        self.stalled = True
+        self.stalled, self.held = True, 0
         self._drop()
 
     def close(self) -> None:
@@ -127,6 +127,7 @@ class ChainLink:
                 return
             self._keep(near)
             if self.stalled:
+                self.held += 1
                 continue  # held open, never answered
             try:
                 far = socket.create_connection(self.target)
@@ -430,26 +431,25 @@ def test_a_withdrawal_request_makes_the_node_cash_that_viewers_cheques_before_th
 def test_a_chain_that_does_not_answer_is_a_503_in_words_and_the_api_stays_up(net):
     # runs last: it cuts the viewer's node off the chain, then joins it again
     viewer, link = net["viewer"], net["link"]
-    link.stall()  # the chain takes the connection and says nothing: each call waits out its 3 s timeout
+    link.stall()  # the chain takes the connection and says nothing
     try:
         outcome = {}
         asking = threading.Thread(target=lambda: outcome.update(answer=viewer.json("GET", "wallet")))
         asking.start()
         try:
-            started = time.monotonic()
+            wait_for(lambda: link.held, "the node asks the silent chain")
             status, health = viewer.json("GET", "health", token=None, timeout_s=5)  # not held up behind it
-            assert status == 200 and health == {"status": "ok"} and time.monotonic() - started < 2
+            assert status == 200 and health == {"status": "ok"}
             assert viewer.json("GET", "streams", timeout_s=5)[0] == 200
+            assert asking.is_alive()  # the wallet still waits for the chain meanwhile
         finally:
+            link.cut()  # now nothing listens: refused at once
             asking.join(timeout=60)
         status, answer = outcome["answer"]
-        assert status == 503 and "does not answer (timed out)" in answer["error"], answer
-
-        link.cut()  # nothing listens: refused at once
-        for method, path, body in (("GET", "wallet", None), ("POST", "wallet/deposit", {"amount": "0.001"}),
-                                   ("GET", "wallet/pending", None), ("GET", "earnings", None)):
+        assert status == 503 and "does not answer" in answer["error"], answer
+        for method, path, body in (("POST", "wallet/deposit", {"amount": "0.001"}), ("GET", "earnings", None)):
             status, answer = viewer.json(method, path, body)
-            assert status == 503 and "does not answer" in answer["error"], (path, answer)
+            assert status == 503 and "does not answer (connection refused)" in answer["error"], (path, answer)
     finally:
         link.restore()
     wait_for(lambda: viewer.json("GET", "wallet")[0] == 200, "the wallet answers again")
