@@ -28,6 +28,7 @@ from veilstream.chain.client import (
     Receipt,
     RejectReason,
     SealedDelivery,
+    SentTransaction,
 )
 from veilstream.chain.client_settings import ChainClientSettings
 from veilstream.chain.deployment import ChainSettings, Deployment
@@ -67,6 +68,7 @@ __all__ = [
     "Receipt",
     "RejectReason",
     "SealedDelivery",
+    "SentTransaction",
     "SignedCheque",
     "content_id_bytes",
     "open_chain",

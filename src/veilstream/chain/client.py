@@ -164,6 +164,15 @@ class SealedDelivery:
 
 
 @dataclass(frozen=True)
+class SentTransaction:
+    """Who sent a mined transaction and what its gas cost them."""
+
+    sender: str
+    fee_wei: int
+    block_number: int
+
+
+@dataclass(frozen=True)
 class PendingWithdrawal:
     amount: int
     unlock_at: int
@@ -567,6 +576,13 @@ class ChainClient:
 
     def block_timestamp(self, block_number: int) -> int:
         return int(self._call_rpc(lambda: self.w3.eth.get_block(int(block_number)))["timestamp"])
+
+    def transaction(self, tx_hash: bytes) -> SentTransaction:
+        """The sender and the fee of a mined transaction (one of `events()`'s, say)."""
+        tx = self._call_rpc(lambda: self.w3.eth.get_transaction(HexBytes(tx_hash)))
+        receipt = self._call_rpc(lambda: self.w3.eth.get_transaction_receipt(HexBytes(tx_hash)))
+        fee = int(receipt["gasUsed"]) * int(receipt.get("effectiveGasPrice") or 0)
+        return SentTransaction(to_checksum_address(tx["from"]), fee, int(receipt["blockNumber"]))
 
     def gas_price(self) -> int:
         """What a transaction sent now pays per gas: the latest base fee plus the tip, as

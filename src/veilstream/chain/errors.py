@@ -23,3 +23,5 @@ class ChequeError(ChainError):
 
 class ChainUnavailable(ChainError):
     """The chain endpoint cannot be reached, or holds no Veilstream contracts."""
+
+    http_status = 503  # the node's API: the chain, not the request, is at fault

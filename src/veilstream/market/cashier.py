@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from hashlib import sha256
 
 from veilstream.chain.cheque import SignedCheque
-from veilstream.chain.client import AnchorKind, ChainClient, Guarantee
+from veilstream.chain.client import AnchorKind, CashResult, ChainClient, Guarantee
 from veilstream.chain.errors import ChainError, ChainUnavailable
 from veilstream.chain.ledger import ChequeLedger, Direction
 from veilstream.market.settings import MarketSettings
@@ -233,16 +233,27 @@ class Cashier:
         self._reap()
         return not self._pending
 
+    def cash_now(self, *, ignore_gas: bool = False) -> list[Future]:
+        """Hand every uncashed cheque to the worker: what is due whatever the gas, the rest if
+        it is worth its gas (all of it with `ignore_gas`). Returns the batches' futures: each
+        gives its `CashResult`, or None if the gas rule held the batch back."""
+        self._reap()
+        now = self._clock()
+        due = [k for k in self._latest if self._uncashed(k)
+               and (ignore_gas or k in self._must_cash or self._deadlines.get(k, math.inf) <= now)]
+        return self._submit_batch(due, ratio=0.0 if ignore_gas else self._due_ratio) + self._submit_batch()
+
+    def send(self, work, *args) -> Future:
+        """Chain work of this account whose caller waits for it and takes its error (a deposit
+        asked through the API, say), in order with the cashing: one thread sends this
+        account's transactions."""
+        return self._worker.submit(work, *args)
+
     def cash_pending(self, *, ignore_gas: bool = False) -> None:
         """Cash what is held and wait for it: what is due whatever the gas, the rest if it is
         worth its gas (all of it with `ignore_gas`). A batch that fails is tried once more."""
         for _attempt in range(2):
-            self._reap()
-            now = self._clock()
-            due = [k for k in self._latest if self._uncashed(k)
-                   and (ignore_gas or k in self._must_cash or self._deadlines.get(k, math.inf) <= now)]
-            self._submit_batch(due, ratio=0.0 if ignore_gas else self._due_ratio)
-            self._submit_batch()
+            self.cash_now(ignore_gas=ignore_gas)
             self._worker.submit(lambda: None).result()
             self._reap()
             if not any(self._uncashed(k) and k not in self._held_back for k in self._latest):
@@ -274,24 +285,27 @@ class Cashier:
         signed = self._latest.get(key)
         return signed is not None and signed.cheque.cumulative_amount > self._submitted.get(key, 0)
 
-    def _submit_batch(self, keys: list[tuple] | None = None, ratio: float | None = None) -> None:
+    def _submit_batch(self, keys: list[tuple] | None = None, ratio: float | None = None) -> list[Future]:
         """Hand the uncashed cheques of `keys` (default: all) to the worker, in batches,
         cashed if they bring in `ratio` × their gas (default: the setting; 0: whatever the gas)."""
         chosen = self._latest if keys is None else {k: self._latest[k] for k in keys if k in self._latest}
         batch = [s for k, s in chosen.items() if s.cheque.cumulative_amount > self._submitted.get(k, 0)]
+        handed: list[Future] = []
         for start in range(0, len(batch), MAX_CHEQUES_PER_BATCH):
             part = batch[start : start + MAX_CHEQUES_PER_BATCH]
             before = {s.cheque.key: self._submitted.get(s.cheque.key, 0) for s in part}
             for signed in part:
                 self._submitted[signed.cheque.key] = signed.cheque.cumulative_amount
                 self._held_back.pop(signed.cheque.key, None)
-            self._hand_over(self._worker.submit(self._cash, part, before, ratio))
+            handed.append(self._worker.submit(self._cash, part, before, ratio))
+            self._hand_over(handed[-1])
+        return handed
 
-    def _cash(self, batch: list[SignedCheque], before: dict[tuple, int], ratio: float | None) -> None:
+    def _cash(self, batch: list[SignedCheque], before: dict[tuple, int], ratio: float | None) -> CashResult | None:
         try:
             if ratio != 0.0 and self._hold_back(batch, before, ratio):
                 self._hand_back(batch, before)
-                return
+                return None
             result = self.client.cash(batch)
         except ChainError:
             self._hand_back(batch, before)  # not cashed: hand it over again next time
@@ -308,6 +322,7 @@ class Cashier:
                 self._must_cash.discard(signed.cheque.key)
         for key, reason in result.rejected:
             log.warning("cheque %s rejected on chain: %s", key, reason.name)
+        return result
 
     def _hold_back(self, batch: list[SignedCheque], before: dict[tuple, int], ratio: float | None = None) -> bool:
         """The gas rule: whether `batch` brings in too little for its gas at today's price

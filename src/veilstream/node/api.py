@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from veilstream.errors import VeilError
-from veilstream.node.routes import contents, events, limits, metrics, streams
+from veilstream.node.routes import contents, events, limits, metrics, streams, wallet
 
 if TYPE_CHECKING:
     from veilstream.node.daemon import Node
@@ -68,7 +68,7 @@ def create_app(node: Node) -> FastAPI:
         """Peers, contents seeding and streaming, earnings, chain connectivity."""
         return node.status()
 
-    for module in (contents, limits, streams, events, metrics):
+    for module in (contents, limits, streams, wallet, events, metrics):
         app.include_router(module.router(node), prefix=API_PREFIX)
     return app
 

@@ -26,7 +26,9 @@ def parse_amount(text: str) -> int:
         value = Decimal(raw) * UNITS[unit]
     except InvalidOperation:
         raise ChainError(f"{text!r} is not an amount: write e.g. 0.5, 0.5eth, 20gwei or 1000wei") from None
-    if value < 0 or value != value.to_integral_value():
+    if value < 0:
+        raise ChainError(f"{text!r} is negative: an amount is 0 or more")
+    if value != value.to_integral_value():
         raise ChainError(f"{text!r} is not a whole number of wei")
     return int(value)
 

@@ -18,10 +18,12 @@ from rich.table import Table
 
 from veilstream.chain import ChainError, ChequeLedger, Devnet, Direction, open_chain
 from veilstream.chain.devnet import DEFAULT_PORT
-from veilstream.market.cashier import Cashier, HeldBack, claim_if_worth_it
+from veilstream.market.cashier import Cashier
 from veilstream.market.settings import MarketSettings
+from veilstream.node import wallet as account
 from veilstream.node.cli.common import console, err_console, open_vault, this_command, unlock_identity, veil_home
 from veilstream.node.units import format_ether, format_gas, parse_amount
+from veilstream.node.wallet import cheques, held_back_lines, short, utc, when
 
 DEFAULT_FAUCET = "10"
 WALLET_LOCK_WAIT_S = 60.0  # another process of this vault is sending: each send holds the lock for one RPC round
@@ -53,45 +55,8 @@ def parse_duration(text: str) -> int:
     return int(number) * DURATION_UNITS[unit]
 
 
-def _cheques(count: int) -> str:
-    return f"{count} cheque" + ("" if count == 1 else "s")
-
-
-def _utc(unix_s: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(unix_s)) + " UTC"
-
-
-def _short(content_id: bytes) -> str:
-    return content_id.hex()[:16] + "…" if any(content_id) else "(direct)"
-
-
-def held_back_lines(cheques: HeldBack | None, earnings: HeldBack | None,
-                    settings: MarketSettings = MarketSettings()) -> list[str]:
-    """What the gas rule left for later, and how to get it anyway."""
-    share = f"1/{settings.min_cash_gain_ratio:g}"
-    lines = []
-    if cheques is not None:
-        why = ("more than they are worth" if cheques.gas_wei >= cheques.amount_wei
-               else f"more than {share} of what they bring in")
-        line = (f"left uncashed: {format_ether(cheques.amount_wei)} in {_cheques(cheques.cheques)} "
-                f"(gas {format_gas(cheques.gas_wei)} would cost {why}); they stay in the ledger and are cashed "
-                "by a later run or `veil wallet cash` (`--all`: whatever the gas)")
-        if cheques.due_by is not None:
-            line += f"; cash them before {_utc(cheques.due_by)}, when a lane they count on ends"
-        lines.append(line)
-    if earnings is not None:
-        why = "more than they are worth" if earnings.gas_wei >= earnings.amount_wei else f"more than {share} of them"
-        lines.append(f"left unclaimed: {format_ether(earnings.amount_wei)} of earnings "
-                     f"(gas {format_gas(earnings.gas_wei)} would cost {why}); `veil wallet claim --all` claims them anyway")
-    return lines
-
-
-def _when(unlock_at: int, now: int) -> str:
-    if unlock_at <= now:
-        return "now"
-    left = unlock_at - now
-    hours, rest = divmod(left, 3600)
-    return f"in {hours}h {rest // 60:02d}m" if hours else f"in {rest // 60}m {rest % 60:02d}s"
+def _ledger(vault) -> ChequeLedger:
+    return ChequeLedger(Path(vault.home) / "chain" / "cheques.sqlite")
 
 
 @contextmanager
@@ -112,57 +77,21 @@ def _wallet_lock(vault):
     return lambda address: vault.hold(f"wallet-{address.lower()}", purpose, wait_s=WALLET_LOCK_WAIT_S)
 
 
-def _ledger(vault) -> ChequeLedger:
-    return ChequeLedger(Path(vault.home) / "chain" / "cheques.sqlite")
+def _signed(vault, client) -> list:
+    """The latest cheque this account signed to each payee, from the vault's ledger."""
+    return _latest(vault, client, Direction.ISSUED)
 
 
-def _committed(vault, client) -> dict[bytes, int]:
-    """content id → what the cheques this account signed for it commit and the chain has
-    not cashed yet (the ledger's latest cheques less what is cashed)."""
+def _received(vault, client) -> list:
+    return _latest(vault, client, Direction.RECEIVED)
+
+
+def _latest(vault, client, direction: Direction) -> list:
     ledger = _ledger(vault)
     try:
-        issued = [s.cheque for s in ledger.latest(client.cheque_domain, Direction.ISSUED)]
+        return ledger.latest(client.cheque_domain, direction)
     finally:
         ledger.close()
-    committed: dict[bytes, int] = {}
-    for c in issued:
-        if c.viewer == client.address:
-            left = c.cumulative_amount - client.cashed(c.viewer, c.content_id, c.seeder)
-            if left > 0:
-                committed[c.content_id] = committed.get(c.content_id, 0) + left
-    return committed
-
-
-HISTORY_KINDS = {Direction.ISSUED: "paid in cheques", Direction.RECEIVED: "earned in cheques"}
-
-
-def _history(vault, client) -> list[dict]:
-    """What this account spent and earned (see `veil wallet history`), newest first."""
-    me = client.address
-    ledger = _ledger(vault)
-    try:
-        recorded = ledger.history(client.cheque_domain)
-    finally:
-        ledger.close()
-    rows = []
-    for entry in recorded:
-        c = entry.signed.cheque
-        if me not in (c.viewer, c.seeder):
-            continue
-        rows.append({"when": entry.recorded_at, "kind": HISTORY_KINDS[entry.direction], "content_id": c.content_id.hex(),
-                     "counterparty": c.seeder if entry.direction is Direction.ISSUED else c.viewer,
-                     "amount_wei": c.cumulative_amount, "cashed_wei": client.cashed(c.viewer, c.content_id, c.seeder)})
-    for event in client.events(names=["GrantOpened"]).events:
-        if event.args["buyer"] != me:
-            continue
-        grant = client.grant(event.args["grant_id"])
-        content_id = bytes(event.args["content_id"])
-        rows.append({"when": client.block_timestamp(event.block_number), "kind": "bought a grant",
-                     "content_id": content_id.hex(), "counterparty": client.payout_terms(content_id)[0],
-                     "amount_wei": int(event.args["amount"]), "grant_id": int(event.args["grant_id"]),
-                     "state": grant.state.name.lower() if grant else "unknown"})
-    rows.sort(key=lambda row: row["when"] or 0, reverse=True)
-    return rows
 
 
 def _describe(client) -> str:
@@ -192,25 +121,21 @@ def register(app: typer.Typer) -> None:
     def wallet_balance(rpc: ChainRpc = None, deployment: ChainDeployment = None) -> None:
         """Your ether, your deposit for cheques, what your cheques commit, any withdrawal under way, and earnings."""
         with _client(rpc, deployment) as (vault, client):
-            me = client.address
-            committed = _committed(vault, client)
-            table = Table(show_header=False, box=None)
-            table.add_row("address", me)
-            table.add_row("account", format_ether(client.balance()))
-            table.add_row("deposit", format_ether(client.deposit_of()))
-            table.add_row("held in lanes", f"{format_ether(client.held_of())} (`veil wallet lanes`)")
-            table.add_row("committed in cheques", f"{format_ether(sum(committed.values()))} signed, not yet cashed "
-                                                  "(`veil wallet history`)")
-            for content_id, wei in sorted(committed.items()):
-                table.add_row("", f"{format_ether(wei)} for {_short(content_id)}")
-            pending = client.pending_withdrawal()
-            if pending:
-                table.add_row(
-                    "withdrawal",
-                    f"{format_ether(pending.amount)} executable {_when(pending.unlock_at, client.timestamp())}",
-                )
-            table.add_row("earnings", f"{format_ether(client.earnings())} (claim with `veil wallet claim`)")
-            console.print(table)
+            state = account.wallet_state(client, _signed(vault, client))
+        table = Table(show_header=False, box=None)
+        table.add_row("address", state.address)
+        table.add_row("account", format_ether(state.balance_wei))
+        table.add_row("deposit", format_ether(state.deposit_wei))
+        table.add_row("held in lanes", f"{format_ether(state.held_wei)} (`veil wallet lanes`)")
+        table.add_row("committed in cheques", f"{format_ether(sum(state.committed.values()))} signed, not yet cashed "
+                                              "(`veil wallet history`)")
+        for content_id, wei in sorted(state.committed.items()):
+            table.add_row("", f"{format_ether(wei)} for {short(content_id)}")
+        if state.withdrawal:
+            table.add_row("withdrawal", f"{format_ether(state.withdrawal.amount)} executable "
+                                        f"{when(state.withdrawal.unlock_at, state.now)}")
+        table.add_row("earnings", f"{format_ether(state.earnings_wei)} (claim with `veil wallet claim`)")
+        console.print(table)
 
     @wallet.command("deposit")
     def wallet_deposit(
@@ -221,7 +146,7 @@ def register(app: typer.Typer) -> None:
         """Deposit ether behind your cheques."""
         wei = parse_amount(amount)
         with _client(rpc, deployment) as (_vault, client):
-            client.deposit(wei)
+            account.deposit(client, wei)
             console.print(f"deposited {format_ether(wei)}; deposit is now {format_ether(client.deposit_of())}")
 
     @withdraw.command("request")
@@ -232,65 +157,42 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Ask for your deposit back; it can be executed after the withdrawal delay."""
         with _client(rpc, deployment) as (_vault, client):
-            already = client.pending_withdrawal()
-            if already is not None:  # before any gas is spent on a request the Wallet refuses
-                raise ChainError(f"a withdrawal of {format_ether(already.amount)} is already requested (executable "
-                                 f"{_when(already.unlock_at, client.timestamp())}): `veil wallet withdraw execute` "
-                                 "it, or `veil wallet withdraw cancel` it first")
-            free = client.deposit_of()  # lanes hold the rest apart from it
-            wei = free if amount.strip().lower() == "all" else parse_amount(amount)
-            if wei > free or wei == 0:
-                raise ChainError(f"your free deposit is {format_ether(free)} ({format_ether(client.held_of())} more is "
-                                 "held in lanes: `veil wallet lanes`)")
-            client.request_withdrawal(wei)
-            pending = client.pending_withdrawal()
+            _receipt, pending = account.request_withdrawal(client, amount)
             console.print(
-                f"withdrawal of {format_ether(wei)} requested; execute it "
-                f"{_when(pending.unlock_at, client.timestamp())} with `veil wallet withdraw execute`"
+                f"withdrawal of {format_ether(pending.amount)} requested; execute it "
+                f"{when(pending.unlock_at, client.timestamp())} with `veil wallet withdraw execute`"
             )
 
     @withdraw.command("execute")
     def withdraw_execute(rpc: ChainRpc = None, deployment: ChainDeployment = None) -> None:
         """Receive the requested withdrawal (less any cheques cashed meanwhile)."""
         with _client(rpc, deployment) as (_vault, client):
-            pending = client.pending_withdrawal()
-            if pending is None:
-                raise ChainError("no withdrawal requested: run `veil wallet withdraw request AMOUNT` first")
-            now = client.timestamp()
-            if pending.unlock_at > now:
-                raise ChainError(
-                    f"the withdrawal is time-locked: it can be executed {_when(pending.unlock_at, now)}"
-                )
-            receipt = client.execute_withdrawal()
-            amount = receipt.named("Withdrawn")[0].args["amount"]
+            amount, _receipt = account.execute_withdrawal(client)
             console.print(f"withdrew {format_ether(amount)}")
 
     @withdraw.command("cancel")
     def withdraw_cancel(rpc: ChainRpc = None, deployment: ChainDeployment = None) -> None:
         """Cancel a requested withdrawal."""
         with _client(rpc, deployment) as (_vault, client):
-            client.cancel_withdrawal()
+            account.cancel_withdrawal(client)
             console.print("withdrawal cancelled")
 
     @wallet.command("pending")
     def wallet_pending(rpc: ChainRpc = None, deployment: ChainDeployment = None) -> None:
         """Cheques you received and have not cashed yet."""
         with _client(rpc, deployment) as (vault, client):
-            ledger = _ledger(vault)
-            try:
-                pending = ledger.pending(client)
-            finally:
-                ledger.close()
-            if not pending:
-                console.print("no uncashed cheques")
-                return
-            table = Table("viewer", "content", "payee", "uncashed")
-            for item in pending:
-                c = item.signed.cheque
-                content = c.content_id.hex()[:16] + "…" if any(c.content_id) else "(direct)"
-                table.add_row(c.viewer, content, c.seeder, format_ether(item.uncashed))
-            console.print(table)
-            console.print(f"total {format_ether(sum(p.uncashed for p in pending))}; cash with `veil wallet cash`")
+            pending = account.uncashed(client, _received(vault, client))
+            now = client.timestamp() if pending else 0
+        if not pending:
+            console.print("no uncashed cheques")
+            return
+        table = Table("viewer", "content", "payee", "uncashed", "cash by")
+        for item in pending:
+            c = item.signed.cheque
+            due = f"{utc(item.due_by)} ({when(item.due_by, now)})" if item.due_by is not None else "-"
+            table.add_row(c.viewer, short(c.content_id), c.seeder, format_ether(item.uncashed_wei), due)
+        console.print(table)
+        console.print(f"total {format_ether(sum(p.uncashed_wei for p in pending))}; cash with `veil wallet cash`")
 
     @wallet.command("cash")
     def wallet_cash(
@@ -314,7 +216,7 @@ def register(app: typer.Typer) -> None:
                 return
             if cashier.failures and not cashier.cheques_cashed:
                 raise ChainError(f"cashing failed: {cashier.failures[-1]}")
-            console.print(f"cashed {_cheques(cashier.cheques_cashed)} for {format_ether(cashier.paid_wei)}; "
+            console.print(f"cashed {cheques(cashier.cheques_cashed)} for {format_ether(cashier.paid_wei)}; "
                           f"gas paid {format_gas(cashier.gas_paid_wei)}")
             for line in held_back_lines(cashier.held_back, None, settings):
                 console.print(line)
@@ -333,23 +235,21 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The parts of your deposit held for payees (lanes), and until when."""
         with _client(rpc, deployment) as (_vault, client):
-            me, now = client.address, client.timestamp()
-            keys = {(bytes(e.args["content_id"]), e.args["payee"])
-                    for e in client.events(names=["LaneOpened"]).events if e.args["viewer"] == me}
-            lanes = [(cid, payee, client.lane(me, cid, payee)) for cid, payee in sorted(keys)]
-            lanes = [(cid, payee, lane) for cid, payee, lane in lanes if lane is not None]
+            now = client.timestamp()
+            lanes = account.lanes(client)
             if not lanes:
                 console.print("no lanes held")
                 return
             table = Table("content", "payee", "holds", "until")
             closed = 0
-            for cid, payee, lane in lanes:
+            for held in lanes:
+                cid, payee, lane = held.content_id, held.payee, held.lane
                 due = lane.until <= now
                 if close and due:
                     closed += client.close_lane(cid, payee).named("LaneClosed")[0].args["amount"]
                     continue
-                table.add_row(cid.hex()[:16] + "…" if any(cid) else "(direct)", payee, format_ether(lane.amount),
-                              "its time is past (--close)" if due else _when(lane.until, now))
+                table.add_row(short(cid), payee, format_ether(lane.amount),
+                              "its time is past (--close)" if due else when(lane.until, now))
             console.print(table)
             if close:
                 console.print(f"returned {format_ether(closed)} to your deposit")
@@ -363,9 +263,7 @@ def register(app: typer.Typer) -> None:
         """Move your earnings (cashed cheques, key sales) to your account, if worth the gas."""
         settings = MarketSettings()
         with _client(rpc, deployment) as (_vault, client):
-            if client.earnings() == 0:
-                raise ChainError("nothing to claim: cash cheques first (`veil wallet cash`)")
-            claim = claim_if_worth_it(client, settings, ignore_gas=everything)
+            claim = account.claim(client, settings, ignore_gas=everything)
             if claim.held_back is not None:
                 for line in held_back_lines(None, claim.held_back, settings):
                     console.print(line)
@@ -380,7 +278,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """What you spent and earned per content and payee (cheques, what is cashed of them, grants), newest first."""
         with _client(rpc, deployment) as (vault, client):
-            rows = _history(vault, client)
+            ledger = _ledger(vault)
+            try:
+                recorded = ledger.history(client.cheque_domain)
+            finally:
+                ledger.close()
+            rows = account.history(client, recorded)
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
             return
@@ -390,7 +293,7 @@ def register(app: typer.Typer) -> None:
         table = Table("when", "what", "content", "with", "amount", "on chain")
         for row in rows:
             settled = (format_ether(row["cashed_wei"]) + " cashed") if "cashed_wei" in row else row["state"]
-            table.add_row(_utc(row["when"]) if row["when"] else "?", row["kind"], _short(bytes.fromhex(row["content_id"])),
+            table.add_row(utc(row["when"]) if row["when"] else "?", row["kind"], short(bytes.fromhex(row["content_id"])),
                           row["counterparty"], format_ether(row["amount_wei"]), settled)
         console.print(table)
 

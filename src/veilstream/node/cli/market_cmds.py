@@ -35,10 +35,11 @@ from veilstream.market.onchain import registered_record
 from veilstream.market.settings import MarketSettings
 from veilstream.market.stream import BudgetSpent, viewer_swarm_settings
 from veilstream.node.cli.chain_cmds import (ChainDeployment, ChainRpc, _client, _ledger, format_ether, format_gas,
-                                          held_back_lines, parse_amount)
+                                          parse_amount)
 from veilstream.node.selling import Seller
 from veilstream.node.watching import (KeysKeeper, fetch_metadata, grant_secret_name, grant_secrets, known_torrent,
                                       open_paid_stream)
+from veilstream.node.wallet import held_back_lines
 from veilstream.node.cards import open_index, publish_view, resolve_card
 from veilstream.node.cli.common import console, err_console, hold_content, veil_home
 from veilstream.node.cli.swarm_cmds import _settings, magnet_hints, parse_host_port
