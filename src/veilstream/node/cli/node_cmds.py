@@ -136,6 +136,14 @@ def status(
                       str(c["cheques_accepted"]), format_ether(c["earned_wei"]),
                       str(c["keys_released"]) if c["sells_keys"] else "")
     console.print(table)
+    feed = state.get("feed")
+    for relay in feed["relays"] if feed else []:
+        when = time.strftime("%H:%M:%S", time.localtime(relay["since"]))
+        shown = (f"connected since {when}" if relay["state"] == "connected"
+                 else f"DOWN since {when}: {relay['last_error'] or 'not reached yet'}")
+        console.print(f"relay {relay['url']}: {shown}", markup=False, soft_wrap=True)
+    if feed:
+        console.print(f"feed: {feed['events_stored']} events taken, {feed['events_refused']} refused")
     for s in state["streams"]:
         console.print(f"streaming {s['content_id'][:16]}…: {s['slices_verified']}/{s['slices']} slices verified, "
                       f"paid {format_ether(s['paid_wei'])} of {format_ether(s['budget_wei'])}, "
