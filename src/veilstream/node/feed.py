@@ -30,6 +30,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from websockets.exceptions import ConnectionClosed
+
 from veilstream.atomic import replace_file
 from veilstream.node.cards import open_index
 from veilstream.node.relays import resolve_relays
@@ -235,7 +237,7 @@ class FeedKeeper:
         live = False
         subscription = connection.subscribe(filters, self.settings.relay_event_budget)
         try:
-            async for item in subscription:
+            async for item in subscription:  # the connection's end comes as a SubscriptionClosed, or:
                 if isinstance(item, EventReceived):
                     if live:
                         self._take_live(url, item.event, catch_up)
@@ -250,6 +252,8 @@ class FeedKeeper:
                         self.cursor.advance(url, catch_up.newest)
                 elif isinstance(item, SubscriptionClosed):
                     return item.message or "the relay closed the subscription"
+        except (OSError, ConnectionClosed) as exc:  # gone as the REQ went out
+            return f"relay {exc}"
         finally:
             await subscription.aclose()
         return "the subscription ended"
