@@ -474,11 +474,12 @@ class StandingRelay:
 
     def _went_up(self) -> None:
         self.state = RelayState(self.url, connected=True, since=self._clock())
-        self._backoff.reset()
         log.info("relay %s: connected", self.url)
 
     def _went_down(self, reason: str) -> None:
         state = self.state
+        if state.connected and self._clock() - state.since >= self.settings.relay_retry_max_s:
+            self._backoff.reset()  # it served a while: back soon; one that drops us at once waits longer each time
         since = state.since if not state.connected and state.failures else self._clock()
         self.state = RelayState(self.url, connected=False, since=since, last_error=reason, failures=state.failures + 1)
         if state.connected or state.failures == 0:
