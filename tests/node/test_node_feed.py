@@ -32,10 +32,13 @@ from PIL import Image
 
 import cli_harness
 from cli_harness import VEIL, content_id_of, free_port, new_vault, ok, veil_env
+from veilstream.node.feed import FeedKeeper
 from veilstream.social import kinds
-from veilstream.social.embedded_relay import store_owner
+from veilstream.social.embedded_relay import EmbeddedRelay, store_owner
 from veilstream.social.events import NostrKey
+from veilstream.social.index import FeedIndex
 from veilstream.social.relay_client import RelayConnection
+from veilstream.social.settings import SocialSettings
 
 START_TIMEOUT_S = 120
 SYNC_TIMEOUT_S = 60  # a relay's event reaches the node's index well within this, on a loaded 2-core machine
@@ -421,3 +424,58 @@ def test_a_relay_down_at_start_and_a_lying_one_cost_the_node_nothing(tmp_path, v
             assert node.process.poll() is None
         finally:
             assert node.stop() == 0
+
+
+def test_when_the_node_running_the_local_relay_stops_another_node_runs_it(alice, vaults, machine, tmp_path):
+    # runs last of the tests on Alice's node: it stops it
+    dave = tmp_path / "dave"
+    new_vault(dave)
+    node = RunningNode(dave, machine, *FAST_RETRY)
+    try:
+        wait_for(lambda: node.relays()[0]["state"] == "connected", "Dave's node on the local relay")
+        assert store_owner(machine["VEIL_RELAY_DATA"]).pid == alice.process.pid  # Alice's node runs it
+        assert alice.stop() == 0
+        wait_for(lambda: (owner := store_owner(machine["VEIL_RELAY_DATA"])) and owner.pid == node.process.pid,
+                 "Dave's node running the local relay")
+        wait_for(lambda: node.relays()[0]["state"] == "connected", "Dave's node reconnected")
+        post_card(vaults["bob"], machine, "Bob after Alice left")
+        wait_for(lambda: "Bob after Alice left" in node.titles(), "Bob's card at Dave's")
+    finally:
+        assert node.stop() == 0
+    assert store_owner(machine["VEIL_RELAY_DATA"]) is None  # it stopped the relay it ran
+
+
+async def _until(condition, what: str, timeout_s: float = SYNC_TIMEOUT_S) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
+def test_others_hear_of_new_events_through_subscribe(tmp_path):
+    author = NostrKey()
+    cards = [kinds.build_card(author, kinds.ContentCard(content_id=f"{i:064x}", title=f"heard {i}")) for i in (1, 2)]
+    settings = SocialSettings(feed_cursor_flush_s=0.05)
+
+    async def scenario(url: str) -> list:
+        heard = []
+        with FeedIndex(tmp_path / "index.sqlite3") as index:
+            keeper = FeedKeeper(tmp_path / "home", index, NostrKey().nostr_pubkey, [url], settings=settings)
+            unsubscribe = keeper.subscribe(heard.append)
+            async with asyncio.TaskGroup() as group:
+                running = group.create_task(keeper.run())
+                await _until(lambda: keeper.pool.status()[0]["state"] == "connected", "connected")
+                async with RelayConnection(url) as other:
+                    assert (await other.publish(cards[0])).accepted
+                    await _until(lambda: heard, "the first card heard")
+                    unsubscribe()
+                    assert (await other.publish(cards[1])).accepted
+                    await _until(lambda: index.card(cards[1].id) is not None, "the second card indexed")
+                await _until(lambda: (tmp_path / "home" / "node" / "feed-cursor.json").exists(), "the cursor written")
+                running.cancel()
+        return heard
+
+    with EmbeddedRelay(tmp_path / "relay") as relay:
+        heard = asyncio.run(scenario(relay.url))
+    assert [event.id for event in heard] == [cards[0].id]  # and nothing after unsubscribing
+    cursor = json.loads((tmp_path / "home" / "node" / "feed-cursor.json").read_text())["relays"]
+    assert cursor[relay.url] == max(card.created_at for card in cards) - settings.feed_catch_up_overlap_s

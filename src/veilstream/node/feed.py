@@ -34,8 +34,9 @@ from websockets.exceptions import ConnectionClosed
 
 from veilstream.atomic import replace_file
 from veilstream.node.cards import open_index
-from veilstream.node.relays import resolve_relays
+from veilstream.node.relays import configured_relays, port_listening, relay_port, resolve_relays, shared_relay_dir
 from veilstream.social import kinds
+from veilstream.social.embedded_relay import EmbeddedRelay, store_owner
 from veilstream.social.errors import SocialError
 from veilstream.social.events import Event
 from veilstream.social.index import FeedIndex, IngestResult
@@ -111,7 +112,8 @@ class FeedKeeper:
     """Keeps the vault's feed index in sync with `urls` until cancelled (see the module)."""
 
     def __init__(self, home: Path, index: FeedIndex, me: str, urls: list[str], *,
-                 settings: SocialSettings = SocialSettings(), clock=time.time) -> None:
+                 settings: SocialSettings = SocialSettings(), clock=time.time,
+                 local_relay: tuple[Path, int] | None = None) -> None:
         self.index = index
         self.me = me
         self.settings = settings
@@ -120,6 +122,8 @@ class FeedKeeper:
         self.ingested: Counter = Counter()  # ingest results by reason, every relay together
         self._listeners: list[Callable[[Event], None]] = []
         self._followers: set[asyncio.Event] = set()  # one per open follow: set when new cards want following
+        self._local_relay = local_relay  # (store, port) of the machine's local relay, when that is the feed's relay
+        self._hosted: EmbeddedRelay | None = None  # the local relay, started here after its owner went
 
     @classmethod
     def open(cls, home: Path, me: str, settings: SocialSettings, stack: ExitStack) -> FeedKeeper:
@@ -128,7 +132,9 @@ class FeedKeeper:
         runs). The index closes with `stack`."""
         urls = resolve_relays(home, [], stack, shared=True)
         index = stack.enter_context(open_index(home))
-        return cls(home, index, me, urls, settings=settings)
+        port = relay_port()
+        local = (shared_relay_dir(), port) if urls == [f"ws://127.0.0.1:{port}"] and not configured_relays(home) else None
+        return cls(home, index, me, urls, settings=settings, local_relay=local)
 
     # -- for others ---------------------------------------------------------------------------
     def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:
@@ -181,8 +187,30 @@ class FeedKeeper:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.pool.run(self._follow), name="feed-relays")
                 group.create_task(self._flush_cursor(), name="feed-cursor")
+                if self._local_relay is not None:
+                    group.create_task(self._stand_in_for_the_local_relay(*self._local_relay), name="feed-local-relay")
         finally:
             self.cursor.flush()
+            if self._hosted is not None:
+                self._hosted.stop()
+
+    async def _stand_in_for_the_local_relay(self, store: Path, port: int) -> None:
+        """The machine's local relay may be another process's (another node's, `veil relay`):
+        when that process has gone and nobody took its place, this node runs it, on the same
+        store and port, so that the feed goes on (the standing relay reconnects by itself)."""
+        relay = self.pool.relays[f"ws://127.0.0.1:{port}"]
+        while self._hosted is None:
+            await asyncio.sleep(self.settings.relay_retry_max_s)
+            if relay.state.connected or store_owner(store) is not None or port_listening(port):
+                continue
+            hosted = EmbeddedRelay(store, port=port, shared=True, settings=self.settings)
+            try:
+                hosted.start()  # listening when it returns: the reconnection waits in its backlog
+            except SocialError as exc:  # another process was quicker
+                log.info("the local relay is someone else's again: %s", exc)
+                continue
+            self._hosted = hosted
+            log.warning("the machine's local relay had stopped: this node runs it now at %s", hosted.url)
 
     async def _flush_cursor(self) -> None:
         while True:

@@ -69,7 +69,7 @@ def configured_relays(home: Path) -> list[str]:
         raise SocialError(f"{path} is not a relay list ({{\"relays\": [\"wss://…\"]}}): {exc}") from None
 
 
-def _listening(port: int) -> bool:
+def port_listening(port: int) -> bool:
     with socket.socket() as probe:
         probe.settimeout(1.0)
         return probe.connect_ex(("127.0.0.1", port)) == 0
@@ -94,7 +94,7 @@ def local_relay(
     while True:
         owner = store_owner(data_dir)
         if owner is None:
-            if _listening(port):  # a relay on another store, such as a node's own
+            if port_listening(port):  # a relay on another store, such as a node's own
                 return f"ws://127.0.0.1:{port}"
             try:
                 return stack.enter_context(
@@ -103,7 +103,7 @@ def local_relay(
             except RelayStoreBusy as busy:
                 owner = busy.owner  # another command took it first
             except SocialError:
-                if not _listening(port):  # another program may have taken the port meanwhile
+                if not port_listening(port):  # another program may have taken the port meanwhile
                     raise
                 return f"ws://127.0.0.1:{port}"
         if owner.shared and owner.url:
