@@ -32,7 +32,7 @@ from PIL import Image
 
 import cli_harness
 from cli_harness import VEIL, content_id_of, free_port, new_vault, ok, veil_env
-from veilstream.node.feed import FeedKeeper
+from veilstream.node.feed import FeedCursor, FeedKeeper
 from veilstream.social import kinds
 from veilstream.social.embedded_relay import EmbeddedRelay, store_owner
 from veilstream.social.events import NostrKey
@@ -186,15 +186,19 @@ def test_a_card_posted_by_another_vault_reaches_the_running_node(alice, vaults, 
     assert alice.ok("GET", "status")["feed"]["events_stored"] >= 1
     shown = veil(alice.home, machine, "status")
     assert f"relay {relay['url']}: connected since" in shown
+    schema = json.loads(alice.call("GET", "/api/v1/openapi.json")[2])
+    assert {"/api/v1/feed", "/api/v1/cards/{card_id}/comments", "/api/v1/follows/{pubkey}"} <= set(schema["paths"])
 
 
 def test_kill_9_then_posts_while_down_then_a_restart_catches_up(alice, vaults, machine):
     bob = vaults["bob"]
-    post_card(bob, machine, "Bob before the crash")
-    wait_for(lambda: "Bob before the crash" in alice.titles(), "the card before the crash")
+    card_id = post_card(bob, machine, "Bob before the crash")
+    [card] = wait_for(lambda: [c for c in alice.ok("GET", "feed")["cards"] if c["id"] == card_id], "the card")
     url = f"ws://127.0.0.1:{machine['VEIL_RELAY_PORT']}"
-    before = wait_for(lambda: cursor_of(alice.home).get(url), "the cursor written")
+    overlap_s = SocialSettings().feed_catch_up_overlap_s
+    wait_for(lambda: cursor_of(alice.home).get(url, 0) >= card["created_at"] - overlap_s, "the cursor past the card")
     alice.kill()
+    before = cursor_of(alice.home)[url]  # what the restart finds
     # The node's relay goes with it; Bob's next command starts its own on the store.
     wait_for(lambda: store_owner(machine["VEIL_RELAY_DATA"]) is None, "the node's relay gone")
     post_card(bob, machine, "Bob while Alice was down")
@@ -205,6 +209,8 @@ def test_kill_9_then_posts_while_down_then_a_restart_catches_up(alice, vaults, m
     after = wait_for(lambda: (cursor_of(alice.home).get(url) or 0) > before and cursor_of(alice.home)[url],
                      "the cursor moved forward")
     assert after > before
+    log = (alice.home / "logs" / "node.log").read_text()
+    assert f"relay {url}: following the feed since {before}" in log  # the restart caught up from the cursor
 
 
 def test_blobs_are_served_by_hash_to_anyone_on_the_node_s_own_host(alice, machine):
@@ -479,3 +485,17 @@ def test_others_hear_of_new_events_through_subscribe(tmp_path):
     assert [event.id for event in heard] == [cards[0].id]  # and nothing after unsubscribing
     cursor = json.loads((tmp_path / "home" / "node" / "feed-cursor.json").read_text())["relays"]
     assert cursor[relay.url] == max(card.created_at for card in cards) - settings.feed_catch_up_overlap_s
+
+
+def test_the_cursor_moves_only_forward_and_never_past_now(tmp_path):
+    now = [1_800_000_000]
+    cursor = FeedCursor(tmp_path / "feed-cursor.json", overlap_s=120, clock=lambda: now[0])
+    cursor.advance("ws://a", now[0] - 1000)
+    cursor.advance("ws://a", now[0] - 5000)  # an older event, from a slower subscription: no step back
+    assert cursor.since("ws://a") == now[0] - 1120
+    cursor.advance("ws://a", now[0] + 10**6)  # dated ahead (the index allows some drift): no further than now
+    assert cursor.since("ws://a") == now[0] - 120 and cursor.since("ws://b") is None
+    cursor.flush()
+    assert FeedCursor(tmp_path / "feed-cursor.json", overlap_s=120).document() == {"ws://a": now[0] - 120}
+    (tmp_path / "feed-cursor.json").write_text("{not json")  # a torn file cannot be (replace_file), a bad one may be
+    assert FeedCursor(tmp_path / "feed-cursor.json", overlap_s=120).document() == {}

@@ -139,7 +139,8 @@ class FeedKeeper:
     # -- for others ---------------------------------------------------------------------------
     def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:
         """Call `listener(event)` with every event newly stored in the index (from a relay or
-        published here); returns the callable that stops it."""
+        published here), in the event loop, as it is stored: it must not block. Returns the
+        callable that stops it."""
         self._listeners.append(listener)
 
         def unsubscribe() -> None:
@@ -220,6 +221,8 @@ class FeedKeeper:
     async def _follow(self, url: str, connection: RelayConnection) -> str:
         """Subscriptions on one connection, renewed when new cards want following; returns
         why the connection is no more use (lost, or the relay closed a subscription)."""
+        since = self.cursor.since(url)
+        log.info("relay %s: following the feed %s", url, f"since {since}" if since else "from the start")
         while True:
             changed = asyncio.Event()
             self._followers.add(changed)

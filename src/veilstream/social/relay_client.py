@@ -222,8 +222,8 @@ class RelayConnection:
         future: asyncio.Future[PublishAcknowledged] = asyncio.get_running_loop().create_future()
         self._acks[event.id] = future
         try:
-            await self._send(self.session.publish(event))
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout):  # a relay that stopped reading must not hold the send either
+                await self._send(self.session.publish(event))
                 ack = await future
         except TimeoutError:
             return PublishOutcome(self.url, False, f"no OK within {timeout:g} s")
