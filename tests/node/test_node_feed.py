@@ -424,6 +424,10 @@ def test_a_relay_down_at_start_and_a_lying_one_cost_the_node_nothing(tmp_path, v
                 post_card(vaults["bob"], machine, "Bob on the late relay", "--relay", down)
                 wait_for(lambda: {r["url"]: r["state"] for r in node.relays()}[down] == "connected", "reconnected")
                 wait_for(lambda: "Bob on the late relay" in node.titles(), "the late relay's card")
+                # one relay takes it, the other refuses: each relay's outcome comes back
+                outcomes = {r["relay"]: r for r in node.ok("PUT", "profile", {"name": "Carol"})["relays"]}
+                assert outcomes[down]["accepted"] and not outcomes[liar.url]["accepted"]
+                assert "liars only" in outcomes[liar.url]["message"]
             finally:
                 relay.send_signal(signal.SIGINT)
                 relay.communicate(timeout=30)

@@ -457,8 +457,13 @@ class StandingRelay:
         """Connect, hand the connection to `on_connected` (which returns why it stopped using
         it, typically because the connection was lost), and start again; until cancelled."""
         while True:
+            connection = RelayConnection(self.url, settings=self.settings)
             try:
-                async with RelayConnection(self.url, settings=self.settings) as connection:
+                await connection.connect()
+            except SocialError as exc:  # connect turns the expected failures into this
+                self._went_down(str(exc))
+            else:
+                async with connection:
                     self.connection = connection
                     self._went_up()
                     try:
@@ -466,8 +471,6 @@ class StandingRelay:
                     finally:
                         self.connection = None
                 self._went_down(reason or connection.closed_reason or "closed")
-            except SocialError as exc:  # could not connect: RelayConnection.connect says why
-                self._went_down(str(exc))
             delay = self._backoff.next_delay()
             log.info("relay %s: trying again in %.1f s", self.url, delay)
             await asyncio.sleep(delay)
