@@ -285,6 +285,9 @@ class FeedKeeper:
                     return item.message or "the relay closed the subscription"
         except (OSError, ConnectionClosed) as exc:  # gone as the REQ went out
             return f"relay {exc}"
+        except SocialError as exc:  # the index cannot store (a full disk): later, from the cursor, it may
+            log.warning("feed from %s paused: %s", url, exc)
+            return str(exc)
         finally:
             await subscription.aclose()
         return "the subscription ended"
