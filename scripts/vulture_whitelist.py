@@ -58,6 +58,17 @@ _.health
 _.node_status
 _.list_streams
 _.show  # node/cli/config_cmds.py: `veil config show` (typer)
+_.bad_request  # node/api.py: the handler of FastAPI's RequestValidationError
+# pydantic calls the field validators of the API's request models (node/routes/feed.py).
+_._title
+_._servers
+_._emoji
+_._text
+_._key
+_._picture
+# Starlette reads a path convertor's regex and calls to_string (node/routes/blobs.py).
+_.regex
+_.to_string
 
 # Library protocols: logging reads exc_text; uvicorn calls capture_signals and reads should_exit.
 _.exc_text

@@ -2,9 +2,10 @@
 
 A web page in the same browser must not act for the user (spend the wallet, read the
 library), so every request must come to the node's own host name (DNS rebinding is
-refused), from no foreign `Origin`, and — except `GET /api/v1/health` — carry the node's
-API token (`Authorization: Bearer`, the token in `$VEIL_HOME/node/api-token`, mode 0600,
-new at every start). Answers are JSON; errors are `{"error": "..."}` with a status.
+refused), from no foreign `Origin`, and — except `GET /api/v1/health` and the public
+preview blobs at `/<sha256>` — carry the node's API token (`Authorization: Bearer`, the
+token in `$VEIL_HOME/node/api-token`, mode 0600, new at every start). Answers are JSON;
+errors are `{"error": "..."}` with a status.
 """
 
 from __future__ import annotations
@@ -17,13 +18,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from veilstream.errors import VeilError
-from veilstream.node.routes import contents, events, limits, metrics, streams, wallet
+from veilstream.node.routes import blobs, contents, events, feed, limits, metrics, streams, wallet
 
 if TYPE_CHECKING:
     from veilstream.node.daemon import Node
 
 API_PREFIX = "/api/v1"
 OPEN_PATHS = frozenset({f"{API_PREFIX}/health"})
+
+
+def is_open(path: str) -> bool:
+    """Paths that need no token: health, and the public preview blobs (`/<sha256>`)."""
+    return path in OPEN_PATHS or blobs.is_blob_path(path)
 
 
 def allowed_hosts(host: str, port: int) -> frozenset[str]:
@@ -47,7 +53,7 @@ def create_app(node: Node) -> FastAPI:
         origin = request.headers.get("origin")
         if origin is not None and origin.split("//", 1)[-1] not in hosts:
             return refuse(403, f"requests from {origin!r} are refused: only the node's own pages may call it")
-        if request.url.path not in OPEN_PATHS and not _has_token(request, node.api_token):
+        if not is_open(request.url.path) and not _has_token(request, node.api_token):
             return refuse(401, "a valid API token is needed: Authorization: Bearer <$VEIL_HOME/node/api-token>")
         return await call_next(request)
 
@@ -68,8 +74,9 @@ def create_app(node: Node) -> FastAPI:
         """Peers, contents seeding and streaming, earnings, chain connectivity."""
         return node.status()
 
-    for module in (contents, limits, streams, wallet, events, metrics):
+    for module in (contents, limits, streams, wallet, feed, events, metrics):
         app.include_router(module.router(node), prefix=API_PREFIX)
+    app.include_router(blobs.router(node))  # at the root, as Blossom servers serve them
     return app
 
 

@@ -11,7 +11,8 @@ TaskGroup. A signal stops it: no more peers, what is owed cashed, the ledger flu
         report = node.finish()                          # sync: anchor, cash, claim
 
 Files under the vault: `node/api-token` (0600, new at every start), `node/node.json`
-(where the API is, while the node runs), `logs/node.log` (rotated; scrubbed of secrets).
+(where the API is, while the node runs), `logs/node.log` (rotated; scrubbed of secrets),
+`node/feed-cursor.json` (where the feed catches up from after a restart; node/feed.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from veilstream.market.lanes import NoCover
 from veilstream.market.stream import BudgetSpent
 from veilstream.node.api import allowed_hosts, create_app
 from veilstream.node.config import Config
+from veilstream.node.feed import FeedKeeper
 from veilstream.node.hints import magnet_hints
 from veilstream.node.limits import NodeLimits
 from veilstream.node.live import Live
@@ -168,6 +170,7 @@ class Node:
             offer = self.seller.offer(held.content_id, keys=held.role == "creator")
             offer.paused = held.content_id in paused
             self.roles[held.content_id] = held.role
+        self.feed = FeedKeeper.open(self.home, identity.nostr_pubkey, self.config["social"], self._stack)
         replace_file(self.home / TOKEN_FILE, (self._token + "\n").encode(), mode=0o600)
         self.wallet_address = identity.wallet_address
         log.info("node opened: %d contents, wallet %s", len(self.roles), identity.wallet_address)
@@ -219,12 +222,14 @@ class Node:
             group = await stack.enter_async_context(asyncio.TaskGroup())
             api = group.create_task(server.serve(sockets=[api_socket]), name="node-api")
             cashier = group.create_task(self.seller.cashier.supervise(), name="node-cashier")
+            feed = group.create_task(self.feed.run(), name="node-feed")
             while not server.started:
                 if api.done():
                     break
                 await asyncio.sleep(0.01)
             if api.done():  # the server gave up at start: its error leaves with the group
                 cashier.cancel()
+                feed.cancel()
                 return
             self._write_info()
             stack.callback(self._remove_info)
@@ -243,6 +248,7 @@ class Node:
             self.live.hub.close()  # open event streams end, so the API server can stop
             server.should_exit = True
             cashier.cancel()  # what is left is cashed after the loop, in `finish`
+            feed.cancel()  # it writes its cursor on the way out
             for cid in list(self.viewings):
                 await self.stop_stream(cid)
             await self.seller.stop()
@@ -388,6 +394,7 @@ class Node:
             "earned_wei": sum(c["earned_wei"] for c in contents),
             "streams": [viewing.stats() for viewing in self.viewings.values()],
             "limits": self.limits.view() if self.limits is not None else None,
+            "feed": self.feed.status(),
         }
 
     def _content_status(self, offer) -> dict[str, Any]:

@@ -10,7 +10,7 @@ Finding the local relay:
   listens (it advertises its address in the store).
 - else, a relay already listening on 127.0.0.1:7447 (`VEIL_RELAY_PORT` overrides) is used;
 - else the command starts its own relay on that port and that store, and stops it when it
-  ends. The store admits one relay at a time (see `social.embedded_relay`), so a second
+  ends (a node, `veil up`, starts one that others share while it runs). The store admits one relay at a time (see `social.embedded_relay`), so a second
   command arriving meanwhile waits for the first to finish, then starts its own; run
   `veil relay` to spare commands the start and the wait.
 """
@@ -69,7 +69,7 @@ def configured_relays(home: Path) -> list[str]:
         raise SocialError(f"{path} is not a relay list ({{\"relays\": [\"wss://…\"]}}): {exc}") from None
 
 
-def _listening(port: int) -> bool:
+def port_listening(port: int) -> bool:
     with socket.socket() as probe:
         probe.settimeout(1.0)
         return probe.connect_ex(("127.0.0.1", port)) == 0
@@ -81,10 +81,12 @@ def local_relay(
     wait_s: float = COMMAND_RELAY_WAIT_S,
     startup_timeout_s: float = STARTUP_TIMEOUT_S,
     on_wait: Callable[[str], None] | None = None,
+    shared: bool = False,
 ) -> str:
     """The URL of the local relay; starts one for this command (closed with `stack`) if none runs.
 
     `on_wait` hears, once, that another command's relay holds the store and this one waits.
+    `shared`: the relay started here lives long (a node's) and other commands may use it.
     """
     data_dir, port = shared_relay_dir(), relay_port()
     deadline = time.monotonic() + wait_s
@@ -92,16 +94,16 @@ def local_relay(
     while True:
         owner = store_owner(data_dir)
         if owner is None:
-            if _listening(port):  # a relay on another store, such as a node's own
+            if port_listening(port):  # a relay on another store, such as a node's own
                 return f"ws://127.0.0.1:{port}"
             try:
                 return stack.enter_context(
-                    EmbeddedRelay(data_dir, port=port, startup_timeout_s=startup_timeout_s)
+                    EmbeddedRelay(data_dir, port=port, shared=shared, startup_timeout_s=startup_timeout_s)
                 ).url
             except RelayStoreBusy as busy:
                 owner = busy.owner  # another command took it first
             except SocialError:
-                if not _listening(port):  # another program may have taken the port meanwhile
+                if not port_listening(port):  # another program may have taken the port meanwhile
                     raise
                 return f"ws://127.0.0.1:{port}"
         if owner.shared and owner.url:
@@ -126,11 +128,13 @@ def resolve_relays(
     wait_s: float = COMMAND_RELAY_WAIT_S,
     startup_timeout_s: float = STARTUP_TIMEOUT_S,
     on_wait: Callable[[str], None] | None = None,
+    shared: bool = False,
 ) -> list[str]:
-    """The relays for this command: the flags, else the configured list, else the local relay."""
+    """The relays for this command: the flags, else the configured list, else the local relay
+    (`shared`: see `local_relay`)."""
     if cli_relays:
         return [check_relay_url(url) for url in cli_relays]
     configured = configured_relays(home)
     if configured:
         return configured
-    return [local_relay(stack, wait_s=wait_s, startup_timeout_s=startup_timeout_s, on_wait=on_wait)]
+    return [local_relay(stack, wait_s=wait_s, startup_timeout_s=startup_timeout_s, on_wait=on_wait, shared=shared)]

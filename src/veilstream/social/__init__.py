@@ -5,7 +5,8 @@
     events          NIP-01 serialization, ids, BIP-340 signatures, strict parsing
     kinds           the feed's kinds: cards (NIP-94), comments, reactions, reposts, profiles, lists, views
     protocol        the client side of the relay protocol as a state machine; its output is RelayEvents
-    relay_client    asyncio transport for it: one relay (RelayConnection), or a pool (RelayPool)
+    relay_client    asyncio transport for it: one relay (RelayConnection), a pool (RelayPool), or
+                    relays kept connected with backoff for a long-running node (StandingPool)
     embedded_relay  the `nostr-relay` server in a child process, on loopback
     index           SQLite index: verification gate, FTS5 search, counts, follows, rate limit
     sync            moving the feed between relays and the index: publish, and catch up

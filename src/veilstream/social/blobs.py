@@ -26,6 +26,16 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _BLOB_PATH = re.compile(r"/([0-9a-f]{64})(\.[A-Za-z0-9]{1,8})?")
 
 
+class BlobMissing(SocialError):
+    http_status = 404
+
+
+class BlobCorrupt(SocialError):
+    """A stored blob no longer hashes to its name (the disk, or someone, changed it)."""
+
+    http_status = 500
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -58,10 +68,10 @@ class BlobStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise SocialError(f"no blob {digest[:16]}… in {self.root}") from None
+            raise BlobMissing(f"no blob {digest[:16]}… in {self.root}") from None
         if sha256_hex(data) != digest:
             path.unlink(missing_ok=True)
-            raise SocialError(f"blob {digest[:16]}… was corrupt on disk and has been removed")
+            raise BlobCorrupt(f"blob {digest[:16]}… was corrupt on disk and has been removed")
         return data
 
 

@@ -495,16 +495,19 @@ class FeedIndex:
         order: str = "time",
         limit: int = 50,
         offset: int = 0,
+        before: str | None = None,
     ) -> list[CardRow]:
         """Cards, newest first (`order="time"`) or most engaged first (`order="top"`).
 
         With `search`, only cards matching every word (in title, description or tags) count;
-        `order="relevance"` ranks them by BM25.
+        `order="relevance"` ranks them by BM25. `before` (a card id) keeps only cards older
+        than that card: the next page of a newest-first feed, stable while cards arrive.
         """
         if order not in ("time", "top", "relevance"):
             raise SocialError(f"unknown order {order!r}: use time or top")
         where, params = [], []
         source = "cards c"
+        older = "rowid < (SELECT rowid FROM cards WHERE id = ?)"
         if search:
             query = fts_query(search, self.settings.search_max_words)
             if query is None:
@@ -512,14 +515,18 @@ class FeedIndex:
             if order == "time" and authors is None:
                 # Newest-first is rowid order: FTS5 walks its index backwards and stops at one page.
                 source = (
-                    "(SELECT rowid FROM cards_fts WHERE cards_fts MATCH ? ORDER BY rowid DESC LIMIT ? OFFSET ?) hit"
-                    " JOIN cards c ON c.rowid = hit.rowid"
+                    f"(SELECT rowid FROM cards_fts WHERE cards_fts MATCH ?{' AND ' + older if before else ''}"
+                    " ORDER BY rowid DESC LIMIT ? OFFSET ?) hit JOIN cards c ON c.rowid = hit.rowid"
                 )
-                params.extend([query, limit, offset])
+                params.extend([query, *([before] if before else []), limit, offset])
+                before, offset = None, 0  # the page is cut inside
             else:
                 source = "cards_fts JOIN cards c ON c.rowid = cards_fts.rowid"
                 where.append("cards_fts MATCH ?")
                 params.append(query)
+        if before:
+            where.append("c." + older)
+            params.append(before)
         if authors is not None:
             author_list = list(authors)
             if not author_list:

@@ -1,5 +1,9 @@
 """Talking to relays: asyncio moves frames between a WebSocket and a `RelaySession`.
 
+`RelayConnection` is one WebSocket; `RelayPool` opens a few for one command's work;
+`StandingPool` keeps every relay of a long-running node connected, reconnecting with
+backoff (`Backoff`) whenever one is down, and says how each is doing.
+
 All protocol decisions live in `protocol.RelaySession`; this module only connects, sends,
 receives, and turns timeouts and dropped connections into results with reasons.
 
@@ -14,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -216,8 +222,8 @@ class RelayConnection:
         future: asyncio.Future[PublishAcknowledged] = asyncio.get_running_loop().create_future()
         self._acks[event.id] = future
         try:
-            await self._send(self.session.publish(event))
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout):  # a relay that stopped reading must not hold the send either
+                await self._send(self.session.publish(event))
                 ack = await future
         except TimeoutError:
             return PublishOutcome(self.url, False, f"no OK within {timeout:g} s")
@@ -399,3 +405,173 @@ class RelayPool:
                     seen.add(event_id)
                     events.append(event)
         return events, ordered
+
+
+class Backoff:
+    """Waits between attempts to reach a relay: doubling from `first_s` up to `max_s`, with
+    jitter so that many nodes a relay dropped at once do not all come back at once."""
+
+    def __init__(self, first_s: float, max_s: float, jitter=random.random) -> None:
+        self.first_s, self.max_s = first_s, max(first_s, max_s)
+        self._jitter = jitter
+        self._next_s = first_s
+
+    def next_delay(self) -> float:
+        delay = self._next_s
+        self._next_s = min(self.max_s, self._next_s * 2)
+        return delay * (0.5 + self._jitter() / 2)
+
+    def reset(self) -> None:
+        self._next_s = self.first_s
+
+
+@dataclass
+class RelayState:
+    """How one relay of a standing pool is doing, as `veil status` shows it."""
+
+    url: str
+    connected: bool = False
+    since: float = 0.0  # when it connected, or when it went down (or the pool started)
+    last_error: str = ""
+    failures: int = 0  # attempts that failed since it last connected
+
+    def document(self) -> dict[str, Any]:
+        return {"url": self.url, "state": "connected" if self.connected else "down", "since": self.since,
+                "last_error": self.last_error, "failures": self.failures}
+
+
+class StandingRelay:
+    """One relay kept connected for as long as `run` runs: when it cannot be reached or the
+    connection drops, it is tried again after a backoff; a relay that is down is a state,
+    never an error."""
+
+    def __init__(self, url: str, *, settings: SocialSettings = SocialSettings(), clock=time.time) -> None:
+        self.url = check_relay_url(url)
+        self.settings = settings
+        self._clock = clock
+        self.state = RelayState(self.url, since=clock())
+        self.connection: RelayConnection | None = None
+        self._backoff = Backoff(settings.relay_retry_first_s, settings.relay_retry_max_s)
+
+    async def run(self, on_connected: Callable[[RelayConnection], Awaitable[str]]) -> None:
+        """Connect, hand the connection to `on_connected` (which returns why it stopped using
+        it, typically because the connection was lost), and start again; until cancelled."""
+        while True:
+            connection = RelayConnection(self.url, settings=self.settings)
+            try:
+                await connection.connect()
+            except SocialError as exc:  # connect turns the expected failures into this
+                self._went_down(str(exc))
+            else:
+                async with connection:
+                    self.connection = connection
+                    self._went_up()
+                    try:
+                        reason = await on_connected(connection)
+                    finally:
+                        self.connection = None
+                self._went_down(reason or connection.closed_reason or "closed")
+            delay = self._backoff.next_delay()
+            log.info("relay %s: trying again in %.1f s", self.url, delay)
+            await asyncio.sleep(delay)
+
+    def _went_up(self) -> None:
+        self.state = RelayState(self.url, connected=True, since=self._clock())
+        log.info("relay %s: connected", self.url)
+
+    def _went_down(self, reason: str) -> None:
+        state = self.state
+        if state.connected and self._clock() - state.since >= self.settings.relay_retry_max_s:
+            self._backoff.reset()  # it served a while: back soon; one that drops us at once waits longer each time
+        since = state.since if not state.connected and state.failures else self._clock()
+        self.state = RelayState(self.url, connected=False, since=since, last_error=reason, failures=state.failures + 1)
+        if state.connected or state.failures == 0:
+            log.warning("relay %s is down: %s", self.url, reason)
+
+
+class StandingPool:
+    """Every relay of a long-running node, each a `StandingRelay`, run by `run`.
+
+    `publish` and `fetch` use the relays connected at that moment and answer at once for the
+    others (down since when, and why), so a relay that is down costs no wait; the same
+    methods as `RelayPool`'s, so the feed's helpers (sync, find_event) take either.
+    """
+
+    def __init__(self, urls: Iterable[str], *, settings: SocialSettings = SocialSettings(), clock=time.time) -> None:
+        self.urls = list(dict.fromkeys(check_relay_url(u) for u in urls))
+        if not self.urls:
+            raise SocialError("no relays: configure a relay list or let the node use the local relay")
+        self.settings = settings
+        self.relays = {url: StandingRelay(url, settings=settings, clock=clock) for url in self.urls}
+
+    async def run(self, on_connected: Callable[[str, RelayConnection], Awaitable[str]]) -> None:
+        """Keep every relay connected until cancelled; `on_connected(url, connection)` uses
+        each connection while it lasts."""
+        async with asyncio.TaskGroup() as group:
+            for url, relay in self.relays.items():
+                group.create_task(relay.run(lambda connection, url=url: on_connected(url, connection)),
+                                  name=f"relay {url}")
+
+    def status(self) -> list[dict[str, Any]]:
+        return [relay.state.document() for relay in self.relays.values()]
+
+    def _connected(self) -> dict[str, RelayConnection]:
+        return {url: relay.connection for url, relay in self.relays.items() if relay.connection is not None}
+
+    def _down(self, url: str) -> str:
+        state = self.relays[url].state
+        when = time.strftime("%H:%M:%S", time.localtime(state.since))
+        return f"down since {when}" + (f": {state.last_error}" if state.last_error else "")
+
+    async def publish(self, event: Event) -> list[PublishOutcome]:
+        """One outcome per relay, in the pool's order; a relay that is down is refused at once."""
+        connected = self._connected()
+        outcomes: dict[str, PublishOutcome] = {}
+
+        async def publish_one(url: str, connection: RelayConnection) -> None:
+            outcomes[url] = await connection.publish(event, self.settings.relay_reply_timeout_s)
+
+        async with asyncio.TaskGroup() as group:
+            for url, connection in connected.items():
+                group.create_task(publish_one(url, connection))
+        return [outcomes.get(url) or PublishOutcome(url, False, self._down(url)) for url in self.urls]
+
+    async def publish_or_raise(self, event: Event) -> list[PublishOutcome]:
+        outcomes = await self.publish(event)
+        if not any(o.accepted for o in outcomes):
+            raise RelaysRefused(outcomes)
+        return outcomes
+
+    async def fetch(self, filters: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[FetchResult]]:
+        """Stored events from the relays connected now, each id once, and each relay's result."""
+        connected = self._connected()
+        results: dict[str, FetchResult] = {}
+
+        async def fetch_one(url: str, connection: RelayConnection) -> None:
+            results[url] = await connection.fetch(filters, self.settings.relay_reply_timeout_s,
+                                                  self.settings.relay_event_budget)
+
+        async with asyncio.TaskGroup() as group:
+            for url, connection in connected.items():
+                group.create_task(fetch_one(url, connection))
+        ordered = [results.get(url) or FetchResult(url, problem=self._down(url)) for url in self.urls]
+        seen: set[str] = set()
+        events = []
+        for result in ordered:
+            for raw in result.events:
+                event_id = raw.get("id")
+                if isinstance(event_id, str) and event_id not in seen:
+                    seen.add(event_id)
+                    events.append(raw)
+        return events, ordered
+
+
+class RelaysRefused(SocialError):
+    """No relay took an event: each relay's outcome says why (down, refused, no answer)."""
+
+    http_status = 503
+
+    def __init__(self, outcomes: list[PublishOutcome]) -> None:
+        self.outcomes = outcomes
+        super().__init__("no relay accepted the event: "
+                         + "; ".join(f"{o.relay}: {o.message or 'refused'}" for o in outcomes))

@@ -24,6 +24,8 @@ class SocialSettings:
     relay_close_timeout_s: float = 2.0  # for the relay's close frame as we hang up (websockets waits 10 s)
     relay_event_budget: int = 10_000  # events per subscription before it is closed as a flood; a sync asks for far fewer
     relay_max_violations: int = 50  # protocol violations before we hang up: a few are noise, a stream of them hostile
+    relay_retry_first_s: float = 0.5  # a node tries a relay that is down again after this, doubling each time ...
+    relay_retry_max_s: float = 30.0  # ... up to this: a relay back up is found within half a minute
 
     # -- the local index (index) ----------------------------------------------------------
     max_future_s: int = 15 * 60  # clocks drift; an event from further ahead is refused (nostr-relay's is_recent: 1 h)
@@ -42,6 +44,11 @@ class SocialSettings:
     sync_filters_per_request: int = 10  # filters per REQ: relays cap these too
     sync_engagement_cards: int = 2_000  # the newest cards whose reactions, comments, reposts and views a sync asks for
     sync_profile_cards: int = 500  # a sync fetches the profiles of the authors of this many newest cards
+    # A node catches up from the newest event it took, less this: events a relay stored late
+    # (clocks drift, relays relay) still come; what comes twice is a duplicate, dropped.
+    feed_catch_up_overlap_s: int = 120
+    feed_cursor_flush_s: float = 1.0  # the feed cursor is written at most this often (and at stop)
+    feed_resubscribe_delay_s: float = 1.0  # new cards are followed (engagement, authors) after this pause, in one go
 
     # -- preview blobs (blobs) ------------------------------------------------------------
     max_blob_bytes: int = 64 * MIB  # far above any preview we make (a clip is < 1 MiB); stops a server that never ends

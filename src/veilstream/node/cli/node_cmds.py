@@ -144,6 +144,14 @@ def status(
         for cid, own in limits["contents"].items():
             console.print(f"  {cid[:16]}…: upload {describe_rate(own['upload'])} · "
                           f"download {describe_rate(own['download'])}")
+    feed = state.get("feed")
+    for relay in feed["relays"] if feed else []:
+        when = time.strftime("%H:%M:%S", time.localtime(relay["since"]))
+        shown = (f"connected since {when}" if relay["state"] == "connected"
+                 else f"DOWN since {when}: {relay['last_error'] or 'not reached yet'}")
+        console.print(f"relay {relay['url']}: {shown}", markup=False, soft_wrap=True)
+    if feed:
+        console.print(f"feed: {feed['events_stored']} events taken, {feed['events_refused']} refused")
     for s in state["streams"]:
         console.print(f"streaming {s['content_id'][:16]}…: {s['slices_verified']}/{s['slices']} slices verified, "
                       f"paid {format_ether(s['paid_wei'])} of {format_ether(s['budget_wei'])}, "

@@ -18,7 +18,6 @@ import json
 import re
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,12 +27,21 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from veilstream.node.cards import check_card_ref, find_card, find_event, open_index, with_pool
+from veilstream.node import cards
+from veilstream.node.cards import (
+    card_details,
+    card_of_held_content,
+    check_card_ref,
+    find_card,
+    indexed_card_document,
+    open_index,
+    parse_pubkey,
+    with_pool,
+)
 from veilstream.node.cli.chain_cmds import format_ether
 from veilstream.node.cli.common import console, err_console, open_vault, unlock_identity
 from veilstream.node.relays import relay_port, shared_relay_dir, social_home
 from veilstream.social import kinds
-from veilstream.social.blobs import BlobStore
 from veilstream.social.embedded_relay import EmbeddedRelay
 from veilstream.social.errors import SocialError
 from veilstream.social.index import CardRow, FeedIndex
@@ -51,6 +59,10 @@ def _relay_option() -> list[str]:
 
 def _session(home: Path, relays: list[str], work: Callable[[RelayPool, FeedIndex], Awaitable[T]]) -> T:
     return with_pool(home, relays, work, on_wait=lambda note: err_console.print(Text(note, style="dim"), soft_wrap=True))
+
+
+def _publisher(pool: RelayPool, index: FeedIndex) -> cards.Publish:
+    return lambda event: publish(pool, index, event)
 
 
 def _report(outcomes: list[PublishOutcome]) -> None:
@@ -82,48 +94,6 @@ def _print_json(document: Any) -> None:
 # --- post -------------------------------------------------------------------------------------
 
 
-def card_for_content(
-    content_id: str,
-    magnet: str,
-    price_per_slice_wei: int,
-    seeder_share_bps: int,
-    duration_s: float | None,
-    mime: str,
-    title: str,
-    description: str = "",
-    tags: tuple[str, ...] = (),
-    size_bytes: int | None = None,
-    previews: tuple[kinds.PreviewRef, ...] = (),
-    blob_servers: tuple[str, ...] = (),
-    slice_count: int | None = None,
-) -> kinds.ContentCard:
-    """The card for a content, from explicit fields: the seam between the content layer and the feed."""
-    return kinds.ContentCard(
-        content_id=content_id, title=title, description=description, tags=tags, mime=mime,
-        duration_s=duration_s, magnet=magnet, price_per_slice_wei=price_per_slice_wei,
-        seeder_share_bps=seeder_share_bps, size_bytes=size_bytes, previews=previews, blob_servers=blob_servers,
-        slice_count=slice_count,
-    )
-
-
-def _previews_for(vault, content_id: str, source: Path | None, mime: str) -> tuple[kinds.PreviewRef, ...]:
-    from veilstream.content import decrypt_to
-    from veilstream.social.previews import make_previews, store_previews
-
-    store = BlobStore(social_home(vault.home) / "blobs")
-    if source is not None:
-        return tuple(store_previews(make_previews(source, mime or None), store))
-    torrent = vault.torrent(content_id)
-    ring = vault.keyring(content_id)
-    suffix = Path(torrent.name).suffix if "." in torrent.name else ""
-    with tempfile.TemporaryDirectory(prefix="veil-preview-") as scratch:
-        plain = Path(scratch) / f"plain{suffix}"
-        with console.status("decrypting for previews…"), plain.open("wb") as handle:
-            decrypt_to(torrent, vault.ciphertext_path(content_id), ring, handle)
-        with console.status("making previews…"):
-            return tuple(store_previews(make_previews(plain, mime or None), store))
-
-
 def post(
     content_id: str = typer.Argument(..., help="Content id (64 hex) or magnet of content in your vault."),
     title: str = typer.Option(..., "--title", help="The card's title."),
@@ -140,27 +110,10 @@ def post(
 
     cid = parse_content_id(content_id)
     vault, identity = unlock_identity()
-    torrent = vault.torrent(cid)
-    manifest = torrent.manifest
-    ring = vault.keyring(cid)
-    meta = manifest.metadata(ring.metadata_key) if ring.metadata_key else None
-    mime = meta.mime_type if meta else ""
-    previews = () if no_previews else _previews_for(vault, cid, source, mime)
-    card = card_for_content(
-        content_id=cid,
-        magnet=torrent.magnet,
-        price_per_slice_wei=manifest.terms.price_per_slice_wei,
-        seeder_share_bps=manifest.terms.seeder_share_bps,
-        duration_s=meta.duration_s if meta else None,
-        mime=mime,
-        title=title,
-        description=description,
-        tags=tuple(tag),
-        size_bytes=meta.size if meta else None,
-        previews=previews,
-        blob_servers=tuple(blob_server),
-        slice_count=torrent.piece_count,
-    )
+    card = card_of_held_content(vault, cid, title, description=description, tags=tuple(tag),
+                                with_previews=not no_previews, source=source, blob_servers=tuple(blob_server),
+                                step=console.status)
+    previews = card.previews
     event = kinds.build_card(identity, card, pow_bits=pow_bits)
     outcomes = _session(vault.home, relay, lambda pool, index: publish(pool, index, event))
     console.print(f"[green]✓[/] card [bold]{event.id}[/] for {cid[:16]}… ({len(previews)} preview{'' if len(previews) == 1 else 's'})")
@@ -210,46 +163,6 @@ def _engagement(counts: dict[str, int]) -> str:
     return " · ".join(_counted(counts[key], key[:-1]) for key in ("reactions", "comments", "reposts", "views"))
 
 
-def _ether(wei: int) -> str:
-    return format_ether(wei).removesuffix(" ETH")
-
-
-def _card_document(row: CardRow, full: kinds.ContentCard | None = None) -> dict[str, Any]:
-    """What a script needs of a card; amounts in wei as decimal strings (they exceed a double)."""
-    card = full or row.card
-    price = card.price_per_slice_wei
-    total = price * card.slice_count if card.slice_count is not None else None
-    servers = list(card.blob_servers)
-    return {
-        "id": row.id,
-        "pubkey": row.pubkey,
-        "author_name": row.author_name,
-        "created_at": row.created_at,
-        "title": card.title,
-        "description": card.description,
-        "tags": list(card.tags),
-        "mime": card.mime,
-        "duration_s": card.duration_s,
-        "size_bytes": card.size_bytes,
-        "slice_count": card.slice_count,
-        "content_id": card.content_id,
-        "magnet": card.magnet,
-        "price_per_slice_wei": str(price),
-        "price_per_slice_eth": _ether(price),
-        "total_wei": None if total is None else str(total),
-        "total_eth": None if total is None else _ether(total),
-        "seeder_share_bps": card.seeder_share_bps,
-        "seeder_part_per_slice_wei": str(price * card.seeder_share_bps // 10_000),
-        "previews": [
-            {**preview.__dict__, "urls": [f"{server.rstrip('/')}/{preview.sha256}" for server in servers]}
-            for preview in card.previews
-        ],
-        "blob_servers": servers,
-        "counts": {"reactions": row.reactions, "comments": row.comments, "reposts": row.reposts, "views": row.views},
-        "chain_status": row.chain_status,
-    }
-
-
 def feed(
     search: str | None = typer.Option(None, "--search", help="Words that must all appear (word* for a prefix)."),
     following: bool = typer.Option(False, "--following", help="Only cards by people you follow."),
@@ -276,11 +189,7 @@ def feed(
         if nobody:
             notes.print("you follow no one yet: `veil follow PUBKEY`")
         if as_json:
-            documents = []
-            for row in rows:
-                event = index.event(row.id)
-                documents.append(_card_document(row, kinds.ContentCard.from_event(event) if event else None))
-            _print_json({"cards": documents})
+            _print_json({"cards": [indexed_card_document(index, row) for row in rows]})
             return
     if nobody:
         return
@@ -290,27 +199,6 @@ def feed(
         _print_long(rows)
     else:
         console.print(_feed_table(rows))
-
-
-def _name_of(index: FeedIndex, pubkey: str) -> str:
-    profile = index.profile(pubkey)
-    return profile["name"] if profile else ""
-
-
-def _card_details(index: FeedIndex, card_id: str) -> dict[str, Any]:
-    row = index.card(card_id)
-    if row is None:
-        raise SocialError(f"no card {card_id[:16]}… in the local index")
-    event = index.event(row.id)
-    document = _card_document(row, kinds.ContentCard.from_event(event) if event else None)
-    document["comments"] = [
-        {
-            "id": c.id, "parent_id": c.parent_id, "pubkey": c.pubkey, "author_name": _name_of(index, c.pubkey),
-            "created_at": c.created_at, "text": c.content,
-        }
-        for c in index.comments(row.id)
-    ]
-    return document
 
 
 def _when(timestamp: int) -> str:
@@ -400,7 +288,7 @@ def card(
 
         found = _session(vault.home, relay, work)
     with open_index(vault.home) as index:
-        document = _card_details(index, found)
+        document = card_details(index, found)
     if as_json:
         _print_json(document)
     else:
@@ -420,8 +308,8 @@ def react(
     vault, identity = unlock_identity()
 
     async def work(pool: RelayPool, index: FeedIndex) -> list[PublishOutcome]:
-        target = await find_event(pool, index, card_id)
-        return await publish(pool, index, kinds.build_reaction(identity, kinds.EventRef.of(target), emoji))
+        _, outcomes = await cards.react(pool, index, identity, card_id, emoji, _publisher(pool, index))
+        return outcomes
 
     outcomes = _session(vault.home, relay, work)
     console.print(f"[green]✓[/] reacted {emoji}")
@@ -439,12 +327,8 @@ def comment(
     vault, identity = unlock_identity()
 
     async def work(pool: RelayPool, index: FeedIndex) -> list[PublishOutcome]:
-        root = await find_event(pool, index, card_id)
-        parent = await find_event(pool, index, reply_to) if reply_to else None
-        event = kinds.build_comment(
-            identity, kinds.EventRef.of(root), text, kinds.EventRef.of(parent) if parent else None
-        )
-        return await publish(pool, index, event)
+        _, outcomes = await cards.comment(pool, index, identity, card_id, text, reply_to, _publisher(pool, index))
+        return outcomes
 
     outcomes = _session(vault.home, relay, work)
     console.print("[green]✓[/] commented")
@@ -460,26 +344,12 @@ def repost(
     vault, identity = unlock_identity()
 
     async def work(pool: RelayPool, index: FeedIndex) -> list[PublishOutcome]:
-        target = await find_event(pool, index, card_id)
-        return await publish(pool, index, kinds.build_repost(identity, target, pool.urls[0]))
+        _, outcomes = await cards.repost(pool, index, identity, card_id, _publisher(pool, index))
+        return outcomes
 
     outcomes = _session(vault.home, relay, work)
     console.print("[green]✓[/] reposted")
     _report(outcomes)
-
-
-def _pubkey_hex(text: str) -> str:
-    value = text.strip()
-    if len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower()):
-        return value.lower()
-    if value.startswith("npub1"):
-        import nostr_sdk
-
-        try:
-            return nostr_sdk.PublicKey.parse(value).to_hex()
-        except Exception:  # nostr_sdk raises its own error types for bad bech32
-            pass
-    raise SocialError(f"{text!r} is not a Nostr public key (64 hex digits or npub1…)")
 
 
 def follow(
@@ -488,17 +358,12 @@ def follow(
     relay: list[str] = _relay_option(),
 ) -> None:
     """Follow (or unfollow) people: publishes your whole follow list (NIP-02)."""
-    wanted = [_pubkey_hex(p) for p in pubkeys]
+    wanted = [parse_pubkey(p) for p in pubkeys]
     vault, identity = unlock_identity()
-    me = identity.nostr_pubkey
 
     async def work(pool: RelayPool, index: FeedIndex) -> tuple[list[PublishOutcome], int]:
-        # Catch up with our own list first: it may have been changed from another device.
-        events, _ = await pool.fetch([{"kinds": [kinds.FOLLOW_LIST], "authors": [me]}])
-        index.ingest_many(events)
-        current = index.following(me)
-        updated = [p for p in current if p not in wanted] if unfollow else list(dict.fromkeys([*current, *wanted]))
-        outcomes = await publish(pool, index, kinds.build_follow_list(identity, updated))
+        change = {"unfollow": wanted} if unfollow else {"follow": wanted}
+        outcomes, updated = await cards.change_follows(pool, index, identity, **change, publish=_publisher(pool, index))
         return outcomes, len(updated)
 
     outcomes, count = _session(vault.home, relay, work)
@@ -522,21 +387,8 @@ def profile(
         me = identity.nostr_pubkey
 
         async def update(pool: RelayPool, index: FeedIndex) -> list[PublishOutcome]:
-            events, _ = await pool.fetch([{"kinds": [kinds.PROFILE], "authors": [me]}])
-            index.ingest_many(events)
-            old = index.profile(me) or {}
-            event = kinds.build_profile(
-                identity,
-                name=name if name is not None else old.get("name", ""),
-                about=about if about is not None else old.get("about", ""),
-                picture=picture if picture is not None else old.get("picture", ""),
-                wallet=identity.wallet,
-            )
-            outcomes = await publish(pool, index, event)
-            relay_list = kinds.build_relay_list(identity, [kinds.RelayListEntry(url) for url in pool.urls])
-            await pool.publish(relay_list)  # NIP-65: where to find us; best effort
-            index.ingest(relay_list)
-            return outcomes
+            return await cards.update_profile(pool, index, identity, name=name, about=about, picture=picture,
+                                              publish=_publisher(pool, index))
 
         outcomes = _session(vault.home, relay, update)
         console.print("[green]✓[/] profile updated")
@@ -544,7 +396,7 @@ def profile(
         target = me
     else:
         vault = open_vault()
-        target = _pubkey_hex(pubkey) if pubkey else vault.public_identity()["nostr_pubkey"]
+        target = parse_pubkey(pubkey) if pubkey else vault.public_identity()["nostr_pubkey"]
 
         async def fetch(pool: RelayPool, index: FeedIndex) -> None:
             events, _ = await pool.fetch([{"kinds": [kinds.PROFILE, kinds.RELAY_LIST], "authors": [target]}])
