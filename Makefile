@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/veil demo
 
 test: $(STAMP) tools
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 fuzz: $(STAMP)
 	VEIL_FUZZ_SECONDS=$${VEIL_FUZZ_SECONDS:-300} $(BIN)/python -m pytest -q tests -k fuzz -p no:xdist

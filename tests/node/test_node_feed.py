@@ -32,6 +32,7 @@ from PIL import Image
 
 import cli_harness
 from cli_harness import VEIL, content_id_of, free_port, new_vault, ok, veil_env
+from test_node_live import SseClient
 from veilstream.node.feed import FeedCursor, FeedKeeper
 from veilstream.social import kinds
 from veilstream.social.embedded_relay import EmbeddedRelay, store_owner
@@ -78,6 +79,7 @@ class RunningNode:
             raise AssertionError(f"veil up ended: {self.process.wait()}\n{''.join(seen)}")
         assert hasattr(self, "url"), "".join(seen)
         self.host = self.url.removeprefix("http://")
+        self.port = int(self.host.rpartition(":")[2])
         self.token = (home / "node" / "api-token").read_text().strip()
         self.output = seen  # the rest is read as it comes, so that the node never blocks on a full pipe
         self._drain = threading.Thread(target=lambda: seen.extend(self.process.stdout), daemon=True)
@@ -179,7 +181,15 @@ def test_a_card_posted_by_another_vault_reaches_the_running_node(alice, vaults, 
     # The node runs the machine's relay and shares it: Bob's command uses it, it does not wait for it.
     owner = store_owner(machine["VEIL_RELAY_DATA"])
     assert owner is not None and owner.shared and owner.pid == alice.process.pid
-    card_id = post_card(vaults["bob"], machine, "Bob live")
+    live = SseClient(alice)
+    try:
+        card_id = post_card(vaults["bob"], machine, "Bob live")
+        heard = live.event_where(lambda record: record["event"] == "feed" and record["data"]["event_id"] == card_id)
+    finally:
+        live.close()
+    bob_key = json.loads((vaults["bob"] / "identity.json").read_text())["nostr_pubkey"]
+    assert heard["data"] == {"event_id": card_id, "kind": "card", "author": bob_key,
+                             "created_at": heard["data"]["created_at"], "about": card_id}
     assert wait_for(lambda: "Bob live" in alice.titles(), "Bob's card in Alice's feed")
     [document] = [c for c in alice.ok("GET", "feed")["cards"] if c["id"] == card_id]
     assert document["pubkey"] == json.loads((vaults["bob"] / "identity.json").read_text())["nostr_pubkey"]
@@ -330,9 +340,11 @@ def test_bad_input_gets_a_clear_4xx(alice, method, path, body, status, message):
 
 
 def test_a_reply_must_answer_a_comment_on_the_same_card(alice, vaults, machine):
-    cards = {c["title"]: c["id"] for c in alice.ok("GET", "feed?limit=200")["cards"]}
-    status, answer = alice.api("POST", f"cards/{cards['Bob live']}/comments",
-                               {"text": "misplaced", "reply_to": cards["Bob before the crash"]})
+    # Its own cards: under xdist the tests of this module may run on different workers.
+    one = post_card(vaults["bob"], machine, "Bob reply target")
+    other = post_card(vaults["bob"], machine, "Bob other card")
+    assert wait_for(lambda: {"Bob reply target", "Bob other card"} <= set(alice.titles()), "Bob's two cards")
+    status, answer = alice.api("POST", f"cards/{one}/comments", {"text": "misplaced", "reply_to": other})
     assert status == 400 and "is not a comment on" in answer["error"]
 
 

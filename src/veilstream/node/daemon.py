@@ -41,7 +41,7 @@ from veilstream.market.lanes import NoCover
 from veilstream.market.stream import BudgetSpent
 from veilstream.node.api import allowed_hosts, create_app
 from veilstream.node.config import Config
-from veilstream.node.feed import FeedKeeper
+from veilstream.node.feed import FeedKeeper, live_summary
 from veilstream.node.hints import magnet_hints
 from veilstream.node.limits import NodeLimits
 from veilstream.node.live import Live
@@ -171,6 +171,7 @@ class Node:
             offer.paused = held.content_id in paused
             self.roles[held.content_id] = held.role
         self.feed = FeedKeeper.open(self.home, identity.nostr_pubkey, self.config["social"], self._stack)
+        self.feed.subscribe(lambda event: self.live.publish("feed", live_summary(event)))
         replace_file(self.home / TOKEN_FILE, (self._token + "\n").encode(), mode=0o600)
         self.wallet_address = identity.wallet_address
         log.info("node opened: %d contents, wallet %s", len(self.roles), identity.wallet_address)

@@ -51,6 +51,19 @@ CURSOR_FILE = Path("node") / "feed-cursor.json"
 _HELD = ("stored", "duplicate")  # an event the index holds once ingested
 
 
+KIND_NAMES = {kinds.CARD: "card", kinds.REACTION: "reaction", kinds.COMMENT: "comment", kinds.REPOST: "repost",
+              kinds.GENERIC_REPOST: "repost", kinds.VIEW: "view", kinds.PROFILE: "profile",
+              kinds.FOLLOW_LIST: "follow list", kinds.RELAY_LIST: "relay list"}
+
+
+def live_summary(event: Event) -> dict[str, Any]:
+    """What the node's live stream says of a new feed event: enough for a client to know
+    what to fetch again (`/cards/{about}` for engagement, the card itself for a card)."""
+    about = next((tag[1] for tag in event.tags if len(tag) > 1 and tag[0] in ("e", "E")), None)
+    return {"event_id": event.id, "kind": KIND_NAMES.get(event.kind, str(event.kind)), "author": event.pubkey,
+            "created_at": event.created_at, "about": event.id if event.kind == kinds.CARD else about}
+
+
 class FeedCursor:
     """Per relay, the `since` a (re)connection catches up from; kept in one JSON file."""
 

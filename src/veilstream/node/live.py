@@ -24,7 +24,7 @@ may see an event twice (after a snapshot) without harm. The kinds:
 | `payment` | a batch of cheques cashed on chain | `{"direction": "cashed", "batches_cashed", "cashed_wei", "uncashed_wei"}` |
 | `stream` | an open stream's figures change (verified, paid, sources, key deliveries...) | `Viewing.stats()`, with `"open": true`; `{"content_id", "open": false}` once stopped |
 | `publish` | (for the publishing route) progress of a publish | its own figures, with a `"publish_id"` |
-| `feed` | (for the feed) a new feed event arrived | the event as the feed's routes show it |
+| `feed` | a new event is in the feed index (from a relay, or posted here) | `{"event_id", "kind": "card"/"reaction"/"comment"/..., "author", "created_at", "about": the card it is about}` |
 | `resync` | the client missed events | `{"reason", "snapshot": "/api/v1/snapshot"}`; it has no id |
 
 Where events come from: `ChangeWatch` compares the node's `status()` at every turn of the
