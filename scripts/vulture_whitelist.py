@@ -54,11 +54,11 @@ _.bad_request
 _.get_limits  # node/routes/limits.py
 _.set_limits
 _.set_content_limits
+_.session_state  # node/routes/session.py
 _.health
 _.node_status
 _.list_streams
 _.show  # node/cli/config_cmds.py: `veil config show` (typer)
-_.bad_request  # node/api.py: the handler of FastAPI's RequestValidationError
 # pydantic calls the field validators of the API's request models (node/routes/feed.py).
 _._title
 _._servers
@@ -77,3 +77,5 @@ _.should_exit
 # prometheus_client's registry calls a custom collector's describe and collect (node/routes/metrics.py).
 _.describe
 _.collect
+# pytest calls its hooks by name (tests/node/conftest.py).
+_.pytest_collection_modifyitems

@@ -6,7 +6,7 @@ nodes and a test would miss what an earlier one, on the other worker, did."""
 import pytest
 
 SHARED_NODES = {"test_node.py", "test_node_feed.py", "test_node_limits.py", "test_node_live.py",
-                "test_node_media.py", "test_node_wallet.py"}
+                "test_node_media.py", "test_node_session.py", "test_node_wallet.py"}
 
 
 def pytest_collection_modifyitems(items):

@@ -2,15 +2,18 @@
 
 A web page in the same browser must not act for the user (spend the wallet, read the
 library), so every request must come to the node's own host name (DNS rebinding is
-refused), from no foreign `Origin`, and — except `GET /api/v1/health` and the public
-preview blobs at `/<sha256>` — carry the node's API token (`Authorization: Bearer`, the
-token in `$VEIL_HOME/node/api-token`, mode 0600, new at every start). Answers are JSON;
-errors are `{"error": "..."}` with a status.
+refused), from no foreign `Origin`, and — except `GET /api/v1/health`, the unlock
+(`POST /api/v1/session`) and the public preview blobs at `/<sha256>` — be the user's: carry
+the node's API token (`Authorization: Bearer`, the token in `$VEIL_HOME/node/api-token`,
+mode 0600, new at every start), or the browser app's session cookie, and then with any
+request that changes something the session's CSRF token (`X-CSRF-Token`; node/session.py).
+Answers are JSON; errors are `{"error": "..."}` with a status.
 """
 
 from __future__ import annotations
 
 import hmac
+import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -18,18 +21,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from veilstream.errors import VeilError
-from veilstream.node.routes import blobs, contents, events, feed, limits, metrics, streams, wallet
+from veilstream.node.routes import blobs, contents, events, feed, limits, metrics, session, streams, wallet
+from veilstream.node.session import CSRF_HEADER, SAFE_METHODS, cookie_name, csrf_matches
 
 if TYPE_CHECKING:
     from veilstream.node.daemon import Node
 
 API_PREFIX = "/api/v1"
 OPEN_PATHS = frozenset({f"{API_PREFIX}/health"})
+UNLOCK = ("POST", f"{API_PREFIX}/session")
 
 
-def is_open(path: str) -> bool:
-    """Paths that need no token: health, and the public preview blobs (`/<sha256>`)."""
-    return path in OPEN_PATHS or blobs.is_blob_path(path)
+def is_open(path: str, method: str = "GET") -> bool:
+    """What needs no token: health, the unlock, and the public preview blobs (`/<sha256>`)."""
+    return path in OPEN_PATHS or (method, path) == UNLOCK or blobs.is_blob_path(path)
 
 
 def allowed_hosts(host: str, port: int) -> frozenset[str]:
@@ -53,8 +58,16 @@ def create_app(node: Node) -> FastAPI:
         origin = request.headers.get("origin")
         if origin is not None and origin.split("//", 1)[-1] not in hosts:
             return refuse(403, f"requests from {origin!r} are refused: only the node's own pages may call it")
-        if not is_open(request.url.path) and not _has_token(request, node.api_token):
-            return refuse(401, "a valid API token is needed: Authorization: Bearer <$VEIL_HOME/node/api-token>")
+        request.state.session = None
+        if is_open(request.url.path, request.method) or _has_token(request, node.api_token):
+            return await call_next(request)
+        session = node.sessions.find(request.cookies.get(cookie_name(node.api_port)), time.monotonic())
+        if session is None:
+            return refuse(401, "a valid API token is needed (Authorization: Bearer <$VEIL_HOME/node/api-token>), "
+                               "or the app's session: unlock it with the passphrase")
+        if request.method not in SAFE_METHODS and not csrf_matches(session, request.headers.get(CSRF_HEADER)):
+            return refuse(403, "a change from the app needs its CSRF token in X-CSRF-Token")
+        request.state.session = session
         return await call_next(request)
 
     @app.exception_handler(VeilError)
@@ -74,7 +87,7 @@ def create_app(node: Node) -> FastAPI:
         """Peers, contents seeding and streaming, earnings, chain connectivity."""
         return node.status()
 
-    for module in (contents, limits, streams, wallet, feed, events, metrics):
+    for module in (session, contents, limits, streams, wallet, feed, events, metrics):
         app.include_router(module.router(node), prefix=API_PREFIX)
     app.include_router(blobs.router(node))  # at the root, as Blossom servers serve them
     return app

@@ -46,6 +46,7 @@ from veilstream.node.hints import magnet_hints
 from veilstream.node.limits import NodeLimits
 from veilstream.node.live import Live
 from veilstream.node.selling import Seller
+from veilstream.node.session import Sessions, UnlockThrottle
 from veilstream.node.units import parse_amount
 from veilstream.node.watching import Viewing
 from veilstream.swarm import UT_METADATA, ExtensionRegistry, SwarmNode
@@ -132,6 +133,13 @@ class Node:
         self._viewing_locks: dict[str, ExitStack] = {}
         # ids from the start time (µs): an id a client kept from an earlier run is always older
         self.live = Live(self.settings.events_kept, first_id=time.time_ns() // 1000)
+        self.api_port = 0
+        settings = self.settings
+        self.sessions = Sessions(idle_s=settings.session_idle_s, max_s=settings.session_max_s,
+                                 kept=settings.sessions_kept)
+        self.unlock_throttle = UnlockThrottle(free_failures=settings.unlock_free_failures,
+                                              base_delay_s=settings.unlock_base_delay_s,
+                                              max_delay_s=settings.unlock_max_delay_s)
 
     # -- opening (sync) ---------------------------------------------------------------------
     @classmethod
@@ -215,6 +223,7 @@ class Node:
             stack.callback(api_socket.close)
             host, port = api_socket.getsockname()[:2]
             self._api_hosts = allowed_hosts(self.settings.api_host, port)
+            self.api_port = port
             shown_host = f"[{host}]" if ":" in host else host
             self.api_url = f"http://{shown_host}:{port}"
             app = create_app(self)

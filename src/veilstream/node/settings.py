@@ -36,6 +36,15 @@ class NodeSettings:
     events_kept: int = 1000
     # An idle event stream sends a comment this often, so proxies and browsers keep it open.
     events_keepalive_s: float = 15.0
+    # The browser app's sessions (node/session.py): they end after this long unused, and
+    # this long after the unlock whatever happens; at most this many at once.
+    session_idle_s: float = 12 * 3600.0
+    session_max_s: float = 7 * 24 * 3600.0
+    sessions_kept: int = 16
+    # Wrong passphrases in a row before each further try waits (doubling from the base delay).
+    unlock_free_failures: int = 5
+    unlock_base_delay_s: float = 1.0
+    unlock_max_delay_s: float = 300.0
 
     def __post_init__(self) -> None:
         if not self.api_host:
@@ -44,5 +53,10 @@ class NodeSettings:
             raise NodeSettingsError("stop_timeout_s and poll_interval_s must be positive numbers of seconds")
         if self.events_kept < 1 or self.events_keepalive_s <= 0:
             raise NodeSettingsError("events_kept must be at least 1 and events_keepalive_s a positive number of seconds")
+        if min(self.session_idle_s, self.session_max_s, self.unlock_base_delay_s, self.unlock_max_delay_s) <= 0:
+            raise NodeSettingsError("session_idle_s, session_max_s, unlock_base_delay_s and unlock_max_delay_s must be "
+                                    "positive numbers of seconds")
+        if self.sessions_kept < 1 or self.unlock_free_failures < 0:
+            raise NodeSettingsError("sessions_kept must be at least 1 and unlock_free_failures at least 0")
         if self.log_max_bytes < 4096 or self.log_files_kept < 1:
             raise NodeSettingsError("log_max_bytes must be at least 4096 and log_files_kept at least 1")

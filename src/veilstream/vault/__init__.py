@@ -4,10 +4,10 @@ from veilstream.atomic import disk_is_full
 from veilstream.vault.atomic import StorageError, atomic_writer, user_file_mode, write_atomic
 from veilstream.vault.lock import VaultBusy
 from veilstream.vault.output import OutputExists, ResumableOutput
-from veilstream.vault.sealing import KdfParams, VaultError
+from veilstream.vault.sealing import KdfParams, VaultError, WrongPassphrase
 from veilstream.vault.store import HeldContent, UnlockedVault, Vault
 
 __all__ = [
     "HeldContent", "KdfParams", "OutputExists", "ResumableOutput", "StorageError", "UnlockedVault", "Vault", "VaultBusy",
-    "VaultError", "atomic_writer", "disk_is_full", "user_file_mode", "write_atomic",
+    "VaultError", "WrongPassphrase", "atomic_writer", "disk_is_full", "user_file_mode", "write_atomic",
 ]

@@ -24,6 +24,10 @@ class VaultError(VeilError):
     """The vault is missing, locked with another passphrase, or damaged."""
 
 
+class WrongPassphrase(VaultError):
+    """The passphrase does not open the vault."""
+
+
 # What a vault's key file may ask of Argon2id. Below the floor a passphrase falls to a
 # cheap guessing attack (OWASP's least: 19 MiB, 2 passes; tests go lower on purpose, hence
 # an 8 MiB floor); above the ceiling a hostile key file would exhaust the machine.
@@ -101,4 +105,4 @@ class DataKey:
         try:
             return cls(ChaCha20Poly1305(kek).decrypt(nonce, wrapped, b"veilstream data key"))
         except InvalidTag:
-            raise VaultError("wrong passphrase") from None
+            raise WrongPassphrase("wrong passphrase") from None

@@ -15,6 +15,7 @@ Every file is written atomically; a content directory appears whole or not at al
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from veilstream.identity import Identity
 from veilstream.vault import lock
 from veilstream.atomic import disk_is_full, fsync_directory
 from veilstream.vault.atomic import StorageError, describe_os_error, write_atomic
-from veilstream.vault.sealing import DataKey, KdfParams, VaultError
+from veilstream.vault.sealing import DataKey, KdfParams, VaultError, WrongPassphrase
 
 
 @dataclass(frozen=True)
@@ -290,6 +291,12 @@ class UnlockedVault(Vault):
     def __init__(self, home: Path, data_key: DataKey) -> None:
         super().__init__(home)
         self._data_key = data_key
+
+    def check_passphrase(self, passphrase: str) -> None:
+        """Raise `WrongPassphrase` unless `passphrase` opens this vault (as slowly as an
+        unlock: the key derivation is the point)."""
+        if not hmac.compare_digest(DataKey.unwrap(self._read_part("vault.json"), passphrase).key, self._data_key.key):
+            raise WrongPassphrase("the passphrase opens another vault")
 
     def identity(self) -> Identity:
         sealed = self._read_part("identity.sealed")
