@@ -79,3 +79,6 @@ _.describe
 _.collect
 # pytest calls its hooks by name (tests/node/conftest.py).
 _.pytest_collection_modifyitems
+# http.server calls a handler's do_POST and log_message (tests/node/test_crash.py).
+_.do_POST
+_.log_message

@@ -157,7 +157,10 @@ class Node:
         self._stack.enter_context(vault.hold(NODE_LOCK, "veil up"))  # a second node of this vault is refused
         unlocked = vault.unlock(passphrase)
         identity = unlocked.identity()
-        self._start_log([passphrase, identity.mnemonic, identity.wallet_key.hex(), self._token])
+        self.secrets = [passphrase, identity.mnemonic, self._token,
+                        *(key.hex() for key in (identity.wallet_key, identity.nostr_key, identity.x25519_key,
+                                                identity.creator_seed))]
+        self._start_log(self.secrets)
         settings = self.settings
         client = open_chain(self.home / "chain", identity.wallet, rpc_url=settings.chain_rpc_url or None,
                             deployment_path=Path(settings.chain_deployment) if settings.chain_deployment else None,

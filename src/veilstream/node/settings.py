@@ -45,6 +45,9 @@ class NodeSettings:
     unlock_free_failures: int = 5
     unlock_base_delay_s: float = 1.0
     unlock_max_delay_s: float = 300.0
+    # Crash reports stay in $VEIL_HOME/logs/crashes; set an http(s) URL of your choice to have
+    # each one POSTed there as well (scrubbed as on disk). Empty: nothing is ever sent.
+    crash_report_url: str = ""
 
     def __post_init__(self) -> None:
         if not self.api_host:
@@ -58,5 +61,8 @@ class NodeSettings:
                                     "positive numbers of seconds")
         if self.sessions_kept < 1 or self.unlock_free_failures < 0:
             raise NodeSettingsError("sessions_kept must be at least 1 and unlock_free_failures at least 0")
+        if self.crash_report_url and not self.crash_report_url.startswith(("http://", "https://")):
+            raise NodeSettingsError(f"crash_report_url = {self.crash_report_url!r}: an http:// or https:// URL, "
+                                    "or empty to send nothing")
         if self.log_max_bytes < 4096 or self.log_files_kept < 1:
             raise NodeSettingsError("log_max_bytes must be at least 4096 and log_files_kept at least 1")

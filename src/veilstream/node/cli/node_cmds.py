@@ -19,6 +19,7 @@ from veilstream.content import parse_content_id
 from veilstream.errors import VeilError
 from veilstream.node.cli.common import console, err_console, open_vault, read_passphrase, veil_home
 from veilstream.node.cli.config_cmds import parse_set_flags
+from veilstream.node import crash
 from veilstream.node.config import load_node_config
 from veilstream.node.daemon import LOG_FILE, NODE_LOCK, Node, read_info, read_token
 from veilstream.node.limits import describe_rate
@@ -56,7 +57,35 @@ def up(
     home = veil_home()
     config = load_node_config(home, flags)  # a bad setting is refused before the passphrase
     open_vault()  # no vault: one line saying `veil init`
-    with Node.open(home, config, read_passphrase()) as node:
+    passphrase = read_passphrase()
+    secrets = [passphrase]
+    try:
+        _run_node(home, config, passphrase, secrets)
+    except (VeilError, KeyboardInterrupt):
+        raise
+    except BaseExceptionGroup as group:
+        if group.split(VeilError)[1] is None:  # only errors a user can act on
+            raise
+        _crashed(home, config, group, secrets)
+    except Exception as exc:
+        _crashed(home, config, exc, secrets)
+
+
+def _crashed(home: Path, config, error: BaseException, secrets: list[str]) -> None:
+    """Something no error message foresaw: a scrubbed report on disk, sent only if the user asked."""
+    path = crash.write_report(home, error, secrets, "veil up")
+    url = config["node"].crash_report_url
+    sent = ""
+    if url:
+        failed = crash.send_report(path, url)
+        sent = f"; sent to {url}" if failed is None else f"; it could not be sent to {url}: {failed}"
+    raise NodeCommandError(f"the node crashed ({type(error).__name__}): a report without keys, content ids or "
+                           f"addresses is in {path}{sent or ' (nothing was sent anywhere)'}") from None
+
+
+def _run_node(home: Path, config, passphrase: str, secrets: list[str]) -> None:
+    with Node.open(home, config, passphrase) as node:
+        secrets.extend(node.secrets)  # for a crash report, written once the node has closed
         stop = asyncio.Event()
 
         def on_ready(ready) -> None:
