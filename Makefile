@@ -21,8 +21,9 @@ tools: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/veil demo
 
+# --dist loadfile: a file's tests share running nodes (module fixtures) and build on each other.
 test: $(STAMP) tools
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q
 
 fuzz: $(STAMP)
 	VEIL_FUZZ_SECONDS=$${VEIL_FUZZ_SECONDS:-300} $(BIN)/python -m pytest -q tests -k fuzz -p no:xdist

@@ -77,8 +77,6 @@ _.should_exit
 # prometheus_client's registry calls a custom collector's describe and collect (node/routes/metrics.py).
 _.describe
 _.collect
-# pytest calls its hooks by name (tests/node/conftest.py).
-_.pytest_collection_modifyitems
 # http.server calls a handler's do_POST and log_message (tests/node/test_crash.py).
 _.do_POST
 _.log_message

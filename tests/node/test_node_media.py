@@ -11,6 +11,7 @@ import signal
 import subprocess
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,10 +44,11 @@ class Api:
         return status, json.loads(raw)
 
 
-@pytest.fixture(scope="module")
-def network(tmp_path_factory):
+@contextmanager
+def two_nodes(tmp: Path, slices: int = 11, creator_flags: tuple[str, ...] = ()):
+    """A devnet, a creator's node seeding a content of about `slices` slices, and a viewer's
+    node with a deposit; everything stopped after."""
     require_anvil()
-    tmp = tmp_path_factory.mktemp("media")
     creator, viewer = tmp / "creator", tmp / "viewer"
     for home in (creator, viewer):
         new_vault(home)
@@ -57,7 +59,7 @@ def network(tmp_path_factory):
     devnet, _ = start_devnet(creator, port, directory)
     processes = [devnet]
     try:
-        plaintext = os.urandom(11 * (SLICE - 16) + 1234)
+        plaintext = os.urandom(slices * (SLICE - 16) + 1234)
         movie = tmp / "movie.bin"
         movie.write_bytes(plaintext)
         ok(veil(creator, "wallet", "faucet", "1", *chain))
@@ -66,7 +68,7 @@ def network(tmp_path_factory):
         cid = content_id_of(published)
         ok(veil(viewer, "wallet", "faucet", "1", *chain))
         ok(veil(viewer, "wallet", "deposit", "0.1", *chain))
-        creator_node, creator_banner = start(creator, "up", "--api-port", "0", *node_chain, ready="API ")
+        creator_node, creator_banner = start(creator, "up", "--api-port", "0", *node_chain, *creator_flags, ready="API ")
         processes.append(creator_node)
         peers_at = re.search(r"peers at (\S+:\d+)", creator_banner)[1]
         viewer_node, viewer_banner = start(viewer, "up", "--api-port", "0", *node_chain, ready="API ")
@@ -83,6 +85,12 @@ def network(tmp_path_factory):
                     process.communicate(timeout=60)
                 except subprocess.TimeoutExpired:
                     process.kill()
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory):
+    with two_nodes(tmp_path_factory.mktemp("media")) as network:
+        yield network
 
 
 def test_media_plays_by_range_within_the_budget_and_the_creator_earns(network):

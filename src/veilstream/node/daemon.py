@@ -12,7 +12,8 @@ TaskGroup. A signal stops it: no more peers, what is owed cashed, the ledger flu
 
 Files under the vault: `node/api-token` (0600, new at every start), `node/node.json`
 (where the API is, while the node runs), `logs/node.log` (rotated; scrubbed of secrets),
-`node/feed-cursor.json` (where the feed catches up from after a restart; node/feed.py).
+`node/feed-cursor.json` (where the feed catches up from after a restart; node/feed.py),
+`node/streams.json` (the streams to open again at the next start; node/kept_streams.py).
 """
 
 from __future__ import annotations
@@ -43,12 +44,13 @@ from veilstream.node.api import allowed_hosts, create_app
 from veilstream.node.config import Config
 from veilstream.node.feed import FeedKeeper, live_summary
 from veilstream.node.hints import magnet_hints
+from veilstream.node.kept_streams import KeptStream, KeptStreams
 from veilstream.node.limits import NodeLimits
 from veilstream.node.live import Live
 from veilstream.node.selling import Seller
 from veilstream.node.session import Sessions, UnlockThrottle
 from veilstream.node.units import parse_amount
-from veilstream.node.watching import Viewing
+from veilstream.node.watching import Viewing, paid_for
 from veilstream.swarm import UT_METADATA, ExtensionRegistry, SwarmNode
 from veilstream.vault import Vault
 
@@ -131,6 +133,7 @@ class Node:
         self._stop: asyncio.Event | None = None
         self.viewings: dict[str, Viewing] = {}  # content id → its paid stream
         self._viewing_locks: dict[str, ExitStack] = {}
+        self.kept_streams = KeptStreams(self.home)
         # ids from the start time (µs): an id a client kept from an earlier run is always older
         self.live = Live(self.settings.events_kept, first_id=time.time_ns() // 1000)
         self.api_port = 0
@@ -248,6 +251,7 @@ class Node:
             stack.callback(self._remove_info)
             on_ready(Ready(self.api_url, self.swarm.listen_address, len(self.roles)))
             log.info("node up: API %s, peers at %s:%d", self.api_url, *self.swarm.listen_address)
+            resuming = group.create_task(self._resume_streams(), name="node-resume-streams")
             interval = self.settings.poll_interval_s
             while not stop.is_set():
                 self.seller.poll(loop.time())
@@ -262,8 +266,9 @@ class Node:
             server.should_exit = True
             cashier.cancel()  # what is left is cashed after the loop, in `finish`
             feed.cancel()  # it writes its cursor on the way out
+            resuming.cancel()
             for cid in list(self.viewings):
-                await self.stop_stream(cid)
+                await self.stop_stream(cid, forget=False)  # open again at the next start
             await self.seller.stop()
 
     def _bind_api(self) -> socket.socket:
@@ -301,15 +306,18 @@ class Node:
         return self._token
 
     # -- watching ------------------------------------------------------------------------------
-    async def start_stream(self, content: str, budget: str | None) -> dict[str, Any]:
-        """Open a paid stream of `content` (id or magnet) spending at most `budget`."""
+    async def start_stream(self, content: str, budget: str | None, *, kept: KeptStream | None = None) -> dict[str, Any]:
+        """Open a paid stream of `content` (id or magnet) spending at most `budget`; it is
+        opened again at every start until stopped (`kept`: the one opened before, resumed
+        with what its budget has left)."""
         cid = parse_content_id(content)
         if cid in self.viewings:
             return self.viewings[cid].stats()
         if cid in self.roles:
             raise Conflict(f"this node holds {cid[:16]}… whole and seeds it: `veil open` decrypts it with the keys "
                            "the vault holds")
-        budget_wei = parse_amount(budget) if budget else None
+        signed_now = paid_for(self.ledger, self.client, self.wallet_address, bytes.fromhex(cid))
+        budget_wei = kept.budget_left(signed_now) if kept else parse_amount(budget) if budget else None
         trackers, peers = magnet_hints(content)
         locks = ExitStack()
         locks.enter_context(self.vault.hold_content(cid, "veil up"))
@@ -322,8 +330,23 @@ class Node:
             raise
         self.viewings[cid] = viewing
         self._viewing_locks[cid] = locks
-        log.info("streaming %s… within %d wei", cid[:16], viewing.budget_wei)
+        if kept is None:
+            self.kept_streams.keep(cid, KeptStream(content, viewing.budget_wei, signed_now))
+        log.info("%s %s… within %d wei", "resumed the stream of" if kept else "streaming", cid[:16], viewing.budget_wei)
         return viewing.stats()
+
+    async def _resume_streams(self) -> None:
+        """Open again the streams the user had open when the node last stopped (or died)."""
+        for cid, kept in list(self.kept_streams.streams.items()):
+            signed_now = paid_for(self.ledger, self.client, self.wallet_address, bytes.fromhex(cid))
+            if kept.budget_left(signed_now) <= 0:
+                log.info("the stream of %s… had spent its budget: not resumed", cid[:16])
+                self.kept_streams.forget(cid)
+                continue
+            try:
+                await self.start_stream(kept.content, None, kept=kept)
+            except VeilError as exc:  # kept: the next start tries again, or the user stops it
+                log.warning("the stream of %s… could not be resumed: %s", cid[:16], exc)
 
     def viewing(self, content_id: str) -> Viewing:
         cid = parse_content_id(content_id)
@@ -332,8 +355,14 @@ class Node:
             raise NotFound(f"no stream of {cid[:16]}… is open: start one with a budget (POST /api/v1/streams)")
         return viewing
 
-    async def stop_stream(self, content_id: str) -> dict[str, Any]:
+    async def stop_stream(self, content_id: str, *, forget: bool = True) -> dict[str, Any]:
+        """Stop a stream; `forget`: for good (else it is resumed at the next start)."""
+        cid = parse_content_id(content_id)
+        if forget and cid not in self.viewings and self.kept_streams.forget(cid):
+            return {"content_id": cid, "open": False, "resumed": False}  # one that could not be resumed
         viewing = self.viewing(content_id)
+        if forget:
+            self.kept_streams.forget(cid)
         cid = viewing.torrent.content_id
         stats = viewing.stats()
         try:
