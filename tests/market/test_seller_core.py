@@ -77,8 +77,24 @@ def test_a_viewer_that_stops_paying_gets_at_most_the_window_whatever_it_asks(pub
     session(core, published, viewer)
     core.cover_looked_up(viewer.address, published.cid, core.payee, COVER, NOW)
     served = sum(serve(core, range(12)) + serve(core, range(12)))
-    assert served == 2 and core.account(viewer.address).served_wei == 2 * PRICE
-    assert core.account(viewer.address).paid_wei == 0
+    assert served == 4  # the two slices of the window, and the same two again (free: charged once)
+    assert core.account(viewer.address).served_wei == 2 * PRICE and core.account(viewer.address).paid_wei == 0
+
+
+def test_a_viewer_back_after_losing_unpaid_slices_gets_them_again_without_a_second_charge(published, domain, viewer):
+    # it died after the seeder sent its window and before keeping it: on its return it asks
+    # for the same slices; charged again, its window would stay full and its stream stall
+    core = seeder(published, domain)
+    session(core, published, viewer)
+    core.cover_looked_up(viewer.address, published.cid, core.payee, COVER, NOW)
+    assert serve(core, [0, 1, 2]) == [True, True, False]
+    core.receive(PeerDropped(CONN, ("127.0.0.1", 7000), "gone", False), NOW)
+    session(core, published, viewer)
+    core.cover_looked_up(viewer.address, published.cid, core.payee, COVER, NOW)
+    assert serve(core, [0, 1, 2]) == [True, True, False]  # the same two again; a new one waits for payment
+    assert core.account(viewer.address).served_wei == 2 * PRICE
+    core.receive(cheque(domain, viewer, core, 2 * PRICE), NOW)
+    assert serve(core, [2, 3, 4]) == [True, True, False]
 
 
 def test_replayed_and_stale_cheques_buy_nothing_more(published, domain, viewer):
@@ -90,7 +106,8 @@ def test_replayed_and_stale_cheques_buy_nothing_more(published, domain, viewer):
     assert of(core.receive(cheque(domain, viewer, core, 2 * PRICE), NOW), ChequeAccepted) == []  # a replay
     actions = core.receive(cheque(domain, viewer, core, PRICE), NOW)  # stale
     assert sent(actions, messages.MarketRefusal)[0].code == messages.RefusalCode.BAD_CHEQUE
-    assert core.stats.cheques_refused == 1 and sum(serve(core, range(12))) == 0
+    assert core.stats.cheques_refused == 1 and sum(serve(core, range(4, 12))) == 0  # (0-3 again would be free)
+    assert core.account(viewer.address).served_wei == 4 * PRICE
 
 
 def test_no_lane_no_credit_and_the_viewer_is_told(published, domain, viewer):

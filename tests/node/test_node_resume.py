@@ -75,3 +75,25 @@ def test_a_stream_goes_on_after_kill_9_and_a_stop_within_its_budget_until_the_us
         assert "stopped" in stop(net["viewer_node"], signal.SIGTERM)
         viewer = restart_viewer(net)
         assert open_streams(viewer) == []
+
+
+def test_a_stream_killed_right_after_a_burst_pays_for_no_slice_twice(tmp_path):
+    # the slices a burst brought were on disk before any resume save, and some of the keys and
+    # slices sent ahead were paid for and never kept: the restart finds the slices, keeps the
+    # keys, is sent again what it lost, and pays each slice once
+    with two_nodes(tmp_path, slices=24) as net:
+        viewer, cid, plaintext = net["viewer"], net["cid"], net["plaintext"]
+        status, opened = viewer.json("POST", "streams", {"content": net["magnet"], "budget": f"{40 * PRICE_WEI}wei"})
+        assert status == 201, opened
+        half = 12 * (SLICE - 16)
+        status, _, data = viewer.call("GET", f"contents/{cid}/media", headers={"Range": f"bytes=0-{half - 1}"})
+        assert status == 206 and data == plaintext[:half]
+        net["viewer_node"].kill()
+        net["viewer_node"].wait(timeout=30)
+        viewer = restart_viewer(net)
+        wait_for(lambda: open_streams(viewer), "resumed stream")
+        status, _, data = viewer.call("GET", f"contents/{cid}/media")
+        assert status == 200 and data == plaintext
+        [again] = open_streams(viewer)
+        paid_in_all = 40 * PRICE_WEI - again["budget_wei"] + again["paid_wei"]
+        assert paid_in_all == opened["cost_wei"]  # every slice paid, once

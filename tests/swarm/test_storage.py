@@ -50,6 +50,19 @@ def test_a_resumed_download_keeps_only_pieces_that_still_verify(content, tmp_pat
     again.close()
 
 
+def test_a_run_that_died_before_its_first_resume_save_keeps_what_it_wrote(content, tmp_path):
+    """kill -9 within a second of the first pieces: on disk, but named in no resume file."""
+    store = PieceStore.for_download(content.torrent, tmp_path)
+    for index in (1, 2):
+        store.write_verified_piece(index, piece(content, index))
+    store.drain()  # written; no resume save yet, and the process dies without closing
+    assert not (tmp_path / (content.torrent.name + ".resume")).exists()
+    again = PieceStore.for_download(content.torrent, tmp_path)
+    assert [i for i, h in enumerate(again.have) if h] == [1, 2]  # each re-verified; the holes hashed never
+    again.close()
+    store.close()
+
+
 def test_a_torn_or_foreign_resume_file_starts_over(content, tmp_path):
     store = PieceStore.for_download(content.torrent, tmp_path)
     store.write_verified_piece(1, piece(content, 1))

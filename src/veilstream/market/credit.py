@@ -127,6 +127,10 @@ class SeederAccount(_PayeeBook):
     units_per_wei: int = 1
     served_units: int = -1  # -1: start from what was paid before
     _limit_units: int = -1  # (paid + window) in units; -1: not computed yet
+    # Bytes of each slice charged so far. A slice is charged once, up to its size: a viewer
+    # that lost one it was sent (it died before keeping it) and asks again gets it again
+    # free, or its window would stay spent on bytes it never had, and its stream stall.
+    charged_bytes: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.served_units < 0:

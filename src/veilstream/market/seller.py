@@ -241,6 +241,10 @@ class SellerCore:
             self.stats.bytes_served += length
             return True
         account = self.accounts.get(state.viewer) or self.account(state.viewer)
+        charged = account.charged_bytes.get(piece, 0)
+        if charged >= piece_size:  # sent whole before and asked again: charged once (SeederAccount)
+            self.stats.bytes_served += length
+            return True
         units = self._block_units.get((piece_size, length))
         if units is None:  # one value per (piece size, block length): a handful in all
             units = self._block_units[(piece_size, length)] = (
@@ -248,6 +252,7 @@ class SellerCore:
         if not account.serve_units(units, now):
             self.stats.blocks_refused += 1
             return False
+        account.charged_bytes[piece] = charged + length
         self.stats.bytes_served += length
         return True
 

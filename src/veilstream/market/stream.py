@@ -91,6 +91,7 @@ class PaidStream:
         self.stats = self.core.stats
         self.stats.started_at = time.monotonic()
         self.on_cheque_signed: Callable[[SignedCheque], None] | None = None  # e.g. keep it durably before it goes out
+        self.on_keys_arrived: Callable[[], None] | None = None  # e.g. keep them: paid for, and not sold twice
         self._timers = Timers(self._timer_fired)
         self._work = ChainWork(self._bug)
         self._keys_changed = asyncio.Event()
@@ -244,6 +245,8 @@ class PaidStream:
             elif kind is LimitFetching:
                 self.content.limit_fetching(action.end_piece)
             elif kind is KeysArrived:
+                if self.on_keys_arrived is not None:
+                    self.on_keys_arrived()
                 self._wake_player()
             elif kind is OpenLanes:
                 self._open_lanes(action)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -103,22 +102,16 @@ async def fetch_metadata(node: SwarmNode, cid: str, peers, trackers, scratch: Pa
 
 
 class KeysKeeper:
-    """Bought keys go to the vault while the stream runs, not only at its end: a killed
-    play keeps what it paid for."""
-
-    EVERY_S = 2.0
+    """Bought keys go to the vault as they arrive, not only at the stream's end: a killed
+    stream keeps what it paid for (the agent counts keys it released as sold; asked again
+    after a crash, they would cost again, and the stream could stall unpaid)."""
 
     def __init__(self, vault, cid: str, stream: PaidStream) -> None:
         self._vault, self._cid, self._stream = vault, cid, stream
         self._kept = len(stream.bought_keys().nodes)
-        self._at = time.monotonic()
-
-    def now_and_then(self) -> None:
-        if time.monotonic() - self._at >= self.EVERY_S:
-            self.now()
+        stream.on_keys_arrived = self.now
 
     def now(self) -> None:
-        self._at = time.monotonic()
         ring = self._stream.bought_keys()
         if len(ring.nodes) != self._kept:
             self._vault.store_keyring(self._cid, ring)
@@ -222,7 +215,6 @@ class Viewing:
                 lo, hi = max(start, slice_start) - slice_start, min(end, slice_start + len(plaintext)) - slice_start
                 if lo < hi:
                     yield bytes(plaintext[lo:hi])
-                self._keeper.now_and_then()
                 if slice_start + len(plaintext) >= end:
                     return
                 index += 1

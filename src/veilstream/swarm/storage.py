@@ -203,6 +203,7 @@ class PieceStore(PieceBits):
                     return store
                 store.close()
                 os.replace(final, part)
+            left_before = part.exists()
             fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 if os.fstat(fd).st_size != torrent.length:
@@ -212,6 +213,10 @@ class PieceStore(PieceBits):
         except OSError as exc:
             raise PieceStorageError(_describe(exc, part)) from None
         candidates = _load_resume(resume, torrent)
+        if left_before and not resume.exists():
+            # a run that died before its first resume save (they come at most every
+            # `resume_save_interval_s`): what it wrote is checked too, piece by piece
+            candidates = _pieces_with_data(part, torrent)
         have = _verify_pieces(torrent, part, candidates, progress)
         return cls(torrent, part, final_path=final, resume_path=resume, have=have, read_cache_pieces=read_cache_pieces)
 
@@ -504,6 +509,31 @@ def _load_resume(path: Path, torrent: Torrent) -> list[int]:
     if have is None:
         return []
     return [i for i in range(torrent.piece_count) if have[i]]
+
+
+def _pieces_with_data(path: Path, torrent: Torrent) -> list[int]:
+    """Pieces of a sparse file that hold any written data (SEEK_DATA): the holes of a
+    download never written need no hashing."""
+    pl, pieces = torrent.piece_length, set()
+    if not hasattr(os, "SEEK_DATA"):  # no way to tell the holes: every piece is hashed
+        return list(range(torrent.piece_count))
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise PieceStorageError(_describe(exc, path)) from None
+    try:
+        offset = 0
+        while offset < torrent.length:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+                end = min(os.lseek(fd, start, os.SEEK_HOLE), torrent.length)
+            except OSError:  # ENXIO: no data past `offset`
+                break
+            pieces.update(range(start // pl, (max(start, end - 1)) // pl + 1))
+            offset = end
+    finally:
+        os.close(fd)
+    return sorted(i for i in pieces if i < torrent.piece_count)
 
 
 def _verify_pieces(torrent: Torrent, path: Path, pieces, progress) -> bytearray:

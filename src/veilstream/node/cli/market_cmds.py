@@ -267,7 +267,6 @@ def _play(cid: str, vault, identity, client, out: Path, peers, tracker: list[str
                             sys.stdout.buffer.write(plaintext)
                         report.played = index + 1
                         report.paid_wei = stream.payer.spent_wei
-                        keys_kept.now_and_then()
                         ahead = sum(content.store.have[index + 1 :]) if content.store else 0
                         progress.update(task, advance=1, status=(
                             f"{ahead} ahead · paid {format_ether(stream.payer.spent_wei)} · "
