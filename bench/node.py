@@ -262,9 +262,9 @@ def media_by_range(net: Network, name: str) -> tuple[float, float]:
 
 
 async def paid_stream(rpc: str, deployment: Path, torrent, peer: str, work: Path, account, *,
-                      check: bytes | None = None, go: asyncio.Event | None = None) -> float:
+                      check: bytes | None = None, go: asyncio.Event | None = None) -> tuple[float, float]:
     """One viewer's `PaidStream` of the whole content from `peer`, as `veil play` runs it,
-    without a vault: seconds from its start to its last decrypted slice."""
+    without a vault: (seconds from its start to its last decrypted slice, to its first)."""
     from veilstream.chain.client import ChainClient
     from veilstream.market import messages
     from veilstream.market.lanes import LaneOpener
@@ -287,9 +287,11 @@ async def paid_stream(rpc: str, deployment: Path, torrent, peer: str, work: Path
                                 lanes=LaneOpener(client), key_agent=record.key_agent)
             host, port = peer.rsplit(":", 1)
             transfer.add_peer(host, int(port))
-            size, at = torrent.manifest.plain_slice_length, 0
+            size, at, first = torrent.manifest.plain_slice_length, 0, None
             try:
                 async for index, plaintext in stream.slices(0, reuse=True):
+                    if first is None:
+                        first = time.perf_counter() - started
                     if check is not None and bytes(plaintext) != check[index * size:index * size + len(plaintext)]:
                         raise RuntimeError(f"slice {index} is not the plaintext")
                     at += len(plaintext)
@@ -298,7 +300,7 @@ async def paid_stream(rpc: str, deployment: Path, torrent, peer: str, work: Path
                 await stream.aclose()
         if at != torrent.manifest.plaintext_length:
             raise RuntimeError(f"the stream ended after {at} bytes")
-        return elapsed
+        return elapsed, first
     finally:
         client.close()
 
@@ -324,7 +326,7 @@ def part_media(net: Network, args, figures: dict) -> None:
 
         def reference() -> float:
             return run(paid_stream(net.rpc, net.devnet_dir / "devnet.json", content["torrent"], net.peers_at,
-                                   net.work / f"ref-{name}", new_account(net, ETHER // 10), check=content["plaintext"]))
+                                   net.work / f"ref-{name}", new_account(net, ETHER // 10), check=content["plaintext"]))[0]
 
         if number % 2 == 0:
             ref_s = reference()
@@ -333,17 +335,18 @@ def part_media(net: Network, args, figures: dict) -> None:
             media_s, open_s = media_by_range(net, name)
             ref_s = reference()
         net.viewer_api.call("DELETE", f"streams/{content['cid']}")
-        rows.append((size_mib / media_s, size_mib / ref_s, ref_s / media_s, open_s))
+        rows.append((size_mib / media_s, size_mib / ref_s, ref_s / media_s, open_s, size_mib / (media_s - open_s)))
         say(f"media round {number + 1}: {size_mib:.0f} MiB by 1 MiB Range requests in {media_s:.2f} s "
             f"(POST /streams {open_s * 1000:.0f} ms of it) = {size_mib / media_s:.1f} MiB/s; "
             f"direct PaidStream {ref_s:.2f} s = {size_mib / ref_s:.1f} MiB/s; ratio {ref_s / media_s:.2f}")
     media_rate, ref_rate = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
     ratio, open_s = statistics.median(r[2] for r in rows), statistics.median(r[3] for r in rows)
+    after_open = statistics.median(r[4] for r in rows)
     figures.update(media_mib_s=round(media_rate, 2), media_reference_mib_s=round(ref_rate, 2),
                    media_ratio=round(ratio, 3), media_open_ms=round(open_s * 1000, 1), media_size_mib=round(size_mib, 1),
-                   media_rounds=len(rows))
+                   media_rounds=len(rows), media_after_post_mib_s=round(after_open, 2))
     say(f"media: GET /media by 1 MiB ranges {media_rate:.1f} MiB/s vs direct PaidStream {ref_rate:.1f} MiB/s "
-        f"(medians of {len(rows)} rounds); ratio {ratio:.2f} ({goal('media_ratio', ratio)})")
+        f"(medians of {len(rows)} rounds; /media after the POST: {after_open:.1f} MiB/s); ratio {ratio:.2f} ({goal('media_ratio', ratio)})")
 
 
 # -- range ---------------------------------------------------------------------------------
@@ -452,16 +455,20 @@ def part_api(net: Network, args, figures: dict) -> None:
     clients = 50
     floor_timed, floor_failed = hammer(api, ["/api/v1/health"], clients, seconds, token=False)
     timed, failed = hammer(api, paths, clients, seconds)
+    # the same without /wallet (each of its answers reads the chain): what the rest costs alone
+    others = [p for p in paths if not p.endswith("/wallet")]
+    no_wallet = p99([ms for _, ms in hammer(api, others, clients, seconds)[0]])
     reads, floor = [ms for _, ms in timed], [ms for _, ms in floor_timed]
     figure, ref = p99(reads), p99(floor)
     each = {path.rsplit("/", 1)[1]: round(p99([ms for p, ms in timed if p == path]), 1) for path in paths}
     figures.update(api_p99_ms=round(figure, 1), api_p50_ms=round(statistics.median(reads), 1),
                    api_rps=round(len(reads) / seconds), api_failed=failed,
-                   api_health_p99_ms=round(ref, 1), api_health_rps=round(len(floor) / seconds), api_p99_by_path_ms=each)
+                   api_health_p99_ms=round(ref, 1), api_health_rps=round(len(floor) / seconds), api_p99_by_path_ms=each,
+                   api_p99_without_wallet_ms=round(no_wallet, 1))
     say(f"api: {clients} keep-alive clients for {seconds:.0f} s on status/streams/wallet/feed: "
         f"{len(reads) / seconds:.0f} req/s, p50 {statistics.median(reads):.1f} ms, p99 {figure:.1f} ms, "
         f"{failed} failed (p99 by path: {', '.join(f'{p} {ms:.0f} ms' for p, ms in each.items())}); on /health {len(floor) / seconds:.0f} req/s, p99 {ref:.1f} ms "
-        f"({floor_failed} failed); {goal('api_p99_ms', figure)}")
+        f"({floor_failed} failed); status/streams/feed alone p99 {no_wallet:.1f} ms; {goal('api_p99_ms', figure)}")
 
 
 # -- rss -----------------------------------------------------------------------------------
@@ -537,8 +544,9 @@ def child_viewers(rpc: str, deployment: str, torrent_path: str, peer: str, work:
         go.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         errors = [repr(r) for r in results if isinstance(r, BaseException)]
-        print(json.dumps({"seconds": time.perf_counter() - started, "each_s": [r for r in results if isinstance(r, float)],
-                          "errors": errors}), flush=True)
+        done = [r for r in results if not isinstance(r, BaseException)]
+        print(json.dumps({"seconds": time.perf_counter() - started, "each_s": [r[0] for r in done],
+                          "first_s": [r[1] for r in done], "errors": errors}), flush=True)
 
     run(main())
 
@@ -616,13 +624,23 @@ def part_fanout(net: Network, args, figures: dict) -> None:
         seeder.stdin.close()
         seeder.wait(60)
     plain_s = max(r["seconds"] for r in plain)
+    paid_each = sorted(t for r in results for t in r["each_s"])
+    paid_first = statistics.median(t for r in results for t in r["first_s"])
+    plain_each = sorted(t for r in plain for t in r["done_s"])
     paid_rate, plain_rate = viewers * size_mib / paid_s, viewers * size_mib / plain_s
     ratio = paid_rate / plain_rate
     figures.update(fanout_mib_s=round(paid_rate, 2), fanout_plain_mib_s=round(plain_rate, 2),
-                   fanout_ratio=round(ratio, 3), fanout_viewers=viewers)
+                   fanout_ratio=round(ratio, 3), fanout_viewers=viewers, fanout_size_mib=round(size_mib, 1),
+                   fanout_paid_viewer_s=[round(paid_each[0], 2), round(statistics.median(paid_each), 2), round(paid_each[-1], 2)],
+                   fanout_paid_first_slice_s=round(paid_first, 3),
+                   fanout_plain_leecher_s=[round(plain_each[0], 2), round(statistics.median(plain_each), 2),
+                                           round(plain_each[-1], 2)])
     say(f"fanout: creator's `veil up` → {viewers} paid PaidStream viewers (2 processes of {per}), {size_mib:.0f} MiB "
         f"each, in {paid_s:.2f} s = {paid_rate:.1f} MiB/s aggregate; unpaid, plain seeder → {viewers} plain leechers "
-        f"in {plain_s:.2f} s = {plain_rate:.1f} MiB/s; ratio {ratio:.2f} ({goal('fanout_ratio', ratio)})")
+        f"in {plain_s:.2f} s = {plain_rate:.1f} MiB/s; ratio {ratio:.2f} ({goal('fanout_ratio', ratio)}); "
+        f"each viewer's time min/median/max {paid_each[0]:.2f}/{statistics.median(paid_each):.2f}/{paid_each[-1]:.2f} s, "
+        f"each plain leecher's {plain_each[0]:.2f}/{statistics.median(plain_each):.2f}/{plain_each[-1]:.2f} s; "
+        f"a paid viewer's first slice after {paid_first * 1000:.0f} ms (median)")
 
 
 # -- main ----------------------------------------------------------------------------------
