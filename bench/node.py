@@ -678,9 +678,10 @@ def main() -> int:
     try:
         net = Network(work)
         slice_size = "256KiB" if args.quick else "1MiB"
-        # the range content twice the size: enough slices that each seek lands on one not held yet
+        # the range content: twice the size, and twice the viewer's streaming window (8 MiB) at
+        # least, so that each seek lands on slices not held yet
         wanted = [("media", f"media{n}", size) for n in range(args.rounds)]
-        wanted += [("range", "range", 2 * size), ("fanout", "fanout", size // 2)]
+        wanted += [("range", "range", max(2 * size, 16 * MIB)), ("fanout", "fanout", size // 2)]
         for part, name, bytes_ in wanted:
             if part in parts:
                 net.add_content(name, bytes_ - 1234, slice_size)
