@@ -1,6 +1,7 @@
 """The node as a user runs it: `veil up` processes on loopback, a devnet (anvil), the HTTP API.
 
     .venv/bin/python bench/node.py [--quick] [--only media,range,api,rss,fanout] [--strict]
+                                   [--size-mib 32] [--rounds 3]
 
 Each figure comes with its reference, measured in the same run:
 
@@ -8,7 +9,8 @@ Each figure comes with its reference, measured in the same run:
   in 1 MiB Range requests, from `POST /streams` to the last byte (every byte compared);
   reference: the same paid path without HTTP, a `PaidStream` in this process (what `veil
   play` runs) streaming the same content from the same creator node, from the stream's
-  start to its last decrypted slice. `media_ratio` = media MiB/s ÷ reference MiB/s.
+  start to its last decrypted slice. `media_ratio` = media MiB/s ÷ reference MiB/s, the
+  median over rounds, each on a content of its own, node and reference in turn first.
 - range: on the viewer node, a stream of another content already open with its first
   slices held; Range requests at 50% of the content, then at positions below it (the
   viewer fetches in order from a seek on, so each lower one is not held yet): time to the
@@ -16,7 +18,8 @@ Each figure comes with its reference, measured in the same run:
 - api: 50 client threads, each on its own keep-alive connection, hammer the viewer node's
   read endpoints (status, streams, wallet, feed) for a while; p99 latency. Reference:
   the same clients on `/api/v1/health` (no token, no work): the floor of the server and
-  of this client on this machine.
+  of this client on this machine. And the mix without /wallet (whose every answer reads
+  the chain), to show what the rest costs alone.
 - rss: a vault with 100 tiny contents published through `veil publish` (timed); its
   `veil up` seeds them all; VmRSS once it settles, the node's process and any children.
   Reference: a node of a vault with one content, same run.
@@ -222,7 +225,6 @@ class Network:
         """The creator's node (seeds every content, sells their keys) and a viewer's."""
         self.creator = self.start(self.creator_home, "up", "--api-port", "0", *self.node_flags, ready="API ")
         self.peers_at = re.search(r"peers at (\S+:\d+)", self.creator.banner)[1]
-        self.creator_api = Api(self.creator_home, self.creator.banner)
         self.viewer_home = self.vault("viewer", deposit_wei=ETHER // 10)
         self.viewer = self.start(self.viewer_home, "up", "--api-port", "0", *self.node_flags, ready="API ")
         self.viewer_api = Api(self.viewer_home, self.viewer.banner)
@@ -325,8 +327,9 @@ def part_media(net: Network, args, figures: dict) -> None:
         size_mib = len(content["plaintext"]) / MIB
 
         def reference() -> float:
+            viewer = new_account(net, ETHER // 10)
             return run(paid_stream(net.rpc, net.devnet_dir / "devnet.json", content["torrent"], net.peers_at,
-                                   net.work / f"ref-{name}", new_account(net, ETHER // 10), check=content["plaintext"]))[0]
+                                   net.work / f"ref-{name}", viewer, check=content["plaintext"]))[0]
 
         if number % 2 == 0:
             ref_s = reference()
@@ -343,10 +346,12 @@ def part_media(net: Network, args, figures: dict) -> None:
     ratio, open_s = statistics.median(r[2] for r in rows), statistics.median(r[3] for r in rows)
     after_open = statistics.median(r[4] for r in rows)
     figures.update(media_mib_s=round(media_rate, 2), media_reference_mib_s=round(ref_rate, 2),
-                   media_ratio=round(ratio, 3), media_open_ms=round(open_s * 1000, 1), media_size_mib=round(size_mib, 1),
+                   media_ratio=round(ratio, 3), media_open_ms=round(open_s * 1000, 1),
+                   media_size_mib=round(size_mib, 1),
                    media_rounds=len(rows), media_after_post_mib_s=round(after_open, 2))
     say(f"media: GET /media by 1 MiB ranges {media_rate:.1f} MiB/s vs direct PaidStream {ref_rate:.1f} MiB/s "
-        f"(medians of {len(rows)} rounds; /media after the POST: {after_open:.1f} MiB/s); ratio {ratio:.2f} ({goal('media_ratio', ratio)})")
+        f"(medians of {len(rows)} rounds; /media after the POST: {after_open:.1f} MiB/s); "
+        f"ratio {ratio:.2f} ({goal('media_ratio', ratio)})")
 
 
 # -- range ---------------------------------------------------------------------------------
@@ -391,7 +396,8 @@ def part_range(net: Network, args, figures: dict) -> None:
                    range_slice_kib=content["torrent"].piece_length // 1024)
     say(f"range: first byte of a seek to a not-yet-held position (at {', '.join(f'{f:.0%}' for f in fractions)}): "
         f"median {median:.1f} ms ({', '.join(f'{s:.0f}' for s in seeks)} ms; {looks_held} as fast as a held one); "
-        f"of a held range {ref:.1f} ms; {total / MIB:.0f} MiB content, {content['torrent'].piece_count} slices of {content['torrent'].piece_length // 1024} KiB; "
+        f"of a held range {ref:.1f} ms; {total / MIB:.0f} MiB content, {content['torrent'].piece_count} slices "
+        f"of {content['torrent'].piece_length // 1024} KiB; "
         f"{goal('range_first_byte_ms', median)}")
 
 
@@ -467,7 +473,8 @@ def part_api(net: Network, args, figures: dict) -> None:
                    api_p99_without_wallet_ms=round(no_wallet, 1))
     say(f"api: {clients} keep-alive clients for {seconds:.0f} s on status/streams/wallet/feed: "
         f"{len(reads) / seconds:.0f} req/s, p50 {statistics.median(reads):.1f} ms, p99 {figure:.1f} ms, "
-        f"{failed} failed (p99 by path: {', '.join(f'{p} {ms:.0f} ms' for p, ms in each.items())}); on /health {len(floor) / seconds:.0f} req/s, p99 {ref:.1f} ms "
+        f"{failed} failed (p99 by path: {', '.join(f'{p} {ms:.0f} ms' for p, ms in each.items())}); "
+        f"on /health {len(floor) / seconds:.0f} req/s, p99 {ref:.1f} ms "
         f"({floor_failed} failed); status/streams/feed alone p99 {no_wallet:.1f} ms; {goal('api_p99_ms', figure)}")
 
 
@@ -631,14 +638,16 @@ def part_fanout(net: Network, args, figures: dict) -> None:
     ratio = paid_rate / plain_rate
     figures.update(fanout_mib_s=round(paid_rate, 2), fanout_plain_mib_s=round(plain_rate, 2),
                    fanout_ratio=round(ratio, 3), fanout_viewers=viewers, fanout_size_mib=round(size_mib, 1),
-                   fanout_paid_viewer_s=[round(paid_each[0], 2), round(statistics.median(paid_each), 2), round(paid_each[-1], 2)],
+                   fanout_paid_viewer_s=[round(paid_each[0], 2), round(statistics.median(paid_each), 2),
+                                         round(paid_each[-1], 2)],
                    fanout_paid_first_slice_s=round(paid_first, 3),
                    fanout_plain_leecher_s=[round(plain_each[0], 2), round(statistics.median(plain_each), 2),
                                            round(plain_each[-1], 2)])
     say(f"fanout: creator's `veil up` → {viewers} paid PaidStream viewers (2 processes of {per}), {size_mib:.0f} MiB "
         f"each, in {paid_s:.2f} s = {paid_rate:.1f} MiB/s aggregate; unpaid, plain seeder → {viewers} plain leechers "
         f"in {plain_s:.2f} s = {plain_rate:.1f} MiB/s; ratio {ratio:.2f} ({goal('fanout_ratio', ratio)}); "
-        f"each viewer's time min/median/max {paid_each[0]:.2f}/{statistics.median(paid_each):.2f}/{paid_each[-1]:.2f} s, "
+        f"each viewer's time min/median/max "
+        f"{paid_each[0]:.2f}/{statistics.median(paid_each):.2f}/{paid_each[-1]:.2f} s, "
         f"each plain leecher's {plain_each[0]:.2f}/{statistics.median(plain_each):.2f}/{plain_each[-1]:.2f} s; "
         f"a paid viewer's first slice after {paid_first * 1000:.0f} ms (median)")
 
