@@ -1,7 +1,7 @@
 """The node as a user runs it: `veil up` processes on loopback, a devnet (anvil), the HTTP API.
 
     .venv/bin/python bench/node.py [--quick] [--only media,range,api,rss,fanout] [--strict]
-                                   [--size-mib 32] [--rounds 3]
+                                   [--size-mib 32] [--rounds 3] [--viewers 20]
 
 Each figure comes with its reference, measured in the same run:
 
@@ -598,7 +598,7 @@ def start_together(children: list[subprocess.Popen]) -> list[dict]:
 def part_fanout(net: Network, args, figures: dict) -> None:
     content = net.contents["fanout"]
     size_mib = len(content["plaintext"]) / MIB
-    viewers = 4 if args.quick else 20
+    viewers = args.viewers or (4 if args.quick else 20)
     per = viewers // 2
     accounts = [new_account(net, ETHER // 10) for _ in range(viewers)]
     work = net.work / "fanout"
@@ -670,6 +670,7 @@ def main() -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 if a part failed")
     parser.add_argument("--size-mib", type=int, default=None, help="the media and range contents (default 32; quick 4)")
     parser.add_argument("--rounds", type=int, default=None, help="media rounds (default 3; quick 1)")
+    parser.add_argument("--viewers", type=int, default=None, help="fanout viewers, an even number (default 20; quick 4)")
     args = parser.parse_args()
     args.rounds = args.rounds or (1 if args.quick else 3)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
