@@ -29,7 +29,7 @@ fuzz: $(STAMP)
 	VEIL_FUZZ_SECONDS=$${VEIL_FUZZ_SECONDS:-300} $(BIN)/python -m pytest -q tests -k fuzz -p no:xdist
 
 bench: $(STAMP) tools
-	for b in publish swarm chain stream feed; do $(BIN)/python bench/$$b.py || exit 1; done
+	for b in publish swarm chain stream feed node; do $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .tools build *.egg-info src/*.egg-info
