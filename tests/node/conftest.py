@@ -5,7 +5,7 @@ nodes and a test would miss what an earlier one, on the other worker, did."""
 
 import pytest
 
-SHARED_NODES = {"test_node.py", "test_node_feed.py", "test_node_limits.py", "test_node_live.py",
+SHARED_NODES = {"test_node.py", "test_node_contents.py", "test_node_feed.py", "test_node_limits.py", "test_node_live.py",
                 "test_node_media.py", "test_node_wallet.py"}
 
 

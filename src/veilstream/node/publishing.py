@@ -72,7 +72,7 @@ def publish_options(*, slice_size: str = DEFAULT_SLICE_SIZE, price: str = "0",
     """The options of a publish as the user wrote them, or `PublishError` saying what is wrong."""
     size = parse_size(slice_size)
     check_piece_length(size)
-    if mime_type is not None and (mime_type.count("/") != 1 or len(mime_type) > 255 or not mime_type.isprintable()):
+    if mime_type and (mime_type.count("/") != 1 or len(mime_type) > 255 or not mime_type.isprintable()):
         raise PublishError(f"not a MIME type: {mime_type[:80]!r} (write e.g. video/mp4)")
     return PublishOptions(size, suite, Terms(parse_price(price), parse_share(seeder_share)), tuple(trackers),
                           display_name=name or None, mime_type=mime_type or None)

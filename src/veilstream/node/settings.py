@@ -36,6 +36,9 @@ class NodeSettings:
     events_kept: int = 1000
     # An idle event stream sends a comment this often, so proxies and browsers keep it open.
     events_keepalive_s: float = 15.0
+    # A file uploaded to publish (POST /api/v1/contents) may be this large at most: it is
+    # written to the vault's disk (twice, for a remux) before it is encrypted beside it.
+    upload_max_bytes: int = 16 * 1024 * MIB
 
     def __post_init__(self) -> None:
         if not self.api_host:
@@ -44,5 +47,7 @@ class NodeSettings:
             raise NodeSettingsError("stop_timeout_s and poll_interval_s must be positive numbers of seconds")
         if self.events_kept < 1 or self.events_keepalive_s <= 0:
             raise NodeSettingsError("events_kept must be at least 1 and events_keepalive_s a positive number of seconds")
+        if self.upload_max_bytes < 1:
+            raise NodeSettingsError("upload_max_bytes must be at least 1")
         if self.log_max_bytes < 4096 or self.log_files_kept < 1:
             raise NodeSettingsError("log_max_bytes must be at least 4096 and log_files_kept at least 1")
