@@ -8,15 +8,18 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
+import signal
 import socket
+import subprocess
 import time
 from urllib.parse import urlencode
 
 import pytest
 
-from cli_harness import content_id_of, new_vault, ok, veil
+from cli_harness import chain_flags, content_id_of, free_port, new_vault, ok, require_anvil, start, start_devnet, veil
 from test_node import Home, RunningNode, answers_handshake
-from test_node_live import SseClient, call
+from test_node_live import Endpoint, SseClient, call, raw_get
 from veilstream.content.faststart import file_needs_faststart
 from veilstream.node.sample import make_sample_video
 
@@ -59,7 +62,7 @@ def upload(node, body: bytes, **query) -> tuple[int, dict]:
 def finished_publish(node, publish_id: str) -> dict:
     deadline = time.monotonic() + PUBLISH_WAIT_S
     while time.monotonic() < deadline:
-        status, state = node.get(f"/api/v1/publishes/{publish_id}")
+        status, state = call(node, "GET", f"/api/v1/publishes/{publish_id}")
         assert status == 200, state
         if state["stage"] in ("done", "failed"):
             return state
@@ -80,7 +83,7 @@ def until(condition, what: str, deadline_s: float = 20.0) -> None:
 
 
 def held_ids(node) -> set[str]:
-    status, body = node.get("/api/v1/contents")
+    status, body = call(node, "GET", "/api/v1/contents")
     assert status == 200, body
     return {c["content_id"] for c in body["contents"]}
 
@@ -245,7 +248,74 @@ def test_the_cli_says_it_remuxed_an_mp4_with_its_index_last(tmp_path):
 
 
 def test_the_node_stops_cleanly_after_publishing(node):
-    # runs last in this file: it stops the module's node
+    # runs after the tests of the module's node: it stops it
     code, _, out, err = node.stop()
     assert code == 0, err
     assert "stopped; cashed and claimed" in out
+
+
+# -- on a devnet: a content published by upload sells its keys at once; its cheques are kept ----
+PRICE_WEI = 10**12
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    require_anvil()
+    tmp = tmp_path_factory.mktemp("contents-two")
+    creator, viewer = tmp / "creator", tmp / "viewer"
+    for home in (creator, viewer):
+        new_vault(home)
+    port, directory = free_port(), tmp / "devnet"
+    chain = chain_flags(port, directory)
+    node_chain = ["--set", f"node.chain_rpc_url=http://127.0.0.1:{port}",
+                  "--set", f"node.chain_deployment={directory / 'devnet.json'}"]
+    devnet, _ = start_devnet(creator, port, directory)
+    processes = [devnet]
+    try:
+        ok(veil(creator, "wallet", "faucet", "1", *chain))
+        ok(veil(viewer, "wallet", "faucet", "1", *chain))
+        ok(veil(viewer, "wallet", "deposit", "0.1", *chain))
+        creator_node, creator_banner = start(creator, "up", "--api-port", "0", *node_chain, ready="API ")
+        processes.append(creator_node)
+        viewer_node, viewer_banner = start(viewer, "up", "--api-port", "0", *node_chain, ready="API ")
+        processes.append(viewer_node)
+        yield dict(peers_at=re.search(r"peers at (\S+:\d+)", creator_banner)[1],
+                   creator=Endpoint(creator, creator_banner), viewer=Endpoint(viewer, viewer_banner))
+    finally:
+        for process in reversed(processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.communicate(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+def test_an_uploaded_content_sells_its_keys_at_once_and_is_not_removed_while_its_cheques_are_uncashed(two_nodes):
+    creator, viewer = two_nodes["creator"], two_nodes["viewer"]
+    plaintext = os.urandom(5 * (16 * 1024 - 16) + 77)
+    status, accepted = upload(creator, plaintext, name="paid.bin", price=f"{PRICE_WEI}wei", slice_size=SLICE)
+    assert status == 202, accepted
+    state = finished_publish(creator, accepted["publish_id"])
+    assert state["stage"] == "done", state
+    cid, magnet = state["result"]["content_id"], state["result"]["magnet"]
+
+    status, opened_stream = call(viewer, "POST", "/api/v1/streams", {"content": f"{magnet}&x.pe={two_nodes['peers_at']}"})
+    assert status == 201, opened_stream
+    status, _, data = raw_get(viewer, f"/api/v1/contents/{cid}/media", {"Authorization": f"Bearer {viewer.token}"})
+    assert status == 200 and data == plaintext  # keys bought from a node that published it seconds ago
+    assert call(viewer, "DELETE", f"/api/v1/streams/{cid}")[0] == 200
+
+    def earned() -> bool:
+        status, detail = call(creator, "GET", f"/api/v1/contents/{cid}")
+        return status == 200 and detail["cheques_accepted"] > 0
+
+    until(earned, "the creator took no cheque", deadline_s=30)
+    status, body = call(creator, "DELETE", f"/api/v1/contents/{cid}")
+    assert status == 409 and "not cashed yet" in body["error"], body
+    assert cid in held_ids(creator)
+    status, cashed = call(creator, "POST", "/api/v1/wallet/cash", {"ignore_gas": True})
+    assert status == 200 and cashed["cheques_cashed"] > 0, cashed
+    status, body = call(creator, "DELETE", f"/api/v1/contents/{cid}")
+    assert status == 200 and body["removed"] is True, body
+    assert cid not in held_ids(creator)
