@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from cli_harness import chain_flags, content_id_of, free_port, new_vault, ok, require_anvil, start, start_devnet, veil
+from cli_harness import assert_clean_failure, chain_flags, content_id_of, free_port, new_vault, ok, require_anvil, start, start_devnet, veil
 from test_node import Home, RunningNode, answers_handshake
 from test_node_live import Endpoint, SseClient, call, raw_get
 from veilstream.content.faststart import file_needs_faststart
@@ -222,6 +222,7 @@ def test_a_client_that_goes_away_mid_upload_leaves_nothing_behind(node, home):
 def test_removing_a_content_stops_seeding_it_and_frees_it_from_the_vault(node, home):
     cid = home.uploaded
     address = node.get("/api/v1/status")[1]["swarm"]["listen"]
+    assert_clean_failure(veil(home, "rm", cid), "in use by `veil up`")  # not under the running node's feet
     listener = SseClient(node)
     try:
         status, body = call(node, "DELETE", f"/api/v1/contents/{cid}")

@@ -181,6 +181,7 @@ class Node:
             offer = self.seller.offer(held.content_id, keys=held.role == "creator")
             offer.paused = held.content_id in paused
             self.roles[held.content_id] = held.role
+            self._metadata[held.content_id] = self._read_metadata(held.content_id, held.role, offer.torrent)
         self.feed = FeedKeeper.open(self.home, identity.nostr_pubkey, self.config["social"], self._stack)
         self.feed.subscribe(lambda event: self.live.publish("feed", live_summary(event)))
         replace_file(self.home / TOKEN_FILE, (self._token + "\n").encode(), mode=0o600)
@@ -385,11 +386,15 @@ class Node:
             raise Conflict(f"this node seeds {cid[:16]}… already")
         self._hold(cid)
         try:
+            def prepare():
+                offer = self.seller.prepare(cid, keys=role == "creator")
+                return offer, self._read_metadata(cid, role, offer.torrent)
+
             try:  # on the chain thread: the offer may register the content, in order with this account's other sends
-                future = self.seller.cashier.send(lambda: self.seller.prepare(cid, keys=role == "creator"))
+                future = self.seller.cashier.send(prepare)
             except RuntimeError:  # its worker is shut: the node is stopping
                 raise NodeError("the node is stopping: it seeds nothing new") from None
-            offer = await asyncio.wrap_future(future)
+            offer, self._metadata[cid] = await asyncio.wrap_future(future)
             self.seller.add(offer)
         except BaseException:
             self._content_locks.pop(cid).close()
@@ -428,8 +433,14 @@ class Node:
         if self._group is None:
             scratch.close()
             raise NodeError("the node is not serving yet")
+        work = self._publish(job, source, options, scratch)
+        try:
+            self._group.create_task(work, name=f"publish-{job.publish_id}")
+        except RuntimeError:  # the task group is closing: the node stops
+            work.close()
+            scratch.close()
+            raise NodeError("the node is stopping: it publishes nothing new") from None
         job.enter(QUEUED)
-        self._group.create_task(self._publish(job, source, options, scratch), name=f"publish-{job.publish_id}")
 
     async def _publish(self, job: PublishJob, source: Path, options: PublishOptions, scratch: ExitStack) -> None:
         try:
@@ -465,21 +476,19 @@ class Node:
         holds its metadata key) what its encrypted metadata says; for a seeder, None."""
         torrent = offer.torrent
         manifest = torrent.manifest
-        cid = torrent.content_id
-        if cid not in self._metadata:
-            self._metadata[cid] = self._read_metadata(cid, manifest)
         return {**self._content_status(offer), "slices": torrent.piece_count, "slice_size": torrent.piece_length,
                 "ciphertext_bytes": torrent.length, "suite": manifest.suite.value,
                 "price_per_slice_wei": manifest.terms.price_per_slice_wei,
                 "seeder_share_bps": manifest.terms.seeder_share_bps, "creator": "0x" + manifest.creator_address.hex(),
-                "magnet": torrent.magnet, "metadata": self._metadata[cid]}
+                "magnet": torrent.magnet, "metadata": self._metadata.get(torrent.content_id)}
 
-    def _read_metadata(self, cid: str, manifest) -> dict[str, Any] | None:
-        if self.roles.get(cid) != "creator":
+    def _read_metadata(self, cid: str, role: str, torrent) -> dict[str, Any] | None:
+        """What a content's encrypted metadata says, read once when the node takes it up."""
+        if role != "creator":
             return None  # a seeder holds no metadata key: the torrent says nothing of what it carries
         try:
             key = self.vault.keyring(cid).metadata_key
-            meta = manifest.metadata(key) if key else None
+            meta = torrent.manifest.metadata(key) if key else None
         except VeilError as exc:
             log.warning("the metadata of %s… cannot be read: %s", cid[:16], exc)
             return None

@@ -14,7 +14,7 @@ from veilstream.content import CipherSuite, PublishError, decrypt_to, parse_cont
 from veilstream.content.publish import check_source
 from veilstream.errors import VeilError
 from veilstream.node.cli.chain_cmds import ChainDeployment, ChainRpc, _wallet_lock
-from veilstream.node.cli.common import console, open_vault, this_command, unlock_identity
+from veilstream.node.cli.common import console, hold_content, open_vault, this_command, unlock_identity
 from veilstream.node.cli.progress import byte_progress
 from veilstream.node.publishing import REMUXING, publish_into_vault, publish_options
 from veilstream.vault import atomic_writer, user_file_mode
@@ -153,7 +153,8 @@ def remove(
     vault = open_vault()
     if cid not in {h.content_id for h in vault.contents()} and cid not in vault.partial_plays():
         raise ContentCommandError(f"content {cid[:16]}… is not in this vault (`veil list`)")
-    freed = vault.remove(cid)
+    with hold_content(vault, cid):  # a running node seeding it is named: `DELETE /api/v1/contents/ID` removes it there
+        freed = vault.remove(cid)
     console.print(f"removed {cid}: {freed / 2**20:.1f} MiB freed; its keys stay in the vault")
 
 

@@ -67,11 +67,11 @@ def router(node: Node) -> APIRouter:
     async def list_contents() -> dict[str, Any]:
         """Every content this node holds and seeds: its role, manifest, seeding figures, and
         (for its creator) what its encrypted metadata says."""
-        return {"contents": await asyncio.to_thread(node.contents)}
+        return {"contents": node.contents()}
 
     @api.get("/contents/{content_id}")
     async def content(content_id: str) -> dict[str, Any]:
-        return await asyncio.to_thread(node.content, content_id)
+        return node.content(content_id)
 
     @api.delete("/contents/{content_id}")
     async def remove(content_id: str) -> dict[str, Any]:
