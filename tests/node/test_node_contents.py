@@ -199,6 +199,19 @@ def test_bad_options_an_oversized_upload_and_a_corrupt_mp4_are_refused_leaving_n
     cut = video.read_bytes()[:-100]  # its index box runs past the end
     refused_leaving_nothing(node, home, before, *upload(node, cut, name="clip.mp4"), 400, "runs past the end")
 
+    # boxes that add up around an index PyAV cannot read: refused by the remux, after the 202
+    def box(kind: bytes, body: bytes) -> bytes:
+        return (8 + len(body)).to_bytes(4, "big") + kind + body
+
+    unreadable = box(b"ftyp", b"isom\0\0\0\0") + box(b"mdat", b"\x01" * 64) + box(b"moov", b"\xff" * 64)
+    status, accepted = upload(node, unreadable, name="clip.mp4")
+    assert status == 202, accepted
+    state = finished_publish(node, accepted["publish_id"])
+    assert state["stage"] == "failed" and state["result"] is None, state
+    assert re.search("PyAV cannot read it|no audio or video stream", state["error"]), state
+    assert held_ids(node) == before
+    until(lambda: scratch_entries(home) == [], "the failed publish left its scratch files")
+
 
 def test_a_client_that_goes_away_mid_upload_leaves_nothing_behind(node, home):
     before = held_ids(node)
