@@ -232,6 +232,26 @@ def test_a_client_that_goes_away_mid_upload_leaves_nothing_behind(node, home):
     assert held_ids(node) == before
 
 
+def test_an_upload_onto_a_full_disk_is_refused_leaving_nothing(small_disk):
+    home = Home(small_disk.path / "home")
+    new_vault(home)
+    ok(veil(home, "wallet", "faucet", "1"))
+    running = RunningNode(home)
+    try:
+        small_disk.fill(leave_bytes=64 * 1024)
+        try:
+            status, body = upload(running, os.urandom(512 * 1024), name="big.bin")
+        finally:
+            small_disk.free()
+        assert status == 507 and "disk is full" in body["error"], body
+        until(lambda: scratch_entries(home) == [], "the upload's scratch file outlived the full disk")
+        assert held_ids(running) == set()
+        status, accepted = upload(running, os.urandom(100_000), name="fits.bin", slice_size=SLICE)  # with room again
+        assert status == 202 and finished_publish(running, accepted["publish_id"])["stage"] == "done"
+    finally:
+        assert running.stop()[0] == 0
+
+
 def test_removing_a_content_stops_seeding_it_and_frees_it_from_the_vault(node, home):
     cid = home.uploaded
     address = node.get("/api/v1/status")[1]["swarm"]["listen"]
