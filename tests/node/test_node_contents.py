@@ -103,6 +103,10 @@ def test_the_list_and_detail_show_what_the_vault_holds_and_what_its_metadata_say
     assert entry["slice_size"] == 16 * 1024 and entry["slices"] == 4 and entry["price_per_slice_wei"] == 1000
     assert entry["paused"] is False and entry["peers"] == 0 and entry["magnet"].startswith("magnet:?xt=urn:btmh:1220")
     assert node.get(f"/api/v1/contents/{home.content_id}") == (200, entry)
+    paths = node.get("/api/v1/openapi.json")[1]["paths"]
+    assert {"get", "post"} <= set(paths["/api/v1/contents"]) and "delete" in paths["/api/v1/contents/{content_id}"]
+    assert "application/octet-stream" in paths["/api/v1/contents"]["post"]["requestBody"]["content"]
+    assert "/api/v1/publishes/{publish_id}" in paths
 
 
 def test_an_unknown_or_malformed_content_id_is_a_clear_error(node):
@@ -338,6 +342,8 @@ def test_an_uploaded_content_sells_its_keys_at_once_and_is_not_removed_while_its
     assert status == 201, opened_stream
     status, _, data = raw_get(viewer, f"/api/v1/contents/{cid}/media", {"Authorization": f"Bearer {viewer.token}"})
     assert status == 200 and data == plaintext  # keys bought from a node that published it seconds ago
+    status, body = call(viewer, "DELETE", f"/api/v1/contents/{cid}")
+    assert status == 409 and "a stream of" in body["error"] and "is open" in body["error"], body
     assert call(viewer, "DELETE", f"/api/v1/streams/{cid}")[0] == 200
 
     def earned() -> bool:

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 UPLOAD_NAME = "upload"  # the file's name when the client gives none
 MAX_NAME_CHARS = 255  # a file name's limit on common file systems
+# The route reads the body itself, as a stream: FastAPI is told what it is for the OpenAPI document.
+UPLOAD_BODY = {"required": True, "description": "The file to publish, as it is.",
+               "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
 
 
 class UploadError(VeilError):
@@ -88,7 +91,7 @@ def router(node: Node) -> APIRouter:
     async def resume(content_id: str) -> dict[str, Any]:
         return node.resume(content_id)
 
-    @api.post("/contents", status_code=202)
+    @api.post("/contents", status_code=202, openapi_extra={"requestBody": UPLOAD_BODY})
     async def publish(
         request: Request,
         name: str = Query(UPLOAD_NAME, max_length=MAX_NAME_CHARS, description="The file's true name (kept encrypted)."),
