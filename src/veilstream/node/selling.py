@@ -250,8 +250,9 @@ class Seller:
             if isinstance(change, WithdrawalRequested):
                 self.cashier.on_withdrawal_requested(change.viewer)
         for content_id, record in records.items():
-            if record is not None:
-                self._terms_now(self.offers[content_id], record)
+            offer = self.offers.get(content_id)  # None: dropped while the chain was asked
+            if record is not None and offer is not None:
+                self._terms_now(offer, record)
 
     def _terms_now(self, offer: Offer, record) -> None:
         """The registry's share in force and any cut ahead: a cut is cashed before it applies."""
