@@ -128,11 +128,20 @@ def test_a_publish_by_upload_reports_its_progress_live_and_seeds_at_once(node, h
         assert status == 202, accepted
         publish_id = accepted["publish_id"]
         stages = []
-        done = listener.event_where(lambda e: e["event"] == "publish" and e["data"]["publish_id"] == publish_id
-                                    and (stages.append(e["data"]) or e["data"]["stage"] in ("done", "failed")))
+
+        def finished(event) -> bool:
+            if event["event"] != "publish" or event["data"]["publish_id"] != publish_id:
+                return False
+            stages.append(event["data"])
+            return event["data"]["stage"] in ("done", "failed")
+
+        done = listener.event_where(finished)
+        assert done["data"]["stage"] == "done", done
+        added = listener.event_where(lambda e: e["event"] == "content"
+                                     and e["data"]["content_id"] == done["data"]["result"]["content_id"])
+        assert added["data"]["role"] == "creator" and added["data"]["sells_keys"] is True
     finally:
         listener.close()
-    assert done["data"]["stage"] == "done", done
     assert {"encrypting", "seeding", "done"} <= {s["stage"] for s in stages}
     encrypting = [s for s in stages if s["stage"] == "encrypting"]
     assert encrypting[0]["total_bytes"] == len(plaintext)
