@@ -46,6 +46,7 @@ _.bit_rate
 
 # pytest runs these: an autouse fixture, and fuzz tests bound as module attributes.
 _.local_relay_of_this_worker
+_.pytest_collection_modifyitems  # tests/node/conftest.py: a pytest hook
 
 # FastAPI calls the routes, middleware and exception handlers it was given (node/api.py).
 _.guard
@@ -58,6 +59,7 @@ _.session_state  # node/routes/session.py
 _.health
 _.node_status
 _.list_streams
+_.publish_state  # node/routes/contents.py
 _.show  # node/cli/config_cmds.py: `veil config show` (typer)
 # pydantic calls the field validators of the API's request models (node/routes/feed.py).
 _._title

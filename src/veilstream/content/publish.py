@@ -47,6 +47,7 @@ class PublishOptions:
     terms: Terms = Terms()
     trackers: tuple[str, ...] = ()
     display_name: str | None = None  # the true name recorded in the metadata; default: the file's
+    mime_type: str | None = None  # the MIME type recorded in the metadata; default: guessed from the name
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def publish_file(
     try:
         mime, duration = probe_media(source)
         return _publish_stream(handle, size, out_dir, creator, options, progress,
-                               Metadata(options.display_name or source.name, mime, size, duration))
+                               Metadata(options.display_name or source.name, options.mime_type or mime, size, duration))
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise PublishError(f"disk full while writing to {out_dir}; nothing was published") from None

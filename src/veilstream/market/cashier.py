@@ -130,6 +130,11 @@ class Cashier:
     def uncashed_wei(self) -> int:
         return sum(s.cheque.cumulative_amount - self._submitted.get(k, 0) for k, s in self._latest.items())
 
+    def uncashed_wei_of(self, content_id: bytes) -> int:
+        """What the cheques for one content are owed and not yet handed to a cash transaction."""
+        return sum(s.cheque.cumulative_amount - self._submitted.get(k, 0) for k, s in list(self._latest.items())
+                   if k[1] == content_id and self._uncashed(k))
+
     @property
     def uncashed_cheques(self) -> int:
         return sum(1 for k in self._latest if self._uncashed(k))

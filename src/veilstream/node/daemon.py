@@ -14,6 +14,10 @@ Files under the vault: `node/api-token` (0600, new at every start), `node/node.j
 (where the API is, while the node runs), `logs/node.log` (rotated; scrubbed of secrets),
 `node/feed-cursor.json` (where the feed catches up from after a restart; node/feed.py),
 `node/streams.json` (the streams to open again at the next start; node/kept_streams.py).
+
+Contents come and go while it runs: `publish` (an upload, through node/publishing.py) ends in
+`add_content`, which seeds it at once; `remove_content` stops seeding one and removes it from
+the vault (refused while a stream of it is open or cheques for it are uncashed).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from veilstream.atomic import replace_file
 from veilstream.chain import ChequeLedger, open_chain
 from veilstream.errors import VeilError
 from veilstream.market import messages
-from veilstream.content import parse_content_id
+from veilstream.content import PublishError, PublishOptions, parse_content_id
 from veilstream.market.lanes import NoCover
 from veilstream.market.stream import BudgetSpent
 from veilstream.node.api import allowed_hosts, create_app
@@ -47,6 +51,7 @@ from veilstream.node.hints import magnet_hints
 from veilstream.node.kept_streams import KeptStream, KeptStreams
 from veilstream.node.limits import NodeLimits
 from veilstream.node.live import Live
+from veilstream.node.publishing import QUEUED, SEEDING, PublishJob, Publishes, publish_into_vault
 from veilstream.node.selling import Seller
 from veilstream.node.session import Sessions, UnlockThrottle
 from veilstream.node.units import parse_amount
@@ -133,6 +138,11 @@ class Node:
         self._stop: asyncio.Event | None = None
         self.viewings: dict[str, Viewing] = {}  # content id → its paid stream
         self._viewing_locks: dict[str, ExitStack] = {}
+        self._content_locks: dict[str, ExitStack] = {}  # content id → this node's hold on it
+        self._metadata: dict[str, dict[str, Any] | None] = {}  # content id → what its encrypted metadata says
+        self._group: asyncio.TaskGroup | None = None  # while serving: where publishes run
+        self._publishing: asyncio.Lock | None = None  # one publish encrypts at a time (they are CPU bound)
+        self.publishes = Publishes(lambda view: self.live.publish("publish", view))
         self.kept_streams = KeptStreams(self.home)
         # ids from the start time (µs): an id a client kept from an earlier run is always older
         self.live = Live(self.settings.events_kept, first_id=time.time_ns() // 1000)
@@ -178,12 +188,14 @@ class Node:
         self.seller = Seller(unlocked, identity, client, ledger, self.config["market"],
                              trackers=settings.trackers, on_fatal=self._fatal)
         self.roles: dict[str, str] = {}
+        self._stack.callback(self._release_contents)
         paused = self._read_paused()
         for held in unlocked.contents():
-            self._stack.enter_context(unlocked.hold_content(held.content_id, "veil up"))
+            self._hold(held.content_id)
             offer = self.seller.offer(held.content_id, keys=held.role == "creator")
             offer.paused = held.content_id in paused
             self.roles[held.content_id] = held.role
+            self._metadata[held.content_id] = self._read_metadata(held.content_id, held.role, offer.torrent)
         self.feed = FeedKeeper.open(self.home, identity.nostr_pubkey, self.config["social"], self._stack)
         self.feed.subscribe(lambda event: self.live.publish("feed", live_summary(event)))
         replace_file(self.home / TOKEN_FILE, (self._token + "\n").encode(), mode=0o600)
@@ -235,7 +247,8 @@ class Node:
             app = create_app(self)
             server = _ApiServer(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
                                                timeout_graceful_shutdown=API_DRAIN_S))
-            group = await stack.enter_async_context(asyncio.TaskGroup())
+            group = self._group = await stack.enter_async_context(asyncio.TaskGroup())
+            self._publishing = asyncio.Lock()
             api = group.create_task(server.serve(sockets=[api_socket]), name="node-api")
             cashier = group.create_task(self.seller.cashier.supervise(), name="node-cashier")
             feed = group.create_task(self.feed.run(), name="node-feed")
@@ -262,6 +275,7 @@ class Node:
                 except TimeoutError:
                     pass
             log.info("node stopping")
+            self.publishes.cancel_all()  # each gives up at its next slice, leaving nothing behind
             self.live.hub.close()  # open event streams end, so the API server can stop
             server.should_exit = True
             cashier.cancel()  # what is left is cashed after the loop, in `finish`
@@ -393,6 +407,135 @@ class Node:
         self._write_paused()
         log.info("resumed %s…", offer.torrent.content_id[:16])
         return self._content_status(offer)
+
+    def _hold(self, cid: str) -> None:
+        """This node holds the content (one process at a time works on it) until it removes it."""
+        locks = ExitStack()
+        locks.enter_context(self.vault.hold_content(cid, "veil up"))
+        self._content_locks[cid] = locks
+
+    def _release_contents(self) -> None:
+        for locks in self._content_locks.values():
+            locks.close()
+        self._content_locks.clear()
+
+    async def add_content(self, content_id: str, role: str = "creator") -> dict[str, Any]:
+        """Seed a content the vault now holds (with its keys on sale if `role` is the
+        creator's), at once, without a restart; registers it on chain if need be."""
+        cid = parse_content_id(content_id)
+        if cid in self.roles:
+            raise Conflict(f"this node seeds {cid[:16]}… already")
+        self._hold(cid)
+        try:
+            def prepare():
+                offer = self.seller.prepare(cid, keys=role == "creator")
+                return offer, self._read_metadata(cid, role, offer.torrent)
+
+            try:  # on the chain thread: the offer may register the content, in order with this account's other sends
+                future = self.seller.cashier.send(prepare)
+            except RuntimeError:  # its worker is shut: the node is stopping
+                raise NodeError("the node is stopping: it seeds nothing new") from None
+            offer, self._metadata[cid] = await asyncio.wrap_future(future)
+            self.seller.add(offer)
+        except BaseException:
+            self._content_locks.pop(cid).close()
+            raise
+        self.roles[cid] = role
+        log.info("seeding %s… (%s)", cid[:16], role)
+        return self._content_status(offer)
+
+    async def remove_content(self, content_id: str) -> dict[str, Any]:
+        """Stop seeding a content and remove its ciphertext and torrent from the vault (its
+        keys stay, as `veil rm` keeps them). Refused while a stream of it is open, or while
+        cheques for it are uncashed: cash them first (`POST /api/v1/wallet/cash`)."""
+        cid = parse_content_id(content_id)
+        if cid in self.viewings:
+            raise Conflict(f"a stream of {cid[:16]}… is open: stop it first (DELETE /api/v1/streams/{cid})")
+        offer = self._offer_of(cid)
+        owed = self.seller.cashier.uncashed_wei_of(offer.torrent.info_hash)
+        if owed:
+            raise Conflict(f"cheques worth {owed} wei for {cid[:16]}… are not cashed yet: cash them first "
+                           "(POST /api/v1/wallet/cash), then remove it")
+        await self.seller.drop(offer.torrent.info_hash)
+        del self.roles[cid]
+        self._metadata.pop(cid, None)
+        self._write_paused()
+        try:
+            freed = await asyncio.to_thread(self.vault.remove, cid)  # still held: nobody else writes it meanwhile
+        finally:
+            self._content_locks.pop(cid).close()
+        log.info("removed %s…: %d bytes freed", cid[:16], freed)
+        return {"content_id": cid, "removed": True, "freed_bytes": freed}
+
+    # -- publishing ------------------------------------------------------------------------
+    def publish(self, job: PublishJob, source: Path, options: PublishOptions, scratch: ExitStack) -> None:
+        """Publish the uploaded `source` as this node's content, off the loop, then seed it;
+        `scratch` (the upload's directory) is closed when it ends, however it ends."""
+        if self._group is None:
+            scratch.close()
+            raise NodeError("the node is not serving yet")
+        work = self._publish(job, source, options, scratch)
+        try:
+            self._group.create_task(work, name=f"publish-{job.publish_id}")
+        except RuntimeError:  # the task group is closing: the node stops
+            work.close()
+            scratch.close()
+            raise NodeError("the node is stopping: it publishes nothing new") from None
+        job.enter(QUEUED)
+
+    async def _publish(self, job: PublishJob, source: Path, options: PublishOptions, scratch: ExitStack) -> None:
+        try:
+            with scratch:
+                async with self._publishing:
+                    done = await asyncio.to_thread(publish_into_vault, self.vault, self.identity, source, options,
+                                                   purpose="veil up", on_stage=job.enter, on_bytes=job.advance)
+            job.enter(SEEDING)
+            try:
+                await self.add_content(done.torrent.content_id, "creator")
+            except VeilError as exc:
+                raise PublishError(f"published as {done.torrent.content_id} but not seeded: {exc} (a restart of the "
+                                   "node seeds it)") from None
+            job.finish(done.summary())
+            log.info("published %s as %s…%s", job.name, done.torrent.content_id[:16],
+                     " (remuxed to faststart)" if done.remuxed else "")
+        except VeilError as exc:
+            job.fail(str(exc))
+            log.info("publish %s of %s failed: %s", job.publish_id, job.name, exc)
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop the node: it is logged, the publish failed
+            log.exception("publish %s of %s failed", job.publish_id, job.name)
+            job.fail(f"internal error ({type(exc).__name__}); see the node's log")
+
+    # -- what it holds ---------------------------------------------------------------------
+    def contents(self) -> list[dict[str, Any]]:
+        return [self._content_detail(offer) for offer in list(self.seller.offers.values())]
+
+    def content(self, content_id: str) -> dict[str, Any]:
+        return self._content_detail(self._offer_of(content_id))
+
+    def _content_detail(self, offer) -> dict[str, Any]:
+        """A content's status, with what its public manifest says and (for the creator, who
+        holds its metadata key) what its encrypted metadata says; for a seeder, None."""
+        torrent = offer.torrent
+        manifest = torrent.manifest
+        return {**self._content_status(offer), "slices": torrent.piece_count, "slice_size": torrent.piece_length,
+                "ciphertext_bytes": torrent.length, "suite": manifest.suite.value,
+                "price_per_slice_wei": manifest.terms.price_per_slice_wei,
+                "seeder_share_bps": manifest.terms.seeder_share_bps, "creator": "0x" + manifest.creator_address.hex(),
+                "magnet": torrent.magnet, "metadata": self._metadata.get(torrent.content_id)}
+
+    def _read_metadata(self, cid: str, role: str, torrent) -> dict[str, Any] | None:
+        """What a content's encrypted metadata says, read once when the node takes it up."""
+        if role != "creator":
+            return None  # a seeder holds no metadata key: the torrent says nothing of what it carries
+        try:
+            key = self.vault.keyring(cid).metadata_key
+            meta = torrent.manifest.metadata(key) if key else None
+        except VeilError as exc:
+            log.warning("the metadata of %s… cannot be read: %s", cid[:16], exc)
+            return None
+        if meta is None:
+            return None
+        return {"name": meta.name, "mime_type": meta.mime_type, "size": meta.size, "duration_s": meta.duration_s}
 
     def _read_paused(self) -> set[str]:
         try:

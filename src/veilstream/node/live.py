@@ -23,7 +23,7 @@ may see an event twice (after a snapshot) without harm. The kinds:
 | `payment` | cheques signed by one of this node's streams | `{"direction": "signed", "content_id", "paid_wei"}` |
 | `payment` | a batch of cheques cashed on chain | `{"direction": "cashed", "batches_cashed", "cashed_wei", "uncashed_wei"}` |
 | `stream` | an open stream's figures change (verified, paid, sources, key deliveries...) | `Viewing.stats()`, with `"open": true`; `{"content_id", "open": false}` once stopped |
-| `publish` | (for the publishing route) progress of a publish | its own figures, with a `"publish_id"` |
+| `publish` | a publish by upload moves on (a stage begins; its bytes, at most every 0.25 s) | `GET /api/v1/publishes/{id}`'s view: `{"publish_id", "name", "stage": "uploading"/"queued"/"remuxing"/"encrypting"/"seeding"/"done"/"failed", "done_bytes", "total_bytes", "started_at", "result", "error"}` |
 | `feed` | a new event is in the feed index (from a relay, or posted here) | `{"event_id", "kind": "card"/"reaction"/"comment"/..., "author", "created_at", "about": the card it is about}` |
 | `resync` | the client missed events | `{"reason", "snapshot": "/api/v1/snapshot"}`; it has no id |
 

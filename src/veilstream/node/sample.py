@@ -8,12 +8,15 @@ import av
 from PIL import Image, ImageDraw
 
 
-def make_sample_video(path: Path, seconds: float = 10.0, width: int = 640, height: int = 360, fps: int = 24) -> Path:
+def make_sample_video(path: Path, seconds: float = 10.0, width: int = 640, height: int = 360, fps: int = 24,
+                      *, faststart: bool = True) -> Path:
     """An H.264 MP4 of a moving pattern over film grain with a running clock; every frame
-    differs, so it has a realistic bitrate (about 1 Mbit/s) rather than compressing to nothing."""
+    differs, so it has a realistic bitrate (about 1 Mbit/s) rather than compressing to nothing.
+    Its index comes first (it streams) unless `faststart` is False: then last, as muxers write it."""
     grain = [Image.effect_noise((width, height), 40).convert("RGB") for _ in range(8)]
     path = Path(path)
-    with av.open(str(path), mode="w") as container:
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), mode="w", options=options) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"preset": "veryfast", "crf": "23"}

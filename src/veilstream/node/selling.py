@@ -78,7 +78,15 @@ class Seller:
     # -- what is sold ---------------------------------------------------------------------
     def offer(self, cid: str, *, keys: bool) -> Offer:
         """Prepare `cid` for serving (with `keys`, for selling its keys too: the creator's
-        node); registers it on chain if the creator's and not yet there."""
+        node); registers it on chain if the creator's and not yet there. Before `start`."""
+        offer = self.prepare(cid, keys=keys)
+        self.offers[offer.torrent.info_hash] = offer
+        return offer
+
+    def prepare(self, cid: str, *, keys: bool) -> Offer:
+        """What `offer` does but serve it: on a thread that may make chain calls (the
+        cashier's, which sends this account's transactions) while the node runs; `add` then
+        serves it."""
         vault, identity, client = self.vault, self.identity, self.client
         torrent = vault.torrent(cid)
         store = PieceStore.for_seeding(torrent, vault.ciphertext_path(cid))
@@ -110,8 +118,7 @@ class Seller:
             agent.offer(torrent, ContentKeys(root, ring.metadata_key))
         elif terms.price_per_slice_wei:
             record = registered_record(client, torrent)  # refuses an unregistered or squatted content
-        offer = self.offers[torrent.info_hash] = Offer(torrent, store, record, agent)
-        return offer
+        return Offer(torrent, store, record, agent)
 
     @property
     def agents(self) -> list[Offer]:
@@ -130,6 +137,33 @@ class Seller:
                 self._start_offer(node, offer)
         self._responders = [GrantResponder(self.client, offer.agent) for offer in self.agents]
         self._watch = ChainWatch(self.client, set(self.offers))
+
+    def add(self, offer: Offer) -> None:
+        """Serve a `prepare`d offer now, on the running node (from the loop)."""
+        info_hash = offer.torrent.info_hash
+        if info_hash in self.offers:
+            raise SellingError(f"{offer.torrent.content_id[:16]}… is offered already")
+        self.offers[info_hash] = offer
+        if self._node is None:  # not started: `start` serves it
+            return
+        if not offer.paused:
+            self._start_offer(self._node, offer)
+        if offer.agent is not None:  # a new list: the chain thread may be walking the old one
+            self._responders = [*self._responders, GrantResponder(self.client, offer.agent)]
+        self._watch.content_ids.add(info_hash)
+
+    async def drop(self, content_id: bytes) -> Offer:
+        """Serve a content no more (from the loop): its peers are closed, its key agent's
+        audit head is anchored; what its cheques are worth stays with the cashier."""
+        offer = await self.pause(content_id)
+        del self.offers[content_id]
+        if offer.agent is not None:
+            self._responders = [r for r in self._responders if r.agent is not offer.agent]
+            if offer.agent.audit.count:
+                self.cashier.anchor_audit_head(offer.agent.audit.head, content_id)
+        if self._watch is not None:
+            self._watch.content_ids.discard(content_id)
+        return offer
 
     def _start_offer(self, node: SwarmNode, offer: Offer) -> None:
         transfer = node.seed(offer.store)
@@ -216,8 +250,9 @@ class Seller:
             if isinstance(change, WithdrawalRequested):
                 self.cashier.on_withdrawal_requested(change.viewer)
         for content_id, record in records.items():
-            if record is not None:
-                self._terms_now(self.offers[content_id], record)
+            offer = self.offers.get(content_id)  # None: dropped while the chain was asked
+            if record is not None and offer is not None:
+                self._terms_now(offer, record)
 
     def _terms_now(self, offer: Offer, record) -> None:
         """The registry's share in force and any cut ahead: a cut is cashed before it applies."""

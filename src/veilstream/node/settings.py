@@ -48,6 +48,9 @@ class NodeSettings:
     # Crash reports stay in $VEIL_HOME/logs/crashes; set an http(s) URL of your choice to have
     # each one POSTed there as well (scrubbed as on disk). Empty: nothing is ever sent.
     crash_report_url: str = ""
+    # A file uploaded to publish (POST /api/v1/contents) may be this large at most: it is
+    # written to the vault's disk (twice, for a remux) before it is encrypted beside it.
+    upload_max_bytes: int = 16 * 1024 * MIB
 
     def __post_init__(self) -> None:
         if not self.api_host:
@@ -64,5 +67,7 @@ class NodeSettings:
         if self.crash_report_url and not self.crash_report_url.startswith(("http://", "https://")):
             raise NodeSettingsError(f"crash_report_url = {self.crash_report_url!r}: an http:// or https:// URL, "
                                     "or empty to send nothing")
+        if self.upload_max_bytes < 1:
+            raise NodeSettingsError("upload_max_bytes must be at least 1")
         if self.log_max_bytes < 4096 or self.log_files_kept < 1:
             raise NodeSettingsError("log_max_bytes must be at least 4096 and log_files_kept at least 1")

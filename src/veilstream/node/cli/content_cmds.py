@@ -1,59 +1,26 @@
-"""`veil publish`, `veil open`, `veil list`: content in and out of the vault."""
+"""`veil publish`, `veil open`, `veil list`, `veil rm`: content in and out of the vault (publishing
+itself is node/publishing.py's, shared with the API)."""
 
 from __future__ import annotations
 
 import json
 import sys
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from veilstream.content import (
-    CipherSuite,
-    KeyRing,
-    PublishError,
-    PublishOptions,
-    Terms,
-    decrypt_to,
-    parse_content_id,
-    publish_file,
-)
+from veilstream.content import CipherSuite, PublishError, decrypt_to, parse_content_id
 from veilstream.content.publish import check_source
-from veilstream.content.torrent import check_piece_length
 from veilstream.errors import VeilError
-from veilstream.node.cli.chain_cmds import ChainDeployment, ChainRpc, _wallet_lock, parse_amount
-from veilstream.node.cli.common import console, hold_content, open_vault, unlock_identity
+from veilstream.node.cli.chain_cmds import ChainDeployment, ChainRpc, _wallet_lock
+from veilstream.node.cli.common import console, hold_content, open_vault, this_command, unlock_identity
 from veilstream.node.cli.progress import byte_progress
-from veilstream.node.units import parse_size
-from veilstream.vault import StorageError, atomic_writer, user_file_mode
+from veilstream.node.publishing import REMUXING, publish_into_vault, publish_options
+from veilstream.vault import atomic_writer, user_file_mode
 
 class ContentCommandError(VeilError):
     pass
-
-
-def parse_share(text: str) -> int:
-    """'20%', '2000bps' or plain basis points -> basis points."""
-    raw = text.strip().lower()
-    try:
-        if raw.endswith("%"):
-            bps = Decimal(raw[:-1]) * 100
-        else:
-            bps = Decimal(raw.removesuffix("bps"))
-    except InvalidOperation:
-        raise PublishError(f"not a share: {text!r} (write e.g. 20% or 2000bps)") from None
-    if bps != bps.to_integral_value() or not 0 <= bps <= 10_000:
-        raise PublishError(f"a share is from 0% to 100% in whole basis points, not {text!r}")
-    return int(bps)
-
-
-def parse_price(text: str) -> int:
-    """A price with its unit ('1000000000000wei', '1000gwei', '0.000001eth'); '0' is free.
-    A bare number is refused: a price off by 10¹⁸ is too easy to type."""
-    if text.strip() not in ("0", "") and text.strip().replace("_", "").replace(".", "", 1).isdigit():
-        raise PublishError(f"say the price's unit: {text}wei, {text}gwei or {text}eth (per slice)")
-    return parse_amount(text) if text.strip() else 0
 
 
 def publish(
@@ -73,41 +40,41 @@ def publish(
 
     Example: veil publish clip.mp4 --price 1000gwei --seeder-share 20% --chain-rpc URL --chain-deployment FILE
     """
-    price_wei = parse_price(price)
-    check_piece_length(parse_size(slice_size))
-    options = PublishOptions(parse_size(slice_size), suite, Terms(price_wei, parse_share(seeder_share)), tuple(tracker))
-    size = check_source(file)  # before the passphrase: a typo in the path should not cost an unlock
+    options = publish_options(slice_size=slice_size, price=price, seeder_share=seeder_share, suite=suite,
+                              trackers=tuple(tracker))
+    price_wei = options.terms.price_per_slice_wei
+    check_source(file)  # before the passphrase: a typo in the path should not cost an unlock
     vault, identity = unlock_identity()
     earlier = vault.published_as(file)
     if earlier and not again:
         raise PublishError(f"{file} is already published as {earlier[-1]} (`veil list`); --again publishes it "
                            "as a new content")
-    with vault.workdir() as work, byte_progress() as bar:
-        task = bar.add_task(f"publishing {file.name}", total=size)
-        done = publish_file(file, work, identity, options, progress=lambda n: bar.advance(task, n))
-        with hold_content(vault, done.torrent.content_id):
-            vault.store_keyring(done.torrent.content_id, KeyRing((done.keys.tree_root,), done.keys.metadata_key))
-            try:
-                folder = vault.adopt(work, done.torrent, role="creator")
-            except StorageError:  # a full disk: not published, so its keys go too
-                vault.drop_keyring(done.torrent.content_id)
-                raise
+    with byte_progress() as bar:
+        task = None
+
+        def on_stage(stage: str, total: int) -> None:
+            nonlocal task
+            if task is not None:
+                bar.remove_task(task)
+            what = "remuxing (faststart)" if stage == REMUXING else "publishing"
+            task = bar.add_task(f"{what} {file.name}", total=total)
+
+        done = publish_into_vault(vault, identity, file, options, purpose=this_command(), on_stage=on_stage,
+                                  on_bytes=lambda n: bar.advance(task, n))
     vault.note_published(file, done.torrent.content_id)
     torrent = done.torrent
     registered = _register(vault, identity, torrent, rpc, deployment) if price_wei else None
     if as_json:
-        print(json.dumps({"content_id": torrent.content_id, "magnet": torrent.magnet, "slices": torrent.piece_count,
-                          "slice_size": torrent.piece_length, "price_per_slice_wei": price_wei,
-                          "seeder_share_bps": options.terms.seeder_share_bps,
-                          "torrent": str(folder / done.torrent_path.name),
-                          "ciphertext": str(folder / done.ciphertext_path.name), "on_chain": registered}))
+        print(json.dumps({**done.summary(), "on_chain": registered}))
         return
     table = Table(show_header=False, box=None)
     table.add_row("content id", f"[bold]{torrent.content_id}[/]")
     table.add_row("magnet", torrent.magnet)
     table.add_row("slices", f"{torrent.piece_count} × {torrent.piece_length // 1024} KiB ({suite.value})")
-    table.add_row("torrent", str(folder / done.torrent_path.name))
-    table.add_row("ciphertext", str(folder / done.ciphertext_path.name))
+    table.add_row("torrent", str(done.torrent_file))
+    table.add_row("ciphertext", str(done.ciphertext_file))
+    if done.remuxed:
+        table.add_row("remuxed", "to faststart (its index now comes first, so it plays while it streams)")
     if registered is not None:
         table.add_row("on chain", registered)
     console.print(table)
@@ -186,7 +153,8 @@ def remove(
     vault = open_vault()
     if cid not in {h.content_id for h in vault.contents()} and cid not in vault.partial_plays():
         raise ContentCommandError(f"content {cid[:16]}… is not in this vault (`veil list`)")
-    freed = vault.remove(cid)
+    with hold_content(vault, cid):  # a running node seeding it is named: `DELETE /api/v1/contents/ID` removes it there
+        freed = vault.remove(cid)
     console.print(f"removed {cid}: {freed / 2**20:.1f} MiB freed; its keys stay in the vault")
 
 
