@@ -23,6 +23,7 @@ def local_relay_of_this_worker(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VEIL_RELAY_DATA", str(tmp_path_factory.mktemp("local-relay")))
         patch.setenv("VEIL_RELAY_PORT", str(free_port()))
+        patch.setenv("VEIL_TRACKER_PORT", str(free_port()))  # and the machine's local tracker
         yield
 class SmallDisk:
     """A real, small file system (tmpfs) that a test fills to the last byte: a full disk

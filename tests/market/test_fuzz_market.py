@@ -281,7 +281,7 @@ def test_fuzz_atheris_target(tmp_path):
     target = Path(__file__).with_name("fuzz_market.py")
     done = subprocess.run(
         [sys.executable, str(target), f"-max_total_time={seconds}", "-rss_limit_mb=2048", str(corpus)],
-        capture_output=True, text=True, timeout=seconds + 120,
+        capture_output=True, text=True, timeout=seconds + 300,  # instrumenting the package is slow on a loaded machine
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Done" in done.stderr

@@ -51,6 +51,7 @@ from veilstream.node.hints import magnet_hints
 from veilstream.node.kept_streams import KeptStream, KeptStreams
 from veilstream.node.limits import NodeLimits
 from veilstream.node.live import Live
+from veilstream.node.local_tracker import LocalTracker, local_tracker_port
 from veilstream.node.publishing import QUEUED, SEEDING, PublishJob, Publishes, publish_into_vault
 from veilstream.node.selling import Seller
 from veilstream.node.session import Sessions, UnlockThrottle
@@ -185,8 +186,10 @@ class Node:
         ledger = ChequeLedger(self.home / "chain" / "cheques.sqlite")
         self._stack.callback(ledger.close)
         self.vault, self.identity, self.ledger = unlocked, identity, ledger
+        self.local_tracker = LocalTracker(local_tracker_port()) if settings.local_tracker else None
+        self.trackers = [*settings.trackers, *([self.local_tracker.url] if self.local_tracker else [])]
         self.seller = Seller(unlocked, identity, client, ledger, self.config["market"],
-                             trackers=settings.trackers, on_fatal=self._fatal)
+                             trackers=self.trackers, on_fatal=self._fatal)
         self.roles: dict[str, str] = {}
         self._stack.callback(self._release_contents)
         paused = self._read_paused()
@@ -252,6 +255,8 @@ class Node:
             api = group.create_task(server.serve(sockets=[api_socket]), name="node-api")
             cashier = group.create_task(self.seller.cashier.supervise(), name="node-cashier")
             feed = group.create_task(self.feed.run(), name="node-feed")
+            if self.local_tracker is not None:
+                stack.push_async_callback(_cancelled, group.create_task(self.local_tracker.run(), name="node-tracker"))
             while not server.started:
                 if api.done():
                     break
@@ -337,7 +342,7 @@ class Node:
         locks.enter_context(self.vault.hold_content(cid, "veil up"))
         try:
             viewing = await Viewing.start(self.swarm, self.vault, self.identity, self.client, self.ledger, cid,
-                                          peers=peers, trackers=[*trackers, *self.settings.trackers],
+                                          peers=peers, trackers=[*trackers, *self.trackers],
                                           budget_wei=budget_wei, stall_timeout_s=self.settings.media_stall_timeout_s)
         except BaseException:
             locks.close()
@@ -580,6 +585,7 @@ class Node:
             "streams": [viewing.stats() for viewing in self.viewings.values()],
             "limits": self.limits.view() if self.limits is not None else None,
             "feed": self.feed.status(),
+            "tracker": self.local_tracker.status() if self.local_tracker is not None else None,
         }
 
     def _content_status(self, offer) -> dict[str, Any]:
@@ -614,6 +620,10 @@ class Node:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+async def _cancelled(task: asyncio.Task) -> None:
+    task.cancel()
 
 
 def read_info(home: Path) -> dict[str, Any] | None:

@@ -22,6 +22,8 @@ class NodeSettings:
     chain_rpc_url: str = ""  # an EVM JSON-RPC endpoint; empty: the vault's embedded chain
     chain_deployment: str = ""  # the deployment file (where the contracts are) for chain_rpc_url
     trackers: tuple[str, ...] = ()  # HTTP trackers every content is announced to
+    # ...and the machine's local tracker (node/local_tracker.py), run by the first node up
+    local_tracker: bool = True
     log_max_bytes: int = 10 * MIB  # node.log is rotated past this...
     log_files_kept: int = 5  # ...keeping this many old ones: 60 MiB at most
     # A signal stops the node within this: it stops taking peers, cashes what is owed and

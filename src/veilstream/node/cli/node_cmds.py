@@ -181,6 +181,10 @@ def status(
         console.print(f"relay {relay['url']}: {shown}", markup=False, soft_wrap=True)
     if feed:
         console.print(f"feed: {feed['events_stored']} events taken, {feed['events_refused']} refused")
+    tracker = state.get("tracker")
+    if tracker:
+        console.print(f"tracker {tracker['url']} ({'run by this node' if tracker['ours'] else 'run by another node'})",
+                      markup=False, soft_wrap=True)
     for s in state["streams"]:
         console.print(f"streaming {s['content_id'][:16]}…: {s['slices_verified']}/{s['slices']} slices verified, "
                       f"paid {format_ether(s['paid_wei'])} of {format_ether(s['budget_wei'])}, "
