@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's "Using veil" steps, run as written, each a separate process, in a throw-away
+# The README's "The CLI beside it" steps, run as written, each a separate process, in a throw-away
 # HOME: devnet, creator (publish, post, serve), seeder (fetch, serve), viewer (feed, card,
 # play by card), buyer (fetch, buy, grants), then the money commands. Exits non-zero at the
 # first step that fails. Usage: bash scripts/readme-walkthrough.sh  (after `make test` or `make demo`)

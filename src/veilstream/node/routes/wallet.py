@@ -59,19 +59,61 @@ def amount_text(value: Any) -> str:
     return value
 
 
+WALLET_FRESH_S = 1.0  # a wallet view this recent answers the next GET /wallet too (unless a send came since)
+
+
+class _SharedRead:
+    """A chain read many clients ask for at once (a page open in several tabs, a dashboard
+    polling): callers while one runs share its answer, and an answer is reused for
+    `fresh_s`; `changed()` (a send of this node's) drops it. A failure is never reused."""
+
+    def __init__(self, fresh_s: float) -> None:
+        self.fresh_s = fresh_s
+        self._running: asyncio.Future | None = None
+        self._value: Any = None
+        self._at = float("-inf")
+        self._generation = 0
+
+    async def get(self, work) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._value is not None and loop.time() - self._at < self.fresh_s:
+            return self._value
+        if self._running is None:
+            generation = self._generation
+            running = self._running = loop.run_in_executor(None, work)
+
+            def settle(done: asyncio.Future) -> None:
+                if self._running is done:
+                    self._running = None
+                if not done.cancelled() and done.exception() is None and generation == self._generation:
+                    self._value, self._at = done.result(), loop.time()
+
+            running.add_done_callback(settle)
+        return await asyncio.shield(self._running)  # a client that goes away leaves the others their answer
+
+    def changed(self) -> None:
+        self._generation += 1
+        self._value, self._running = None, None
+
+
 def router(node: Node) -> APIRouter:
     api = APIRouter()
     client = node.client
+    wallet_view = _SharedRead(WALLET_FRESH_S)
 
     async def read(work, *args):
         return await asyncio.to_thread(work, *args)
 
     async def send(work, *args):
+        wallet_view.changed()
         try:
             future = node.seller.cashier.send(work, *args)
         except RuntimeError:  # its worker is shut: the node is stopping
             raise NodeStopping("the node is stopping: it sends nothing more") from None
-        return await asyncio.wrap_future(future)
+        try:
+            return await asyncio.wrap_future(future)
+        finally:
+            wallet_view.changed()  # what it changed shows in the next view
 
     def latest(direction: Direction):
         return node.ledger.latest(client.cheque_domain, direction)
@@ -81,7 +123,7 @@ def router(node: Node) -> APIRouter:
         """Address, ether, the free deposit, what lanes hold, what cheques commit, a
         withdrawal under way (its unlock time and the seconds left), unclaimed earnings."""
         issued = latest(Direction.ISSUED)
-        state, lanes = await read(lambda: (account.wallet_state(client, issued), account.lanes(client)))
+        state, lanes = await wallet_view.get(lambda: (account.wallet_state(client, issued), account.lanes(client)))
         return {
             "address": state.address,
             "balance": money(state.balance_wei),
