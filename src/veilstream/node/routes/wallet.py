@@ -59,7 +59,9 @@ def amount_text(value: Any) -> str:
     return value
 
 
-WALLET_FRESH_S = 1.0  # a wallet view this recent answers the next GET /wallet too (unless a send came since)
+# A wallet view is not reused once read: another node's cashing or a deposit from another
+# process of the vault must show in the next GET. Callers while a read runs share it.
+WALLET_FRESH_S = 0.0
 
 
 class _SharedRead:
