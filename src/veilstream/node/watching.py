@@ -160,6 +160,9 @@ class Viewing:
         # range starts in the slice the last one ended in (decrypting it again would halve a
         # stream read in 1 MiB ranges of 1 MiB slices).
         self._recent: OrderedDict[int, bytes] = OrderedDict()
+        # A read that ended where its range did leaves its slices iterator here, at the next
+        # slice: a player's next range most often starts there, and a new iterator would seek.
+        self._parked: tuple[int, AsyncIterator] | None = None
         self.closed = False
         # for the node's metrics: cheques this stream signed, reads that gave up stalled
         self.cheques_signed = self.stalls = 0
@@ -214,7 +217,14 @@ class Viewing:
             if slice_start + len(plaintext) >= end or mine != self._reads or self.closed:
                 return
             index += 1
-        slices = aiter(self.stream.slices(index))
+        parked, self._parked = self._parked, None
+        if parked is not None and parked[0] == index:
+            slices = parked[1]  # the player reads on from where its last range ended: no seek
+        else:
+            if parked is not None:
+                await parked[1].aclose()
+            slices = aiter(self.stream.slices(index))
+        ended_at_range_end = False
         try:
             while True:
                 try:
@@ -231,10 +241,14 @@ class Viewing:
                 if lo < hi:
                     yield plaintext[lo:hi]
                 if slice_start + len(plaintext) >= end:
+                    ended_at_range_end = not self.closed
                     return
                 index += 1
         finally:
-            await slices.aclose()
+            if ended_at_range_end:
+                self._parked = (index + 1, slices)  # for the next range, which most likely starts there
+            else:
+                await slices.aclose()
 
     async def _next_slice(self, slices, index: int):
         """The next (index, plaintext) of `slices`, or `OutOfBudget` as soon as what is left of
@@ -287,7 +301,10 @@ class Viewing:
         if self.closed:
             return
         self.closed = True
+        parked, self._parked = self._parked, None
         try:
+            if parked is not None:
+                await parked[1].aclose()
             for signed in self.stream.payer.all_signed():
                 self._ledger.record(self._client.cheque_domain, signed, Direction.ISSUED)
             self._keeper.now()
