@@ -56,6 +56,8 @@ _.get_limits  # node/routes/limits.py
 _.set_limits
 _.set_content_limits
 _.session_state  # node/routes/session.py
+_.get_settings  # node/routes/settings.py
+_.change_setting
 _.health
 _.node_status
 _.list_streams

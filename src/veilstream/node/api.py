@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from veilstream.errors import VeilError
-from veilstream.node.routes import blobs, contents, events, feed, limits, metrics, session, streams, wallet
+from veilstream.node.routes import blobs, contents, events, feed, limits, metrics, session, settings, streams, wallet
 from veilstream.node.session import CSRF_HEADER, SAFE_METHODS, cookie_name, csrf_matches
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def create_app(node: Node) -> FastAPI:
         """Peers, contents seeding and streaming, earnings, chain connectivity."""
         return node.status()
 
-    for module in (session, contents, limits, streams, wallet, feed, events, metrics):
+    for module in (session, contents, limits, settings, streams, wallet, feed, events, metrics):
         app.include_router(module.router(node), prefix=API_PREFIX)
     app.include_router(blobs.router(node))  # at the root, as Blossom servers serve them
     return app

@@ -48,11 +48,12 @@ def layer_sections() -> dict[str, type]:
 
 
 def load_node_config(home: Path, flags: dict[str, tuple[str, str]] | None = None) -> Config:
-    """`home`/config.toml over the defaults, the limits set through the API over those,
-    `flags` over all."""
-    from veilstream.node.limits import saved_settings
+    """`home`/config.toml over the defaults, the settings and limits saved through the API
+    over those, `flags` over all."""
+    from veilstream.node import limits, saved_settings
 
-    return load(layer_sections(), home / CONFIG_FILE, flags, saved_settings(home))
+    return load(layer_sections(), home / CONFIG_FILE, flags,
+                [*saved_settings.saved_settings(home), *limits.saved_settings(home)])
 
 
 class ConfigError(VeilError):
