@@ -337,6 +337,10 @@ class Node:
                            "the vault holds")
         signed_now = paid_for(self.ledger, self.client, self.wallet_address, bytes.fromhex(cid))
         budget_wei = kept.budget_left(signed_now) if kept else parse_amount(budget) if budget else None
+        if kept and not budget_wei:
+            self.kept_streams.forget(cid)
+            log.info("the stream of %s… had spent its budget: not resumed", cid[:16])
+            return {"content_id": cid, "open": False, "resumed": False}
         trackers, peers = magnet_hints(content)
         locks = ExitStack()
         locks.enter_context(self.vault.hold_content(cid, "veil up"))
@@ -357,11 +361,6 @@ class Node:
     async def _resume_streams(self) -> None:
         """Open again the streams the user had open when the node last stopped (or died)."""
         for cid, kept in list(self.kept_streams.streams.items()):
-            signed_now = paid_for(self.ledger, self.client, self.wallet_address, bytes.fromhex(cid))
-            if kept.budget_left(signed_now) <= 0:
-                log.info("the stream of %s… had spent its budget: not resumed", cid[:16])
-                self.kept_streams.forget(cid)
-                continue
             try:
                 await self.start_stream(kept.content, None, kept=kept)
             except VeilError as exc:  # kept: the next start tries again, or the user stops it

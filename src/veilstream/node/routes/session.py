@@ -31,7 +31,7 @@ def router(node: Node) -> APIRouter:
     tries = asyncio.Lock()  # one passphrase check at a time: parallel guesses wait their turn, and the throttle
 
     @api.post("/session", status_code=201)
-    async def unlock(body: Unlock, request: Request) -> JSONResponse:
+    async def unlock(body: Unlock) -> JSONResponse:
         """Unlock the app with the vault's passphrase: a session cookie (HttpOnly,
         SameSite=Strict) and the CSRF token to send as `X-CSRF-Token` with every change."""
         throttle = node.unlock_throttle
