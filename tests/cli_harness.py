@@ -96,6 +96,18 @@ def stop(process: subprocess.Popen, signum: int = signal.SIGINT) -> str:
     return out
 
 
+def stop_all(processes: list[subprocess.Popen]) -> None:
+    """A test's teardown: each process still running gets SIGTERM (the newest first) and a
+    minute to go, else it is killed."""
+    for process in reversed(processes):
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

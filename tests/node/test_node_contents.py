@@ -9,15 +9,13 @@ import http.client
 import json
 import os
 import re
-import signal
 import socket
-import subprocess
 import time
 from urllib.parse import urlencode
 
 import pytest
 
-from cli_harness import assert_clean_failure, chain_flags, content_id_of, free_port, new_vault, ok, require_anvil, start, start_devnet, veil
+from cli_harness import assert_clean_failure, chain_flags, content_id_of, free_port, new_vault, ok, require_anvil, start, start_devnet, stop_all, veil
 from test_node import Home, RunningNode, answers_handshake
 from test_node_live import Endpoint, SseClient, call, raw_get
 from veilstream.content.faststart import file_needs_faststart
@@ -329,13 +327,7 @@ def two_nodes(tmp_path_factory):
         yield dict(peers_at=re.search(r"peers at (\S+:\d+)", creator_banner)[1],
                    creator=Endpoint(creator, creator_banner), viewer=Endpoint(viewer, viewer_banner))
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.communicate(timeout=60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        stop_all(processes)
 
 
 def test_an_uploaded_content_sells_its_keys_at_once_and_is_not_removed_while_its_cheques_are_uncashed(two_nodes):

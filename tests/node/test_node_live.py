@@ -9,8 +9,6 @@ import http.client
 import json
 import os
 import re
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from cli_harness import chain_flags, content_id_of, free_port, new_vault, ok, require_anvil, start, start_devnet, veil
+from cli_harness import chain_flags, content_id_of, free_port, new_vault, ok, require_anvil, start, start_devnet, stop_all, veil
 from test_node import STOP_LIMIT_S, Home, RunningNode
 from veilstream.node.live import RESYNC, ChangeWatch, Event, EventHub
 from veilstream.node.routes.metrics import METRICS, RunningTotal
@@ -452,13 +450,7 @@ def two_nodes(tmp_path_factory):
                    magnet=f"{magnet}&x.pe={peers_at}",
                    creator=Endpoint(creator, creator_banner), viewer=Endpoint(viewer, viewer_banner))
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.communicate(timeout=60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        stop_all(processes)
 
 
 def test_a_paid_stream_shows_its_progress_payments_and_figures_live(two_nodes):

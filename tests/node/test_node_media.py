@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cli_harness import chain_flags, content_id_of, free_port, new_vault, ok, require_anvil, start, start_devnet, \
-    stop, veil
+    stop, stop_all, veil
 
 SLICE = 64 * 1024
 PRICE_WEI = 10**12
@@ -78,13 +77,7 @@ def two_nodes(tmp: Path, slices: int = 11, creator_flags: tuple[str, ...] = ()):
                    creator_node=creator_node, viewer_node=viewer_node, creator_home=creator, viewer_home=viewer, node_chain=node_chain,
                    processes=processes)
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.communicate(timeout=60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        stop_all(processes)
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
-import subprocess
 import threading
 import time
 import urllib.error
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_harness import chain_flags, content_id_of, free_port, new_vault, ok, require_anvil, start, start_devnet, veil
+from cli_harness import chain_flags, content_id_of, free_port, new_vault, ok, require_anvil, start, start_devnet, stop_all, veil
 from veilstream.chain import ChainClient
 from veilstream.vault import Vault
 
@@ -215,13 +213,7 @@ def net(tmp_path_factory):
             address={home.name: Vault.open(home).public_identity()["wallet_address"] for home in (creator, viewer, payer)},
         )
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.communicate(timeout=60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        stop_all(processes)
         link.close()
 
 
