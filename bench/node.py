@@ -282,7 +282,7 @@ async def paid_stream(rpc: str, deployment: Path, torrent, peer: str, work: Path
             if go is not None:
                 await go.wait()
             started = time.perf_counter()  # what POST /streams does is timed too: the record, the transfer
-            record = registered_record(client, torrent)
+            record = await asyncio.to_thread(registered_record, client, torrent)  # as a node's POST /streams does
             transfer = node.fetch(torrent, work)
             cost = torrent.manifest.terms.price_per_slice_wei * torrent.piece_count
             stream = PaidStream(transfer, torrent, wallet=account, domain=client.cheque_domain, budget_wei=cost,

@@ -313,6 +313,18 @@ def test_lanes_wanted_while_a_transaction_is_under_way_go_in_the_next(published,
     assert market.viewer_sent(messages.LanesOpened, SEEDER) and not market.viewer_sent(messages.LanesOpened, 9)
 
 
+def test_a_lane_already_being_opened_is_not_opened_again_when_its_payee_says_who_it_is(published, domain):
+    # The creator's node seeds: its terms name the payee whose lane the start already asked
+    # for. Met after the gathering ended, while that transaction runs: one transaction, not two.
+    market = Market(published, domain, sellers={CREATOR: creator_core(published, domain)})
+    market.lanes_open_automatically = False
+    market.start().fire(LANE_GATHER_TIMER)
+    assert [a.payees for a in market.pending_lanes] == [(published.creator.wallet_address,)]
+    market.connect(CREATOR).open_pending_lanes()
+    assert not market.pending_lanes
+    assert market.viewer_sent(messages.LanesOpened, CREATOR)
+
+
 def test_timers_are_named_and_at_times_in_the_clock_it_was_fed(published, domain):
     market = Market(published, domain, sellers={CREATOR: creator_core(published, domain)})
     market.now += 1234.5

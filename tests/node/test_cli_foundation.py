@@ -236,9 +236,10 @@ def test_a_creator_restored_from_the_mnemonic_opens_its_catalogue(home, mnemonic
     assert_clean_failure(run(stranger, "open", cid, "--out", str(tmp_path / "no.mp4")), "holds no keys")
 
 
-def test_open_unknown_content(home):
-    assert_clean_failure(run(home, "open", "ab" * 32, "--out", "/tmp/x"), "not in this vault")
-    assert_clean_failure(run(home, "open", "xyz", "--out", "/tmp/x"), "64 hex")
+def test_open_unknown_content(home, tmp_path):
+    out = str(tmp_path / "x")  # a path of its own: an existing /tmp/x would be refused first
+    assert_clean_failure(run(home, "open", "ab" * 32, "--out", out), "not in this vault")
+    assert_clean_failure(run(home, "open", "xyz", "--out", out), "64 hex")
 
 
 def _file_size_limit(limit: int):

@@ -649,11 +649,11 @@ class ChainClient:
     def content(self, content_id: bytes | str) -> ContentRecord | None:
         """The registered record, or None for an unknown id."""
         cid = content_id_bytes(content_id)
-        raw = self._view(self.registry.functions.content(cid))
+        raw = self._read(self.registry, "content", cid)
         creator = to_checksum_address(raw[0])
         if int(creator, 16) == 0:
             return None
-        share_now = self._view(self.registry.functions.seeder_share_bps(cid))
+        share_now = self._read(self.registry, "seeder_share_bps", cid)
         effective_at = int(raw[8])
         scheduled = effective_at != 0 and effective_at > self.timestamp()
         return ContentRecord(
@@ -959,6 +959,8 @@ def _transact(
     `fn` is a contract call or constructor; None sends plain ether to `to`. `held` is
     entered from picking the nonce until the node has the transaction (not while mining)."""
     base: dict[str, Any] = {"from": account.address, "value": int(value), "chainId": chain_id}
+    if fn is not None and isinstance(w3.provider, HTTPProvider) and getattr(fn, "address", None):
+        return _transact_batched(w3, account, fn, base, held, client_settings)
     try:
         with held or nullcontext():
             base["nonce"] = w3.eth.get_transaction_count(account.address, "pending")
@@ -983,6 +985,57 @@ def _transact(
             "(the state changed between estimate and mining); try again"
         )
     return receipt
+
+
+def _transact_batched(w3: Web3, account: LocalAccount, fn: Any, base: dict[str, Any],
+                      held: AbstractContextManager[Any] | None, client_settings: ChainClientSettings) -> Any:
+    """`_transact` of a contract call over JSON-RPC in three requests, not web3's eight: the
+    nonce, the gas estimate, the fee and the base fee in one batch; the raw transaction;
+    the receipt. Every viewer opens lanes before its first slice, on a busy machine too:
+    web3's own path costs some 20 ms of CPU a transaction (formatting, validation, a
+    request each), this one about a third of it. The fee is what web3 would fill in."""
+    call = {"from": account.address, "to": fn.address, "data": fn._encode_transaction_data(),
+            "value": hex(int(base["value"]))}
+    try:
+        with held or nullcontext():
+            nonce, gas, tip, block = _answers(w3, w3.provider.make_batch_request([
+                ("eth_getTransactionCount", [account.address, "pending"]), ("eth_estimateGas", [call]),
+                ("eth_maxPriorityFeePerGas", []), ("eth_getBlockByNumber", ["latest", False])]))
+            tip = int(tip, 16)
+            transaction = {**call, "value": int(base["value"]), "chainId": base["chainId"], "nonce": int(nonce, 16),
+                           "gas": int(gas, 16), "maxPriorityFeePerGas": tip,
+                           "maxFeePerGas": 2 * int(block.get("baseFeePerGas") or "0x0", 16) + tip}
+            signed = account.sign_transaction(transaction)
+            (tx_hash,) = _answers(w3, [w3.provider.make_request(
+                "eth_sendRawTransaction", [HexBytes(signed.raw_transaction).to_0x_hex()])])
+    except ChainError:
+        raise
+    except Exception as exc:
+        raise _classify(exc, w3) from None
+    receipt = _wait_receipt(w3, HexBytes(tx_hash), client_settings)
+    if int(receipt["status"]) != 1:
+        raise ChainError(
+            f"transaction {HexBytes(tx_hash).to_0x_hex()} reverted on chain "
+            "(the state changed between estimate and mining); try again"
+        )
+    return receipt
+
+
+def _answers(w3: Web3, responses: Any) -> list[Any]:
+    """The results of raw JSON-RPC responses, in order; a revert or a refusal raised as
+    the ChainError `_transact` raises for it."""
+    if not isinstance(responses, list):  # a batch refused whole answers with one error
+        responses = [responses]
+    results = []
+    for response in responses:
+        error = response.get("error")
+        if error is not None:
+            message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
+            if "revert" in message.lower():
+                raise ContractRevert(_revert_reason(ValueError(message)))
+            raise _classify(ValueError(message), w3)
+        results.append(response["result"])
+    return results
 
 
 def _unavailable(exc: Exception, w3: Web3 | None) -> ChainUnavailable:

@@ -533,7 +533,7 @@ class ViewerCore:
     def _want_lane(self, content_id: bytes, payee: str) -> None:
         if not self.lanes or not self.manifest.terms.price_per_slice_wei:
             return
-        if payee in self._laned.get(content_id, ()):
+        if payee in self._laned.get(content_id, ()) or (content_id, payee) in self._lanes_coming():
             return
         self._lane_wanted.setdefault(content_id, set()).add(payee)
         self._open_lanes()
@@ -716,7 +716,7 @@ class ViewerCore:
             content_id, payee = self.torrent.info_hash, source.payee
             if payee in self._laned.get(content_id, ()):
                 self._send(conn, messages.LanesOpened())  # it looked before our lane was in
-            elif payee is not None and (content_id, payee) not in self._lanes_coming():
+            elif payee is not None:
                 self._want_lane(content_id, payee)
             return
         if self._key_request is None or self._key_request[0] != conn:

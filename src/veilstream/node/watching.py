@@ -182,13 +182,18 @@ class Viewing:
         if torrent is None:
             torrent = await fetch_metadata(node, cid, peers, trackers, Path(vault.home) / "partial" / f"{cid}.metadata")
         terms = torrent.manifest.terms
-        record = registered_record(client, torrent, required=bool(terms.price_per_slice_wei))
-        grants = held_grants(client, grant_secrets(vault, client), identity.wallet_address, torrent)
+
+        def read_chain():  # a few round trips to the chain: off the loop the API and the swarm run on
+            record = registered_record(client, torrent, required=bool(terms.price_per_slice_wei))
+            grants = held_grants(client, grant_secrets(vault, client), identity.wallet_address, torrent)
+            cover = client.cheque_cover(identity.wallet_address) + client.held_of(identity.wallet_address)
+            return record, grants, cover
+
+        record, grants, cover = await asyncio.to_thread(read_chain)
         granted = ({i for first, end in grants.ranges for i in range(first, min(end, torrent.piece_count))}
                    if grants is not None else set())
         cost = whole_cost_wei(torrent, granted)
         limit = cost if budget_wei is None else budget_wei
-        cover = client.cheque_cover(identity.wallet_address) + client.held_of(identity.wallet_address)
         if limit > cover:
             raise ViewingError(f"the deposit covers {cover} wei; this budget needs {limit} wei: deposit more first")
         transfer = node.fetch(torrent, Path(vault.home) / "partial" / torrent.content_id,
